@@ -1,0 +1,11 @@
+"""agents-workbench's Jupyter server extension: experiments in, HTTP endpoints out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .app import AgentsWorkbenchApp
+
+    return [{"module": "server_extension", "app": AgentsWorkbenchApp}]

@@ -1,0 +1,116 @@
+"""The Jupyter server extension: builds the workbench services and registers its routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop
+from traitlets import Float, Int, Unicode, default
+
+from . import discovery
+from .deployer import Deployer
+from .handlers import all_routes
+from .handlers.base import DEPLOYER, MAX_BODY_BYTES, REGISTRY, STORE
+from .registry import Registry
+from .store import ExperimentStore, default_root
+
+
+class AgentsWorkbenchApp(ExtensionApp):
+    """Serves experiments' checkpoints as agents under ``<base_url>agents/``."""
+
+    name = "server_extension"
+    description = "agents-workbench: deploy trained checkpoints as HTTP endpoints"
+
+    root_dir = Unicode(
+        help="Workspace folder: experiments/ and the registry. "
+        "Default: $AGENTS_WORKBENCH_ROOT, else ~/agents-workbench."
+    ).tag(config=True)
+
+    @default("root_dir")
+    def _default_root(self) -> str:
+        return str(default_root())
+
+    device = Unicode("cpu", help="Torch device for runtimes: 'cpu' or 'cuda'.").tag(config=True)
+    worker_threads = Int(4, help="Threads that run inference off the event loop.").tag(config=True)
+    torch_threads = Int(
+        0, help="torch.set_num_threads for the server process; 0 leaves torch's default."
+    ).tag(config=True)
+    health_check_interval = Float(
+        30.0, help="Seconds between health probes of deployed agents; 0 turns them off."
+    ).tag(config=True)
+    health_check_failures = Int(
+        2, help="Failed probes in a row before a Deployed agent becomes Failed."
+    ).tag(config=True)
+    request_timeout = Float(60.0, help="Seconds a model call may take before 504.").tag(config=True)
+    max_body_mb = Float(32.0, help="Largest inference request body, in MiB (413 above).").tag(
+        config=True
+    )
+
+    def initialize_settings(self) -> None:
+        """Open the store and registry, build the deployer, write the discovery file."""
+        root = Path(self.root_dir).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        self.store = ExperimentStore(root)
+        self.registry = Registry(root / "registry.sqlite3")
+        self.deployer = Deployer(
+            self.registry,
+            self.store,
+            device=self.device,
+            worker_threads=self.worker_threads,
+            health_check_interval=self.health_check_interval,
+            health_check_failures=self.health_check_failures,
+            request_timeout=self.request_timeout,
+        )
+        self.settings.update({
+            DEPLOYER: self.deployer,
+            STORE: self.store,
+            REGISTRY: self.registry,
+            MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
+        })
+        # The loop may not run yet while extensions load; restore agents once it does.
+        IOLoop.current().add_callback(self.deployer.start)
+        self._discovery_path: Path | None = None
+        IOLoop.current().add_callback(self._write_discovery)
+        self.log.info("agents-workbench serving experiments from %s", root)
+
+    def _write_discovery(self) -> None:
+        server = self.serverapp
+        if server is None:
+            return
+        path = discovery.runtime_file(runtime_dir=Path(server.runtime_dir))
+        discovery.write(
+            discovery.ServerInfo(
+                url=server.connection_url, token=server.identity_provider.token or "",
+                pid=self._pid(), root=str(self.store.root),
+            ),
+            path,
+        )
+        self._discovery_path = path
+
+    @staticmethod
+    def _pid() -> int:
+        import os
+
+        return os.getpid()
+
+    def initialize_handlers(self) -> None:
+        """Register management and inference routes under the server's base_url."""
+        self.handlers.extend(all_routes())
+
+    async def stop_extension(self) -> None:
+        """Drop loaded runtimes and remove the discovery file; registry rows stay."""
+        await self.deployer.stop()
+        self.registry.close()
+        if self._discovery_path is not None:
+            self._discovery_path.unlink(missing_ok=True)
+
+    def current_activity(self) -> dict[str, Any] | None:
+        """Deployed agents count as activity, so an idle-culled server keeps serving them."""
+        live = [r.name for r in self.registry.list() if r.status == "Deployed"]
+        return {"deployed_agents": live} if live else None

@@ -1,0 +1,279 @@
+"""The deployer: turns Connect into a live runtime and keeps the registry truthful.
+
+Lifecycle (see the inference contract)::
+
+    Undeployed --connect--> Pending --loaded + probe answered--> Deployed
+    Pending --load or probe failed--> Failed (error holds the reason)
+    Deployed --health probe fails--> Pending --fails again--> Failed (runtime dropped)
+    any --disconnect--> Undeployed
+
+Threading: every public method is called on the Tornado event loop and returns quickly.
+Loading and probing run on a small loader pool, inference on a worker pool; results come back
+to the loop through ``asyncio.wrap_future``. ``_live`` and ``_generation`` are only touched on
+the loop, so they need no lock. A runtime may be called by several workers at once.
+
+Example::
+
+    deployer = Deployer(registry, store, device="cpu")
+    deployer.start()                     # reloads agents that were connected before a restart
+    await deployer.connect("cartpole")   # returns at once with status Pending
+    live = deployer.live("cartpole")     # a LiveDeployment once Deployed
+    action, _ = await deployer.call(live, live.runtime.get_action, obs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tornado.ioloop import PeriodicCallback
+
+from .registry import AgentRecord, Registry
+from .runtimes import Runtime, RuntimeLoadError, load_runtime
+from .store import ExperimentStore, StoreError
+
+T = TypeVar("T")
+log = logging.getLogger("agents_workbench.deployer")
+
+
+class RequestTimeout(TimeoutError):
+    """A runtime call that ran past the configured request timeout."""
+
+
+@dataclass
+class LiveDeployment:
+    """A loaded runtime serving one agent's endpoint."""
+
+    name: str
+    deployment_id: str
+    api_key: str = field(repr=False)
+    runtime: Runtime
+    instance_id: str = field(default_factory=lambda: "inst_" + secrets.token_hex(6))
+    loaded_at: float = field(default_factory=time.time)
+    health_failures: int = 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    if isinstance(exc, (RuntimeLoadError, StoreError)):
+        return text
+    return f"{exc.__class__.__name__}: {text}"
+
+
+class Deployer:
+    """Owns the live runtimes and moves agents through the deployment lifecycle."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: ExperimentStore,
+        *,
+        device: str = "cpu",
+        worker_threads: int = 4,
+        health_check_interval: float = 30.0,
+        health_check_failures: int = 2,
+        request_timeout: float = 60.0,
+        loader: Callable[..., Runtime] = load_runtime,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.device = device
+        self.request_timeout = request_timeout
+        self.health_check_interval = health_check_interval
+        self.health_check_failures = max(1, health_check_failures)
+        self._loader = loader
+        self._workers = ThreadPoolExecutor(worker_threads, thread_name_prefix="agents-infer")
+        self._loaders = ThreadPoolExecutor(2, thread_name_prefix="agents-load")
+        self._live: dict[str, LiveDeployment] = {}
+        # Bumped on every connect/disconnect so a load that finishes late is discarded.
+        self._generation: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._health: PeriodicCallback | None = None
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring back agents that were connected when the server last stopped (or crashed)."""
+        for record in self.registry.list():
+            if record.connected:
+                self._begin_connect(record.name)
+            elif record.deployment_id and record.status != "Undeployed":
+                # A crash between writes can leave a disconnected agent marked live.
+                self.registry.update(record.name, status="Undeployed", error=None)
+        if self.health_check_interval > 0:
+            self._health = PeriodicCallback(
+                self._spawn_health_check, self.health_check_interval * 1000
+            )
+            self._health.start()
+
+    async def stop(self) -> None:
+        """Stop health checks, drop runtimes and shut the pools down. Registry rows stay."""
+        if self._health is not None:
+            self._health.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for live in list(self._live.values()):
+            self._close_runtime(live.runtime)
+        self._live.clear()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._loaders.shutdown(wait=False, cancel_futures=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def live(self, name: str) -> LiveDeployment | None:
+        """The live deployment of ``name`` (loaded and answering), or ``None``."""
+        return self._live.get(name)
+
+    def connect(self, name: str) -> AgentRecord:
+        """Mark the agent Pending and start loading it; returns without waiting for the load."""
+        self.registry.get(name)
+        return self._begin_connect(name)
+
+    def _begin_connect(self, name: str) -> AgentRecord:
+        self.registry.ensure_deployment(name)
+        generation = self._generation.get(name, 0) + 1
+        self._generation[name] = generation
+        old = self._live.pop(name, None)
+        if old is not None:
+            self._close_runtime(old.runtime)
+        record = self.registry.update(name, status="Pending", connected=True, error=None)
+        self._spawn(self._load(name, generation))
+        return record
+
+    async def _load(self, name: str, generation: int) -> None:
+        started = time.perf_counter()
+        try:
+            record = self.registry.get(name)
+            runtime = await asyncio.wrap_future(
+                self._loaders.submit(self._load_and_probe, record)
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes the agent's reason
+            if self._generation.get(name) == generation:
+                log.warning("Agent %s failed to load: %s", name, _describe(exc))
+                self._set_if_exists(name, status="Failed", error=_describe(exc))
+            return
+        if self._generation.get(name) != generation:
+            # Disconnected, deleted or reconnected while loading: this runtime is stale.
+            self._close_runtime(runtime)
+            return
+        try:
+            record = self.registry.update(name, status="Deployed", error=None,
+                                          deployed_at=time.time())
+        except Exception:
+            self._close_runtime(runtime)
+            raise
+        assert record.deployment_id is not None
+        assert record.api_key is not None
+        self._live[name] = LiveDeployment(
+            name=name, deployment_id=record.deployment_id, api_key=record.api_key,
+            runtime=runtime,
+        )
+        log.info("Agent %s deployed in %.3f s", name, time.perf_counter() - started)
+
+    def _load_and_probe(self, record: AgentRecord) -> Runtime:
+        experiment = self.store.get(record.experiment)
+        checkpoint = experiment.checkpoint(record.checkpoint_step)
+        runtime = self._loader(experiment, checkpoint, device=self.device)
+        try:
+            runtime.probe()
+        except Exception as exc:
+            self._close_runtime(runtime)
+            raise RuntimeLoadError(
+                f"The checkpoint loaded but failed its first health probe: {_describe(exc)}"
+            ) from exc
+        return runtime
+
+    def disconnect(self, name: str) -> AgentRecord:
+        """Turn the endpoint off at once; the agent (and its key) stays."""
+        record = self.registry.get(name)
+        self._generation[name] = self._generation.get(name, 0) + 1
+        live = self._live.pop(name, None)
+        if live is not None:
+            self._close_runtime(live.runtime)
+        if record.deployment_id is None:
+            return record
+        return self.registry.update(name, status="Undeployed", connected=False, error=None)
+
+    def delete(self, name: str) -> None:
+        """Disconnect and remove the agent."""
+        self.disconnect(name)
+        self._generation.pop(name, None)
+        self.registry.delete_agent(name)
+
+    def rotate_key(self, name: str) -> AgentRecord:
+        """New key for the agent; the old one is refused from the moment this returns."""
+        self.registry.ensure_deployment(name)
+        key = self.registry.rotate_key(name)
+        live = self._live.get(name)
+        if live is not None:
+            live.api_key = key
+        return self.registry.get(name)
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on a worker thread; :class:`RequestTimeout` past the request timeout.
+
+        A timed-out call cannot be interrupted (Python threads cannot be killed); it finishes
+        in the background while the caller gets its error.
+        """
+        future = self._workers.submit(fn, *args, **kwargs)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.request_timeout)
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"The model did not answer within {self.request_timeout:g} s."
+            ) from exc
+
+    # -- health -------------------------------------------------------------------------
+
+    def _spawn_health_check(self) -> None:
+        self._spawn(self.health_check())
+
+    async def health_check(self) -> None:
+        """Probe every live runtime once; demote or fail the ones that do not answer."""
+        for name, live in list(self._live.items()):
+            try:
+                await self.call(live.runtime.probe)
+            except Exception as exc:  # noqa: BLE001 - any probe failure counts
+                if self._live.get(name) is not live:
+                    continue
+                live.health_failures += 1
+                reason = f"Health check failed: {_describe(exc)}"
+                log.warning("Agent %s: %s", name, reason)
+                if live.health_failures >= self.health_check_failures:
+                    self._live.pop(name, None)
+                    self._close_runtime(live.runtime)
+                    self._set_if_exists(name, status="Failed", error=reason)
+                else:
+                    self._set_if_exists(name, status="Pending", error=reason)
+                continue
+            if self._live.get(name) is live and live.health_failures:
+                live.health_failures = 0
+                self._set_if_exists(name, status="Deployed", error=None)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_if_exists(self, name: str, **changes: Any) -> None:
+        try:
+            self.registry.update(name, **changes)
+        except Exception:  # noqa: BLE001 - the agent was deleted meanwhile; nothing to record
+            log.debug("Agent %s vanished before its status could be set", name)
+
+    @staticmethod
+    def _close_runtime(runtime: Runtime) -> None:
+        try:
+            runtime.close()
+        except Exception:
+            log.exception("Closing a runtime failed")

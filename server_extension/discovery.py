@@ -1,0 +1,95 @@
+"""How a kernel finds the Jupyter server it belongs to.
+
+The extension writes ``agents-workbench-<pid>.json`` into Jupyter's runtime directory, created
+owner-only before anything is written (the same care jupyter_server takes with its own
+``jpserver-<pid>.json``), and removes it on shutdown. It holds the server's URL, base_url and
+the token the management API accepts. ``AGENTS_WORKBENCH_URL`` (and ``AGENTS_WORKBENCH_TOKEN``)
+override the file, for kernels started elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+URL_ENV = "AGENTS_WORKBENCH_URL"
+TOKEN_ENV = "AGENTS_WORKBENCH_TOKEN"  # noqa: S105 - a variable name, not a secret
+PREFIX = "agents-workbench-"
+
+
+class ServerNotFound(LookupError):
+    """No running workbench server could be found; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where the management API is and how to authenticate to it."""
+
+    url: str
+    token: str
+    pid: int = 0
+    root: str = ""
+
+    def api(self, path: str) -> str:
+        """The absolute URL of ``agents/api/<path>``."""
+        return f"{self.url.rstrip('/')}/agents/api/{path.lstrip('/')}"
+
+
+def runtime_file(pid: int | None = None, runtime_dir: Path | None = None) -> Path:
+    """The discovery file path for server process ``pid`` (this process by default)."""
+    folder = runtime_dir or Path(jupyter_runtime_dir())
+    return folder / f"{PREFIX}{pid or os.getpid()}.json"
+
+
+def write(info: ServerInfo, path: Path) -> None:
+    """Write ``info`` to ``path`` readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(asdict(info), fh)
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find(runtime_dir: Path | None = None) -> ServerInfo:
+    """The server this process should talk to.
+
+    Order: the environment variables; the file of our parent process (a kernel's parent is its
+    Jupyter server); the most recent file of a server that is still running.
+    """
+    url = os.environ.get(URL_ENV)
+    if url:
+        return ServerInfo(url=url, token=os.environ.get(TOKEN_ENV, ""))
+    folder = runtime_dir or Path(jupyter_runtime_dir())
+    parent = folder / f"{PREFIX}{os.getppid()}.json"
+    candidates = [parent] if parent.exists() else []
+    candidates += sorted(folder.glob(f"{PREFIX}*.json"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            info = ServerInfo(**data)
+        except (OSError, ValueError, TypeError):
+            continue
+        if info.pid and not _alive(info.pid):
+            continue
+        return info
+    raise ServerNotFound(
+        "No running agents-workbench server was found. Start one with `agents-workbench run` "
+        f"(or `jupyter lab` with the extension enabled), or set {URL_ENV} (and {TOKEN_ENV}) "
+        f"to the server's URL and token. Looked in {folder}."
+    )

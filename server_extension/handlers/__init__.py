@@ -1,0 +1,12 @@
+"""All HTTP routes of the workbench, built in one place for every host (server or Voila)."""
+
+from __future__ import annotations
+
+from tornado import web
+
+from . import inference, management
+
+
+def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:
+    """Route patterns relative to the server's base_url, management first."""
+    return [*management.routes, *inference.routes]

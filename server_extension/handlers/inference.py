@@ -1,0 +1,322 @@
+"""Inference API under ``<base_url>agents/d/<name>/``: the Arena inference contract.
+
+These handlers are deliberately *not* Jupyter handlers. They never read the Jupyter cookie or
+token, only ``Authorization: Bearer <deployment key>``, so a browser's ambient Jupyter session
+cannot reach them and switching off Tornado's XSRF check is safe. For jupyter_server's
+"every verb has an auth decision" check they carry ``@allow_unauthenticated`` (Jupyter auth
+does not apply) together with our own ``@bearer_key`` or ``@public`` decision.
+
+Keys are compared in constant time, refused in query strings, and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from tornado import web
+
+from ..deployer import LiveDeployment, RequestTimeout
+from ..runtimes.base import RequestError
+from ..serde import decode_tree, encode_tree
+from .base import MAX_BODY_BYTES, ServicesMixin
+
+log = logging.getLogger("agents_workbench.inference")
+
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
+# Query parameters that look like credentials: refused so keys never ride in URLs (and logs).
+KEY_QUERY_NAMES = frozenset({"api_key", "apikey", "key", "token", "access_token", "authorization"})
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InferenceError(Exception):
+    """Answered as ``{"success": false, "error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _unauthorized(message: str) -> InferenceError:
+    return InferenceError(
+        401, message,
+        {"WWW-Authenticate": 'Bearer realm="agents-workbench", error="invalid_token"'},
+    )
+
+
+def public(method: F) -> F:
+    """Mark an inference verb as answering without a key (``GET status`` only)."""
+    wrapped = allow_unauthenticated(method)
+    wrapped.auth_decision = "public"  # type: ignore[attr-defined]
+    return wrapped
+
+
+def bearer_key(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Require the deployment's Bearer key; the live deployment is passed to the verb."""
+
+    @wraps(method)
+    async def wrapper(self: InferenceHandler, name: str, *args: Any) -> None:
+        live = self.authenticate(name)
+        await method(self, live, *args)
+
+    wrapped = allow_unauthenticated(wrapper)
+    wrapped.auth_decision = "bearer"  # type: ignore[attr-defined]
+    return wrapped
+
+
+class InferenceHandler(ServicesMixin, web.RequestHandler):
+    """Shared parsing, auth and error shape for every inference route."""
+
+    route = ""
+
+    def check_xsrf_cookie(self) -> None:
+        """No XSRF check: these routes ignore cookies and accept only Bearer keys."""
+
+    def prepare(self) -> None:
+        """Refuse keys in the query string and bodies over the configured limit."""
+        if KEY_QUERY_NAMES & {k.lower() for k in self.request.query_arguments}:
+            self.fail(InferenceError(
+                400, "Credentials are not accepted in the URL; send the deployment key in an "
+                "'Authorization: Bearer <key>' header."))
+            return
+        limit = int(self.settings.get(MAX_BODY_BYTES, 32 * 1024 * 1024))
+        length = int(self.request.headers.get("Content-Length") or len(self.request.body or b""))
+        if length > limit:
+            self.fail(InferenceError(
+                413, f"Request body is {length} bytes; this server accepts at most {limit}. "
+                "Send a smaller batch."))
+
+    def set_default_headers(self) -> None:
+        """JSON answers, never cached."""
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def fail(self, error: InferenceError) -> None:
+        """Answer an error in the contract's shape and stop."""
+        self.clear()
+        self.set_status(error.status)
+        for key, value in error.headers.items():
+            self.set_header(key, value)
+        self.finish(json.dumps({"success": False, "error": error.message}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Unexpected failures: a JSON 5xx without internals (they go to the server log)."""
+        self.finish(json.dumps({
+            "success": False,
+            "error": f"Internal error while serving {self.route or 'this route'}; "
+            "the server log has the details.",
+        }))
+
+    def live_or_404(self, name: str) -> LiveDeployment:
+        """The live deployment at this URL, or 404 (unknown and not-connected look the same)."""
+        live = self.deployer.live(name)
+        if live is None:
+            raise InferenceError(
+                404, f"No deployed agent at agents/d/{name}: it does not exist, is not "
+                "connected, or is still loading. Connect it in the Agents panel and wait for "
+                "status Deployed.")
+        return live
+
+    def authenticate(self, name: str) -> LiveDeployment:
+        """The live deployment if the request carries its key; 401 otherwise."""
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise _unauthorized(
+                "Missing deployment key: send 'Authorization: Bearer <key>' with the key shown "
+                "in the agent's expanded row.")
+        live = self.live_or_404(name)
+        if not hmac.compare_digest(given.strip().encode(), live.api_key.encode()):
+            raise _unauthorized(
+                "Wrong deployment key for this agent (was it rotated?). Copy the current key "
+                "from the agent's expanded row.")
+        return live
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object body, or 400."""
+        try:
+            data = json.loads(self.request.body or b"")
+        except (ValueError, RecursionError) as exc:
+            raise InferenceError(400, f"Request body is not valid JSON: {exc}.") from exc
+        if not isinstance(data, dict):
+            raise InferenceError(400, "Request body must be a JSON object.")
+        return data
+
+    def check_route(self, live: LiveDeployment) -> None:
+        """400 naming the right route when this one does not fit the agent's kind."""
+        kind = live.runtime.kind
+        if self.route not in kind.routes:
+            right = ", ".join(f"{r}" for r in kind.routes)
+            raise InferenceError(
+                400, f"Agent {live.name!r} is a {kind.algo} agent and does not answer "
+                f"{self.route}; use {right} instead.")
+
+    async def run(self, live: LiveDeployment, fn: Callable[[], dict[str, Any]]) -> None:
+        """Run ``fn`` on a worker thread and answer its dict, mapping errors to the contract."""
+        try:
+            result = await self.deployer.call(fn)
+        except RequestError as exc:
+            raise InferenceError(400, str(exc)) from exc
+        except RequestTimeout as exc:
+            raise InferenceError(504, str(exc)) from exc
+        self.finish(json.dumps(result))
+
+    async def _execute_verb(self, verb: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await verb()
+        except InferenceError as exc:
+            self.fail(exc)
+        except Exception:
+            log.exception("Inference route %s of %s failed", self.route, self.path_kwargs)
+            self.fail(InferenceError(
+                500, f"Internal error while serving {self.route}; the server log has the details."))
+
+
+class StatusHandler(InferenceHandler):
+    """``GET status``: public, describes the agent's kind and nothing secret."""
+
+    route = "status"
+
+    @public
+    async def get(self, name: str) -> None:
+        """The deployment's ids and kind."""
+        live = self.live_or_404(name)
+        self.finish(json.dumps({
+            "success": True,
+            "deployment_id": live.deployment_id,
+            "instance_id": live.instance_id,
+            "agent": live.runtime.kind.to_json(),
+        }))
+
+
+class GetActionHandler(InferenceHandler):
+    """``POST get_action``: observations in, actions (and hidden state) out."""
+
+    route = "get_action"
+
+    @bearer_key
+    async def post(self, live: LiveDeployment) -> None:
+        """Decode, act on a worker thread, encode."""
+        self.check_route(live)
+        body = self.body()
+        if body.get("obs") is None:
+            raise InferenceError(
+                400, "obs is required: base64 .npy observations with a batch axis.")
+        runtime = live.runtime
+
+        def act() -> dict[str, Any]:
+            action, hidden = runtime.get_action(
+                decode_tree(body["obs"], "obs"),
+                hidden_state=decode_tree(body.get("hidden_state"), "hidden_state"),
+                action_mask=decode_tree(body.get("action_mask"), "action_mask"),
+                env_defined_actions=decode_tree(
+                    body.get("env_defined_actions"), "env_defined_actions"),
+            )
+            answer: dict[str, Any] = {"action": encode_tree(action), "success": True}
+            if runtime.kind.recurrent:
+                answer["hidden_state"] = encode_tree(hidden)
+            return answer
+
+        await self.run(live, act)
+
+
+class PredictHandler(InferenceHandler):
+    """``POST predict``: supervised models and LatentPPO."""
+
+    route = "predict"
+
+    @bearer_key
+    async def post(self, live: LiveDeployment) -> None:
+        """Decode inputs, predict on a worker thread, encode results."""
+        self.check_route(live)
+        body = self.body()
+        if body.get("inputs") is None:
+            raise InferenceError(400, "inputs is required: a base64 .npy array with a batch axis.")
+        runtime = live.runtime
+
+        def predict() -> dict[str, Any]:
+            inputs = decode_tree(body["inputs"], "inputs")
+            started = time.perf_counter()
+            results = runtime.predict(inputs)
+            elapsed = (time.perf_counter() - started) * 1000
+            first = inputs
+            while isinstance(first, (dict, tuple)):
+                first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+            batch = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+            return {"results": encode_tree(results), "batch_size": batch,
+                    "inference_time_ms": round(elapsed, 3), "success": True}
+
+        await self.run(live, predict)
+
+
+def _make_route_handler(route_name: str) -> type[InferenceHandler]:
+    """A handler for a route whose kind check comes first (LLM routes until they are served)."""
+
+    class RouteHandler(InferenceHandler):
+        route = route_name
+
+        @bearer_key
+        async def post(self, live: LiveDeployment) -> None:
+            self.check_route(live)
+            raise InferenceError(501, f"{route_name} is not served by this workbench yet.")
+
+    RouteHandler.__name__ = f"{route_name.title().replace('_', '')}Handler"
+    return RouteHandler
+
+
+class UnknownRouteHandler(InferenceHandler):
+    """Any other suffix: 404 listing the routes there are."""
+
+    @staticmethod
+    def _unknown() -> InferenceError:
+        return InferenceError(
+            404, "Unknown inference route; routes are GET status, POST get_action, POST "
+            "predict, POST generate, POST generate_stream, GET/DELETE sessions.")
+
+    @public
+    async def get(self, name: str, rest: str) -> None:
+        """404."""
+        raise self._unknown()
+
+    @public
+    async def post(self, name: str, rest: str) -> None:
+        """404."""
+        raise self._unknown()
+
+
+# Wrap every verb so InferenceError raised anywhere (auth included) becomes a contract error.
+def _guard(cls: type[InferenceHandler]) -> type[InferenceHandler]:
+    for verb in ("get", "post", "delete"):
+        method = cls.__dict__.get(verb)
+        if method is None:
+            continue
+
+        def make(method: Any) -> Any:
+            @wraps(method)
+            async def guarded(self: InferenceHandler, *args: Any, **kwargs: Any) -> None:
+                await self._execute_verb(lambda: method(self, *args, **kwargs))
+            return guarded
+
+        setattr(cls, verb, make(method))
+    return cls
+
+
+GenerateHandler = _make_route_handler("generate")
+GenerateStreamHandler = _make_route_handler("generate_stream")
+
+routes: list[tuple[str, type[web.RequestHandler]]] = [
+    (rf"/agents/d/{NAME}/status", _guard(StatusHandler)),
+    (rf"/agents/d/{NAME}/get_action", _guard(GetActionHandler)),
+    (rf"/agents/d/{NAME}/predict", _guard(PredictHandler)),
+    (rf"/agents/d/{NAME}/generate", _guard(GenerateHandler)),
+    (rf"/agents/d/{NAME}/generate_stream", _guard(GenerateStreamHandler)),
+    (rf"/agents/d/{NAME}/(?P<rest>.*)", _guard(UnknownRouteHandler)),
+]

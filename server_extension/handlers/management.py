@@ -1,0 +1,175 @@
+"""Management REST API under ``<base_url>agents/api/``: experiments and agents.
+
+Every verb is Jupyter-authenticated (``@web.authenticated`` outside ``@authorized``) and, being
+an ``APIHandler``, gets Jupyter's XSRF checks. Errors are JSON ``{"message": ...}`` like the
+rest of the Jupyter REST API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..registry import AgentRecord, NotFound, RegistryError
+from ..store import StoreError, validate_name
+from .base import ServicesMixin, endpoint_url
+
+AUTH_RESOURCE = "agents"
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
+
+
+def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, Any]:
+    """The REST shape of an agent; endpoint and key only while it is Deployed."""
+    deployed = record.status == "Deployed"
+    return {
+        "name": record.name,
+        "description": record.description,
+        "tab": record.tab,
+        "experiment": record.experiment,
+        "checkpoint_rule": record.checkpoint_rule,
+        "checkpoint_step": record.checkpoint_step,
+        "algo": record.algo,
+        "base_model": record.base_model,
+        "status": record.status,
+        "connected": record.connected,
+        "error": record.error,
+        "created_at": record.created_at,
+        "deployed_at": record.deployed_at if deployed else None,
+        "endpoint": endpoint_url(handler, record.name) if deployed else None,
+        "api_key": record.api_key if deployed else None,
+    }
+
+
+class ManagementHandler(ServicesMixin, APIHandler):
+    """Base of the management API: JSON bodies, registry errors mapped to status codes."""
+
+    auth_resource = AUTH_RESOURCE
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object, or 400 saying what is wrong with it."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, RecursionError) as exc:
+            raise web.HTTPError(400, "Request body is not valid JSON: %s", exc) from exc
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "Request body must be a JSON object.")
+        return body
+
+    def record(self, name: str) -> AgentRecord:
+        """The agent named ``name``, or 404."""
+        try:
+            return self.registry.get(name)
+        except NotFound as exc:
+            raise web.HTTPError(404, "%s", exc) from exc
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        """Finish with ``data`` as JSON."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class ExperimentsHandler(ManagementHandler):
+    """``GET agents/api/experiments``: every experiment with its checkpoints and metrics."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """List experiments."""
+        self.reply({"experiments": [e.to_json() for e in self.store.list()]})
+
+
+class AgentsHandler(ManagementHandler):
+    """``GET`` lists agents; ``POST`` creates one from an experiment's checkpoint."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """List agents."""
+        self.reply({"agents": [agent_json(self, r) for r in self.registry.list()]})
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        """Create an agent (Undeployed) from ``{name, description?, experiment, checkpoint}``."""
+        body = self.json_body()
+        try:
+            name = validate_name(body.get("name") or "", "agent")
+        except StoreError as exc:
+            raise web.HTTPError(400, "%s", exc) from exc
+        description = body.get("description") or ""
+        if not isinstance(description, str):
+            raise web.HTTPError(400, "description must be a string.")
+        experiment_name = body.get("experiment")
+        if not isinstance(experiment_name, str) or not experiment_name.strip():
+            raise web.HTTPError(400, "experiment is required: the name of a source experiment.")
+        rule = body.get("checkpoint", "best")
+        try:
+            experiment = self.store.get(experiment_name.strip())
+            step = experiment.resolve(rule)
+        except StoreError as exc:
+            raise web.HTTPError(400, "%s", exc) from exc
+        info = experiment.info
+        record = AgentRecord(
+            name=name,
+            description=description.strip(),
+            tab=info.project_type,
+            experiment=info.name,
+            checkpoint_rule=rule if rule in ("best", "final") else "specific",
+            checkpoint_step=step,
+            algo=info.algorithm,
+            base_model=info.base_model,
+        )
+        try:
+            created = self.registry.create_agent(record)
+        except RegistryError as exc:
+            raise web.HTTPError(409, "%s", exc) from exc
+        self.reply(agent_json(self, created), status=201)
+
+
+class AgentHandler(ManagementHandler):
+    """``GET`` one agent; ``DELETE`` removes it (disconnecting it first)."""
+
+    @web.authenticated
+    @authorized
+    def get(self, name: str) -> None:
+        """Show one agent."""
+        self.reply(agent_json(self, self.record(name)))
+
+    @web.authenticated
+    @authorized
+    def delete(self, name: str) -> None:
+        """Delete the agent."""
+        self.record(name)
+        self.deployer.delete(name)
+        self.set_status(204)
+        self.finish()
+
+
+class AgentActionHandler(ManagementHandler):
+    """``POST agents/api/agents/{name}/connect | disconnect | rotate-key``."""
+
+    @web.authenticated
+    @authorized
+    def post(self, name: str, action: str) -> None:
+        """Run the action and answer with the agent as it now stands."""
+        self.record(name)
+        if action == "connect":
+            record = self.deployer.connect(name)
+        elif action == "disconnect":
+            record = self.deployer.disconnect(name)
+        else:
+            record = self.deployer.rotate_key(name)
+        self.reply(agent_json(self, record))
+
+
+routes: list[tuple[str, type[web.RequestHandler]]] = [
+    (r"/agents/api/experiments", ExperimentsHandler),
+    (r"/agents/api/agents", AgentsHandler),
+    (rf"/agents/api/agents/{NAME}", AgentHandler),
+    (rf"/agents/api/agents/{NAME}/(?P<action>connect|disconnect|rotate-key)", AgentActionHandler),
+]

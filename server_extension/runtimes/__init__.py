@@ -1,0 +1,49 @@
+"""Loaders that turn a checkpoint into a :class:`Runtime`, chosen by the experiment's framework.
+
+Each framework module exposes ``load(experiment, checkpoint, device) -> Runtime``. They are
+imported lazily: torch, AgileRL and transformers cost seconds to import, and a server with no
+deployed agents should not pay for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..store import Checkpoint, Experiment
+from .base import AgentKind, RequestError, Runtime, RuntimeLoadError
+
+# framework name in experiment.json -> module in this package holding its ``load``
+LOADERS: dict[str, str] = {
+    "agilerl": "agilerl",
+    "transformers": "llm",
+    "torch": "supervised",
+    "latent_ppo": "latent",
+}
+
+
+def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu") -> Runtime:
+    """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason."""
+    framework = experiment.info.framework
+    module_name = LOADERS.get(framework)
+    if module_name is None:
+        raise RuntimeLoadError(
+            f"Experiment {experiment.name!r} was trained with framework {framework!r}, which "
+            f"the workbench cannot serve; supported frameworks: {sorted(LOADERS)}."
+        )
+    if not checkpoint.path.exists():
+        raise RuntimeLoadError(
+            f"Checkpoint file {checkpoint.path} is missing (deleted after the agent was "
+            "created?). Create the agent again from a checkpoint that exists."
+        )
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ImportError as exc:
+        raise RuntimeLoadError(
+            f"The {framework!r} loader could not be imported: {exc}. "
+            "Install the workbench's dependencies into the server's environment."
+        ) from exc
+    runtime: Runtime = module.load(experiment, checkpoint, device)
+    return runtime
+
+
+__all__ = ["AgentKind", "RequestError", "Runtime", "RuntimeLoadError", "load_runtime"]

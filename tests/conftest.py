@@ -1,0 +1,63 @@
+"""Shared fixtures: one quick-trained workspace per run, real servers around it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# Torch on 2 shared cores: one thread per process keeps test servers from fighting the runner.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``experiments/`` of a quick demo workspace (real AgileRL training, seconds long)."""
+    from server_extension.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo-workspace")
+    build_demo(root, quick=True)
+    return root / "experiments"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, demo_experiments: Path) -> Path:
+    """A fresh workspace root (own registry) holding a copy of the demo experiments."""
+    root = tmp_path / "workspace"
+    root.mkdir()
+    shutil.copytree(demo_experiments, root / "experiments")
+    return root
+
+
+@pytest.fixture
+def jp_server_config(workspace: Path) -> dict[str, Any]:
+    """In-process server: the workbench on, no unauthenticated access, fast health checks."""
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"server_extension": True},
+            "allow_unauthenticated_access": False,
+        },
+        "AgentsWorkbenchApp": {
+            "root_dir": str(workspace),
+            "health_check_interval": 0.5,
+            "health_check_failures": 2,
+        },
+    }
+
+
+@pytest.fixture
+def server(workspace: Path) -> Iterator[Any]:
+    """A real ``jupyter server`` child process over ``workspace``."""
+    from tests.servers import ServerProcess
+
+    proc = ServerProcess(workspace).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
