@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from traitlets import Float, Int, Unicode, default
 from . import discovery
 from .deployer import Deployer
 from .handlers import all_routes
-from .handlers.base import DEPLOYER, MAX_BODY_BYTES, REGISTRY, STORE
+from .handlers.base import DEPLOYER, MAX_BODY_BYTES, REGISTRY, SESSIONS, STORE
 from .registry import Registry
+from .sessions import SessionStore
 from .store import ExperimentStore, default_root
 
 
@@ -52,12 +54,14 @@ class AgentsWorkbenchApp(ExtensionApp):
         """Open the store and registry, build the deployer, write the discovery file."""
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
+        self._share_log()
         if self.torch_threads > 0:
             import torch
 
             torch.set_num_threads(self.torch_threads)
         self.store = ExperimentStore(root)
         self.registry = Registry(root / "registry.sqlite3")
+        self.sessions = SessionStore(root / "sessions.sqlite3")
         self.deployer = Deployer(
             self.registry,
             self.store,
@@ -71,6 +75,7 @@ class AgentsWorkbenchApp(ExtensionApp):
             DEPLOYER: self.deployer,
             STORE: self.store,
             REGISTRY: self.registry,
+            SESSIONS: self.sessions,
             MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
         })
         # The loop may not run yet while extensions load; restore agents once it does.
@@ -78,6 +83,16 @@ class AgentsWorkbenchApp(ExtensionApp):
         self._discovery_path: Path | None = None
         IOLoop.current().add_callback(self._write_discovery)
         self.log.info("agents-workbench serving experiments from %s", root)
+
+    def _share_log(self) -> None:
+        # The workbench's modules log under "agents_workbench"; send that where Jupyter's own
+        # log goes, with its format, instead of Python's bare last-resort handler.
+        workbench_log = logging.getLogger("agents_workbench")
+        if not workbench_log.handlers and isinstance(self.log, logging.Logger):
+            for handler in self.log.handlers:
+                workbench_log.addHandler(handler)
+            workbench_log.setLevel(self.log.getEffectiveLevel())
+            workbench_log.propagate = False
 
     def _write_discovery(self) -> None:
         server = self.serverapp
@@ -107,6 +122,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""
         await self.deployer.stop()
         self.registry.close()
+        self.sessions.close()
         if self._discovery_path is not None:
             self._discovery_path.unlink(missing_ok=True)
 

@@ -68,6 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         command.append("--LabApp.default_url=/lab/tree/notebooks/Agents.ipynb")
     if args.no_browser:
         command.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Containers and CI machines often run as root; Jupyter refuses that unless told.
+        command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
     return subprocess.call(command, env=env)
 

@@ -28,7 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -216,6 +216,10 @@ class Deployer:
         return self.registry.get(name)
 
     # -- serving ------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Start ``fn`` on a worker thread with no timeout (a stream runs as long as it must)."""
+        return self._workers.submit(fn, *args, **kwargs)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on a worker thread; :class:`RequestTimeout` past the request timeout.

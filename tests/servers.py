@@ -58,6 +58,7 @@ class ServerProcess:
             f"--IdentityProvider.token={self.token}",
             "--ServerApp.allow_unauthenticated_access=False",
             "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",
             f"--ServerApp.root_dir={self.root}",
             f"--AgentsWorkbenchApp.root_dir={self.root}",
             "--ServerApp.jpserver_extensions={'server_extension': True}",

@@ -15,6 +15,7 @@ DEPLOYER = "agents_workbench_deployer"
 STORE = "agents_workbench_store"
 REGISTRY = "agents_workbench_registry"
 MAX_BODY_BYTES = "agents_workbench_max_body_bytes"
+SESSIONS = "agents_workbench_sessions"
 
 
 class ServicesMixin:

@@ -257,21 +257,6 @@ class PredictHandler(InferenceHandler):
         await self.run(live, predict)
 
 
-def _make_route_handler(route_name: str) -> type[InferenceHandler]:
-    """A handler for a route whose kind check comes first (LLM routes until they are served)."""
-
-    class RouteHandler(InferenceHandler):
-        route = route_name
-
-        @bearer_key
-        async def post(self, live: LiveDeployment) -> None:
-            self.check_route(live)
-            raise InferenceError(501, f"{route_name} is not served by this workbench yet.")
-
-    RouteHandler.__name__ = f"{route_name.title().replace('_', '')}Handler"
-    return RouteHandler
-
-
 class UnknownRouteHandler(InferenceHandler):
     """Any other suffix: 404 listing the routes there are."""
 
@@ -291,9 +276,14 @@ class UnknownRouteHandler(InferenceHandler):
         """404."""
         raise self._unknown()
 
+    @public
+    async def delete(self, name: str, rest: str) -> None:
+        """404."""
+        raise self._unknown()
+
 
 # Wrap every verb so InferenceError raised anywhere (auth included) becomes a contract error.
-def _guard(cls: type[InferenceHandler]) -> type[InferenceHandler]:
+def guard(cls: type[InferenceHandler]) -> type[InferenceHandler]:
     for verb in ("get", "post", "delete"):
         method = cls.__dict__.get(verb)
         if method is None:
@@ -309,14 +299,12 @@ def _guard(cls: type[InferenceHandler]) -> type[InferenceHandler]:
     return cls
 
 
-GenerateHandler = _make_route_handler("generate")
-GenerateStreamHandler = _make_route_handler("generate_stream")
-
 routes: list[tuple[str, type[web.RequestHandler]]] = [
-    (rf"/agents/d/{NAME}/status", _guard(StatusHandler)),
-    (rf"/agents/d/{NAME}/get_action", _guard(GetActionHandler)),
-    (rf"/agents/d/{NAME}/predict", _guard(PredictHandler)),
-    (rf"/agents/d/{NAME}/generate", _guard(GenerateHandler)),
-    (rf"/agents/d/{NAME}/generate_stream", _guard(GenerateStreamHandler)),
-    (rf"/agents/d/{NAME}/(?P<rest>.*)", _guard(UnknownRouteHandler)),
+    (rf"/agents/d/{NAME}/status", guard(StatusHandler)),
+    (rf"/agents/d/{NAME}/get_action", guard(GetActionHandler)),
+    (rf"/agents/d/{NAME}/predict", guard(PredictHandler)),
+]
+# Registered after every other inference route: anything else under agents/d/<name>/.
+fallback_routes: list[tuple[str, type[web.RequestHandler]]] = [
+    (rf"/agents/d/{NAME}/(?P<rest>.*)", guard(UnknownRouteHandler)),
 ]

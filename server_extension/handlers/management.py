@@ -16,7 +16,7 @@ from tornado import web
 
 from ..registry import AgentRecord, NotFound, RegistryError
 from ..store import StoreError, validate_name
-from .base import ServicesMixin, endpoint_url
+from .base import SESSIONS, ServicesMixin, endpoint_url
 
 AUTH_RESOURCE = "agents"
 NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
@@ -146,6 +146,7 @@ class AgentHandler(ManagementHandler):
         """Delete the agent."""
         self.record(name)
         self.deployer.delete(name)
+        self.settings[SESSIONS].delete_agent(name)
         self.set_status(204)
         self.finish()
 

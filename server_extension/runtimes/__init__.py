@@ -25,6 +25,11 @@ def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str 
     """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason."""
     framework = experiment.info.framework
     module_name = LOADERS.get(framework)
+    # AgileRL's multi-agent and recurrent policies have loaders of their own.
+    if framework == "agilerl" and experiment.info.multi_agent:
+        module_name = "agilerl_multi"
+    elif framework == "agilerl" and experiment.info.recurrent:
+        module_name = "agilerl_recurrent"
     if module_name is None:
         raise RuntimeLoadError(
             f"Experiment {experiment.name!r} was trained with framework {framework!r}, which "

@@ -1,0 +1,268 @@
+"""LLM routes of the inference API: generate, generate_stream and chat sessions.
+
+Every prompt is a user turn of a conversation: a new one (recorded as a fresh session) or, with
+``session_id``, the continuation of a stored one, whose earlier turns the model sees through
+the tokenizer's chat template. Generation runs on worker threads; a stream hands each piece to
+the event loop as it is produced and stops the model when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import secrets
+import threading
+import time
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from ..deployer import LiveDeployment
+from ..runtimes.base import RequestError, Runtime
+from .base import SESSIONS
+from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
+
+PARAM_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "do_sample": True,
+}
+MAX_NEW_TOKENS = 4096
+MAX_TEMPERATURE = 10.0
+MAX_PROMPTS = 64
+_SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def validate_params(raw: Any) -> dict[str, Any]:
+    """The contract's sampling params with defaults filled in; 400 for anything else."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InferenceError(400, "params must be a JSON object of sampling parameters.")
+    unknown = sorted(set(raw) - set(PARAM_DEFAULTS))
+    if unknown:
+        raise InferenceError(
+            400, f"Unknown sampling parameter(s) {unknown}; allowed: {sorted(PARAM_DEFAULTS)}.")
+    params = {**PARAM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    tokens = params["max_new_tokens"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_NEW_TOKENS:
+        raise InferenceError(
+            400, f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS}, "
+            f"got {tokens!r}.")
+    temperature = params["temperature"]
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE):
+        raise InferenceError(
+            400, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
+            f"got {temperature!r}.")
+    top_p = params["top_p"]
+    if (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+            or not math.isfinite(top_p) or not 0 < top_p <= 1):
+        raise InferenceError(400, f"top_p must be a number in (0, 1], got {top_p!r}.")
+    if not isinstance(params["do_sample"], bool):
+        raise InferenceError(400, f"do_sample must be true or false, got {params['do_sample']!r}.")
+    return params
+
+
+def validate_session_id(raw: Any) -> str | None:
+    """A usable session id, ``None`` when absent; 400 when malformed."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not _SESSION_RE.match(raw.strip()):
+        raise InferenceError(
+            400, "session_id must be 1-128 letters, digits, '.', '_', ':' or '-'.")
+    return raw.strip()
+
+
+def check_prompt_text(prompt: Any, what: str = "prompt") -> str:
+    """A non-empty prompt string, or 400."""
+    if not isinstance(prompt, str):
+        raise InferenceError(400, f"{what} must be a string, got {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise InferenceError(400, f"{what} is empty; send some text.")
+    return prompt
+
+
+def new_session_id() -> str:
+    """A fresh session id for a conversation the caller did not name."""
+    return "sess_" + secrets.token_hex(8)
+
+
+class LLMHandler(InferenceHandler):
+    """Shared pieces of the LLM routes: sessions and chat formatting."""
+
+    @property
+    def sessions(self) -> Any:
+        """The server's :class:`~server_extension.sessions.SessionStore`."""
+        return self.settings[SESSIONS]
+
+    def conversation(self, runtime: Runtime, agent: str, session_id: str | None,
+                     prompt: str) -> str:
+        """The model input for ``prompt`` as the next user turn of ``session_id``."""
+        history = (self.sessions.messages(agent, session_id) or []) if session_id else []
+        turns = [*history, {"role": "user", "content": prompt}]
+        formatter = getattr(runtime, "format_chat", None)
+        return formatter(turns) if formatter else prompt
+
+
+class GenerateHandler(LLMHandler):
+    """``POST generate``: batched completions."""
+
+    route = "generate"
+
+    @bearer_key
+    async def post(self, live: LiveDeployment) -> None:
+        """Validate, generate on a worker thread, record each turn in its session."""
+        self.check_route(live)
+        body = self.body()
+        prompts = body.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise InferenceError(400, "prompts must be a non-empty list of strings.")
+        if len(prompts) > MAX_PROMPTS:
+            raise InferenceError(400, f"Send at most {MAX_PROMPTS} prompts per request.")
+        prompts = [check_prompt_text(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        params = validate_params(body.get("params"))
+        session_id = validate_session_id(body.get("session_id"))
+        if session_id is not None and len(prompts) != 1:
+            raise InferenceError(400, "session_id continues one conversation: send one prompt.")
+        runtime, agent = live.runtime, live.name
+
+        def work() -> dict[str, Any]:
+            inputs = [self.conversation(runtime, agent, session_id, p) for p in prompts]
+            started = time.perf_counter()
+            completions = runtime.generate(inputs, params)
+            elapsed = time.perf_counter() - started
+            counter = getattr(runtime, "count_tokens", None)
+            tokens = sum(counter(c) for c in completions) if counter else 0
+            for prompt, completion in zip(prompts, completions, strict=True):
+                self.sessions.append(agent, session_id or new_session_id(), [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": completion}])
+            return {
+                "results": [{"prompt": p, "completion": c}
+                            for p, c in zip(prompts, completions, strict=True)],
+                "batch_size": len(prompts),
+                "inference_time_ms": round(elapsed * 1000, 3),
+                "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else 0.0,
+                "success": True,
+            }
+
+        await self.run(live, work)
+
+
+_DONE = object()
+
+
+class GenerateStreamHandler(LLMHandler):
+    """``POST generate_stream``: plain-text chunks as the model produces them."""
+
+    route = "generate_stream"
+    _cancelled: threading.Event | None = None
+
+    def on_connection_close(self) -> None:
+        """The client went away: stop the model at its next token."""
+        if self._cancelled is not None:
+            self._cancelled.set()
+
+    @bearer_key
+    async def post(self, live: LiveDeployment) -> None:
+        """Validate (JSON errors), then stream text (errors in-band as ``\\n[ERROR: ...]``)."""
+        self.check_route(live)
+        body = self.body()
+        prompt = check_prompt_text(body.get("prompt"))
+        params = validate_params(body.get("params"))
+        session_id = validate_session_id(body.get("session_id")) or new_session_id()
+        runtime, agent = live.runtime, live.name
+        model_input = await self.deployer.call(
+            self.conversation, runtime, agent, session_id, prompt)
+        checker = getattr(runtime, "check_prompt", None)
+        if checker is not None:
+            try:
+                await self.deployer.call(checker, model_input)
+            except RequestError as exc:
+                raise InferenceError(400, str(exc)) from exc
+
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = self._cancelled = threading.Event()
+
+        def produce() -> str:
+            produced: list[str] = []
+            try:
+                for piece in runtime.stream(model_input, params, cancelled):
+                    produced.append(piece)
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except Exception as exc:  # noqa: BLE001 - reported in-band to the client
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+            return "".join(produced)
+
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Session-Id", session_id)
+        future = self.deployer.submit(produce)
+        while True:
+            item = await pieces.get()
+            if item is _DONE:
+                break
+            text = (f"\n[ERROR: generation failed: {item}]" if isinstance(item, Exception)
+                    else item)
+            try:
+                self.write(text)
+                await self.flush()
+            except StreamClosedError:
+                cancelled.set()
+                break
+        completion = await asyncio.wrap_future(future)
+        if not cancelled.is_set():
+            await self.deployer.call(self.sessions.append, agent, session_id, [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": completion}])
+            self.finish()
+
+
+class SessionsHandler(LLMHandler):
+    """``GET sessions``: the agent's conversations, newest first."""
+
+    route = "sessions"
+
+    @bearer_key
+    async def get(self, live: LiveDeployment) -> None:
+        """List sessions."""
+        self.check_route(live)
+        sessions = await self.deployer.call(self.sessions.summaries, live.name)
+        self.finish(json.dumps({"sessions": sessions, "success": True}))
+
+
+class SessionHandler(LLMHandler):
+    """``GET`` / ``DELETE sessions/{id}``."""
+
+    route = "sessions"
+
+    @bearer_key
+    async def get(self, live: LiveDeployment, session_id: str) -> None:
+        """One session with its messages; 404 if unknown."""
+        self.check_route(live)
+        found = await self.deployer.call(self.sessions.get, live.name, session_id)
+        if found is None:
+            raise InferenceError(404, f"No session {session_id!r} for this agent.")
+        self.finish(json.dumps(found))
+
+    @bearer_key
+    async def delete(self, live: LiveDeployment, session_id: str) -> None:
+        """Delete a session: 204, or 404 when there was nothing to delete."""
+        self.check_route(live)
+        if not await self.deployer.call(self.sessions.delete, live.name, session_id):
+            raise InferenceError(404, f"No session {session_id!r} for this agent.")
+        self.set_status(204)
+        self.finish()
+
+
+SESSION = r"(?P<session_id>[^/]+)"
+
+routes: list[tuple[str, type[InferenceHandler]]] = [
+    (rf"/agents/d/{NAME}/generate", guard(GenerateHandler)),
+    (rf"/agents/d/{NAME}/generate_stream", guard(GenerateStreamHandler)),
+    (rf"/agents/d/{NAME}/sessions", guard(SessionsHandler)),
+    (rf"/agents/d/{NAME}/sessions/{SESSION}", guard(SessionHandler)),
+]

@@ -1,0 +1,128 @@
+"""Chat sessions of LLM agents, persisted in SQLite so they survive a server restart.
+
+A session belongs to one agent and holds its messages (``[{role, content}]``) as JSON. The file
+(``<root>/sessions.sqlite3``) is owner-only like the registry; it holds users' conversations.
+
+Thread-safety: one connection behind a lock; each method is one short transaction.
+
+Example::
+
+    sessions = SessionStore(root / "sessions.sqlite3")
+    sessions.append("tiny-chat", "s1", [{"role": "user", "content": "hi"}])
+    sessions.get("tiny-chat", "s1")["messages"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    agent TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    messages TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    last_updated REAL NOT NULL,
+    PRIMARY KEY (agent, session_id)
+)
+"""
+TITLE_CHARS = 60
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+class SessionStore:
+    """Conversations per agent: list, read, append turns, delete."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def summaries(self, agent: str) -> list[dict[str, Any]]:
+        """Summaries of the agent's sessions, most recently updated first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id, created_at, last_updated, title FROM sessions"
+                " WHERE agent = ? ORDER BY last_updated DESC", (agent,)).fetchall()
+        return [{"session_id": r[0], "created_at": _iso(r[1]), "last_updated": _iso(r[2]),
+                 "title": r[3]} for r in rows]
+
+    def messages(self, agent: str, session_id: str) -> list[dict[str, str]] | None:
+        """The session's messages, or ``None`` if it does not exist."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?",
+                (agent, session_id)).fetchone()
+        return None if row is None else list(json.loads(row[0]))
+
+    def get(self, agent: str, session_id: str) -> dict[str, Any] | None:
+        """The session with its messages (contract shape), or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created_at, last_updated, title, messages FROM sessions"
+                " WHERE agent = ? AND session_id = ?", (agent, session_id)).fetchone()
+        if row is None:
+            return None
+        return {"session_id": session_id, "created_at": _iso(row[0]),
+                "last_updated": _iso(row[1]), "title": row[2],
+                "messages": json.loads(row[3]), "success": True}
+
+    def append(self, agent: str, session_id: str, new: list[dict[str, str]]) -> None:
+        """Add messages to a session, creating it (titled by its first message) if new."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?",
+                    (agent, session_id)).fetchone()
+                if row is None:
+                    title = (new[0]["content"] if new else "").strip().splitlines()
+                    self._db.execute(
+                        "INSERT INTO sessions (agent, session_id, title, messages, created_at,"
+                        " last_updated) VALUES (?, ?, ?, ?, ?, ?)",
+                        (agent, session_id, (title[0] if title else "")[:TITLE_CHARS],
+                         json.dumps(new), now, now))
+                else:
+                    merged = json.loads(row[0]) + new
+                    self._db.execute(
+                        "UPDATE sessions SET messages = ?, last_updated = ?"
+                        " WHERE agent = ? AND session_id = ?",
+                        (json.dumps(merged), now, agent, session_id))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def delete(self, agent: str, session_id: str) -> bool:
+        """Delete one session; ``False`` if there was none."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM sessions WHERE agent = ? AND session_id = ?", (agent, session_id))
+        return cur.rowcount > 0
+
+    def delete_agent(self, agent: str) -> None:
+        """Forget every session of an agent (when the agent is deleted)."""
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE agent = ?", (agent,))
