@@ -26,6 +26,27 @@ def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "experiments"
 
 
+@pytest.fixture(scope="session")
+def advanced_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``experiments/`` with a quick tiny LLM (full model and LoRA) and a supervised model."""
+    from server_extension.llm_demo import build_llm_demo
+    from server_extension.supervised_demo import build_supervised_demo
+
+    root = tmp_path_factory.mktemp("advanced-workspace")
+    build_llm_demo(root, quick=True)
+    build_supervised_demo(root, quick=True)
+    return root / "experiments"
+
+
+@pytest.fixture
+def advanced_workspace(tmp_path: Path, advanced_experiments: Path) -> Path:
+    """A fresh workspace root holding a copy of the Advanced Training experiments."""
+    root = tmp_path / "advanced"
+    root.mkdir()
+    shutil.copytree(advanced_experiments, root / "experiments")
+    return root
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, demo_experiments: Path) -> Path:
     """A fresh workspace root (own registry) holding a copy of the demo experiments."""
@@ -49,6 +70,18 @@ def jp_server_config(workspace: Path) -> dict[str, Any]:
             "health_check_failures": 2,
         },
     }
+
+
+@pytest.fixture
+def advanced_server(advanced_workspace: Path) -> Iterator[Any]:
+    """A real ``jupyter server`` child process over the Advanced Training workspace."""
+    from tests.servers import ServerProcess
+
+    proc = ServerProcess(advanced_workspace).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

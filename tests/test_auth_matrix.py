@@ -1,0 +1,171 @@
+"""Every route against every kind of credential: the two auth worlds never stand in for each other.
+
+Runs against a real child-process server with token auth and no unauthenticated access.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import requests
+
+from tests.servers import ServerProcess
+
+# (method, suffix under agents/d/<name>/, JSON body)
+INFERENCE_ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "get_action", {"obs": None}),
+    ("POST", "predict", {"inputs": None}),
+    ("POST", "generate", {"prompts": ["hi"]}),
+    ("POST", "generate_stream", {"prompt": "hi"}),
+    ("GET", "sessions", None),
+    ("GET", "sessions/abc", None),
+    ("DELETE", "sessions/abc", None),
+]
+MANAGEMENT_ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "experiments", None),
+    ("GET", "agents", None),
+    ("POST", "agents", {"name": "x", "experiment": "cartpole-dqn"}),
+    ("GET", "agents/a", None),
+    ("DELETE", "agents/a", None),
+    ("POST", "agents/a/connect", {}),
+    ("POST", "agents/a/disconnect", {}),
+    ("POST", "agents/a/rotate-key", {}),
+]
+
+
+@pytest.fixture
+def two_agents(server: ServerProcess) -> dict[str, Any]:
+    """Agents a and b deployed; a's key rotated once (old key kept for the test)."""
+    a = server.deploy("a", "cartpole-dqn")
+    b = server.deploy("b", "cartpole-dqn")
+    rotated = server.api("POST", "agents/a/rotate-key").json()
+    return {"server": server, "old_a": a["api_key"], "a": rotated["api_key"],
+            "b": b["api_key"], "endpoint": rotated["endpoint"]}
+
+
+def inference(ctx: dict[str, Any], method: str, suffix: str, body: Any,
+              headers: dict[str, str], *, url_suffix: str = "") -> requests.Response:
+    return requests.request(method, f"{ctx['endpoint']}/{suffix}{url_suffix}", json=body,
+                            headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), INFERENCE_ROUTES)
+def test_inference_routes_refuse_every_wrong_credential(two_agents: dict[str, Any], method: str,
+                                                         suffix: str, body: Any) -> None:
+    server: ServerProcess = two_agents["server"]
+    cases = {
+        "no credential": {},
+        "wrong key": {"Authorization": "Bearer awb_wrong"},
+        "another deployment's key": {"Authorization": f"Bearer {two_agents['b']}"},
+        "rotated-away key": {"Authorization": f"Bearer {two_agents['old_a']}"},
+        "Jupyter token as Bearer": {"Authorization": f"Bearer {server.token}"},
+        "Jupyter token as token": {"Authorization": f"token {server.token}"},
+        "empty bearer": {"Authorization": "Bearer "},
+    }
+    for case, headers in cases.items():
+        resp = inference(two_agents, method, suffix, body, headers)
+        assert resp.status_code == 401, (case, resp.status_code, resp.text)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer"), case
+        assert resp.json()["success"] is False, case
+    # The right key gets past auth: any answer but 401/403 (a DQN answers 400 to LLM routes).
+    resp = inference(two_agents, method, suffix, body,
+                     {"Authorization": f"Bearer {two_agents['a']}"})
+    assert resp.status_code not in (401, 403), resp.text
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), INFERENCE_ROUTES)
+def test_key_in_query_string_is_refused(two_agents: dict[str, Any], method: str, suffix: str,
+                                        body: Any) -> None:
+    for param in ("api_key", "token", "key"):
+        resp = inference(two_agents, method, suffix, body, {},
+                         url_suffix=f"?{param}={two_agents['a']}")
+        assert resp.status_code == 400, (param, resp.text)
+        assert "Authorization" in resp.json()["error"]
+
+
+def test_status_is_public_and_reveals_nothing_secret(two_agents: dict[str, Any]) -> None:
+    resp = requests.get(two_agents["endpoint"] + "/status", timeout=10)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert set(body) == {"success", "deployment_id", "instance_id", "agent"}
+    text = resp.text
+    for secret in (two_agents["a"], two_agents["old_a"], two_agents["b"],
+                   two_agents["server"].token):
+        assert secret not in text
+    assert str(two_agents["server"].root) not in text
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), MANAGEMENT_ROUTES)
+def test_management_refuses_deployment_keys_and_anonymous(two_agents: dict[str, Any],
+                                                          method: str, suffix: str,
+                                                          body: Any) -> None:
+    server: ServerProcess = two_agents["server"]
+    url = server.url + "agents/api/" + suffix
+    for headers in ({}, {"Authorization": f"Bearer {two_agents['a']}"},
+                    {"Authorization": f"token {two_agents['a']}"}):
+        resp = requests.request(method, url, json=body, headers=headers, timeout=10,
+                                allow_redirects=False)
+        assert resp.status_code == 403, (headers, resp.status_code, resp.text)
+    # The deployment key in the query string does not open it either.
+    resp = requests.request(method, url + f"?token={two_agents['a']}", json=body, timeout=10,
+                            allow_redirects=False)
+    assert resp.status_code == 403
+
+
+def _cookie_session(server: ServerProcess) -> requests.Session:
+    """A browser-like session logged in with Jupyter's cookie (no token header)."""
+    browser = requests.Session()
+    login = browser.get(server.url + "login", timeout=10)
+    xsrf = browser.cookies.get("_xsrf")
+    match = re.search(r'name="_xsrf" value="([^"]+)"', login.text)
+    resp = browser.post(server.url + "login", timeout=10, allow_redirects=False,
+                        data={"password": server.token,
+                              "_xsrf": match.group(1) if match else xsrf})
+    assert resp.status_code in (302, 303), resp.text
+    assert browser.get(server.url + "agents/api/agents", timeout=10).status_code == 200
+    return browser
+
+
+def test_cross_site_post_with_only_the_cookie_is_refused(two_agents: dict[str, Any]) -> None:
+    server: ServerProcess = two_agents["server"]
+    browser = _cookie_session(server)
+    # A forged cross-site form post carries the cookie but not the XSRF token.
+    for suffix in ("agents/a/disconnect", "agents/a/rotate-key"):
+        resp = browser.post(server.url + "agents/api/" + suffix, timeout=10,
+                            headers={"Origin": "http://evil.example"})
+        assert resp.status_code == 403, (suffix, resp.text)
+    resp = browser.delete(server.url + "agents/api/agents/a", timeout=10,
+                          headers={"Origin": "http://evil.example"})
+    assert resp.status_code == 403
+    assert server.api("GET", "agents/a").json()["status"] == "Deployed"
+    # The cookie is no deployment key either.
+    resp = browser.post(two_agents["endpoint"] + "/get_action", json={"obs": None}, timeout=10)
+    assert resp.status_code == 401
+
+
+def test_every_route_has_an_explicit_auth_decision() -> None:
+    """Walk every registered workbench route and verb: Jupyter auth, Bearer key, or public."""
+    from jupyter_server.serverapp import _has_tornado_web_authenticated
+    from tornado import web
+
+    from server_extension.handlers import all_routes
+    from server_extension.handlers.inference import InferenceHandler
+
+    checked = 0
+    for pattern, handler in all_routes():
+        for verb in handler.SUPPORTED_METHODS:
+            method = getattr(handler, verb.lower())
+            if method is web.RequestHandler._unimplemented_method:
+                continue
+            checked += 1
+            if issubclass(handler, InferenceHandler):
+                decision = getattr(method, "auth_decision", None)
+                assert decision in ("bearer", "public"), (pattern, verb)
+                if decision == "public":
+                    assert pattern.endswith("/status") or "rest" in pattern, (pattern, verb)
+            else:
+                # Management verbs: Jupyter's own check that @web.authenticated is present.
+                assert _has_tornado_web_authenticated(method), (pattern, verb)
+    assert checked >= 14
