@@ -5,6 +5,9 @@
 ``agents-workbench run [--root DIR] [--port N] [--no-browser]``
     Seed the demo workspace if DIR has no experiments, then start JupyterLab with the
     workbench and print its URL.
+``agents-workbench app [--root DIR] [--port N] [--token T]``
+    Publish the Agents panel (notebooks/Agents.ipynb) as a Voila app over DIR, with the
+    workbench's API in the same process, and print its URL (with its token).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from .store import ROOT_ENV, ExperimentStore, default_root
 
 REPO = Path(__file__).resolve().parent.parent
+APP_TOKEN_ENV = "AGENTS_WORKBENCH_APP_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def _progress(message: str) -> None:
@@ -75,6 +79,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env)
 
 
+APP_NOTEBOOK_CELLS = (
+    ("markdown", "# Deploy trained agents\n\nTurn a trained checkpoint into an HTTP endpoint: "
+                 "create an agent from an experiment's checkpoint, **Connect** it, then call "
+                 "it with the code under its row."),
+    ("code", "from agents_widget import AgentsPanel\n\npanel = AgentsPanel()\npanel"),
+)
+
+
+def _app_notebook(root: Path) -> Path:
+    """The notebook the app publishes: the shipped one, or a minimal copy in the workspace."""
+    shipped = REPO / "notebooks" / "Agents.ipynb"
+    if shipped.exists():
+        return shipped
+    import nbformat
+
+    # An installed wheel carries no notebooks/ folder: write the two cells it needs.
+    target = root / "notebooks" / "Agents.ipynb"
+    if not target.exists():
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown"
+                    else nbformat.v4.new_code_cell(src) for kind, src in APP_NOTEBOOK_CELLS]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(target))
+    return target
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Publish the Agents panel with Voila over ``--root``, the workbench API included."""
+    import secrets
+
+    from .voila_app import main as voila_main
+
+    root = Path(args.root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    notebook = _app_notebook(root)
+    # A token always: it guards the page and the API, and the panel's kernel uses it too.
+    token = args.token or os.environ.get(APP_TOKEN_ENV) or secrets.token_urlsafe(24)
+    os.environ[ROOT_ENV] = str(root)
+    argv = [
+        str(notebook),
+        f"--port={args.port}",
+        f"--Voila.ip={args.ip}",
+        f"--token={token}",
+        f"--AgentsWorkbenchApp.root_dir={root}",
+        f"--Voila.base_url={args.base_url}",
+    ]
+    if args.no_browser:
+        argv.append("--no-browser")
+    if args.preheat:
+        argv += ["--preheat_kernel=True", "--pool_size=1"]
+    if args.debug:
+        argv.append("--debug")
+    host = "127.0.0.1" if args.ip in ("", "0.0.0.0", "localhost") else args.ip  # noqa: S104
+    base = args.base_url if args.base_url.endswith("/") else args.base_url + "/"
+    _progress(f"Publishing {notebook.name} over {root}")
+    _progress(f"Open http://{host}:{args.port}{base}?token={token}")
+    voila_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agents-workbench``."""
     parser = argparse.ArgumentParser(prog="agents-workbench", description=__doc__,
@@ -93,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ip", default="127.0.0.1")
     run.add_argument("--no-browser", action="store_true")
     run.set_defaults(func=cmd_run)
+
+    app = sub.add_parser("app", help="publish the Agents panel as a Voila app over a workspace")
+    app.add_argument("--root", default=str(default_root()), help="workspace folder")
+    app.add_argument("--port", type=int, default=8866)
+    app.add_argument("--ip", default="127.0.0.1")
+    app.add_argument("--base-url", default="/", help="URL prefix, e.g. behind a proxy")
+    app.add_argument("--token", default=None,
+                     help=f"access token (default: ${APP_TOKEN_ENV}, else a random one)")
+    app.add_argument("--preheat", action="store_true",
+                     help="keep a kernel warm; it waits for a visitor before calling the API")
+    app.add_argument("--no-browser", action="store_true")
+    app.add_argument("--debug", action="store_true",
+                     help="debug logging, API calls included (and tracebacks on the page)")
+    app.set_defaults(func=cmd_app)
     return parser
 
 

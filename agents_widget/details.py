@@ -1,0 +1,168 @@
+"""The expanded row of a Deployed agent: API key, endpoint, key rotation, deployment code.
+
+The key is shown by :class:`~agents_widget.clipboard.SecretField`: masked, revealed or
+copied through custom messages only, so it is never a widget trait (not in saved widget
+state, not in notebook outputs). The snippets read it from ``ARENA_API_KEY``. Example::
+
+    details = DeploymentDetails(agent, experiment, key=lambda: state.api_key(agent.name),
+                                on_rotate=panel.rotate_key)
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from .client import AgentInfo, ExperimentInfo
+from .clipboard import CopyButton, SecretField, TextProvider
+from .snippets import KEY_ENV, build_snippets
+from .viewkit import close_tree, gap
+
+
+def _label(text: str) -> widgets.HTML:
+    label = widgets.HTML(html.escape(text))
+    label.add_class("awb-label")
+    return label
+
+
+class DeploymentDetails(widgets.VBox):
+    """What the chevron opens under a Deployed, connected agent's row."""
+
+    def __init__(self, agent: AgentInfo, experiment: ExperimentInfo | None, *,
+                 key: TextProvider, on_rotate: Callable[[str], object]) -> None:
+        self.agent_name = agent.name
+        self.endpoint = agent.endpoint or ""
+        self._on_rotate = on_rotate
+        self._experiment = experiment
+        self._key = key
+
+        self.secret = SecretField(key, copy_label="Copy key")
+        self.endpoint_view = widgets.HTML(f"<code>{html.escape(self.endpoint)}</code>")
+        endpoint = self.endpoint
+        self.copy_endpoint = CopyButton(lambda: endpoint, label="Copy",
+                                        hint="Copy the endpoint URL")
+
+        self.rotate_button = widgets.Button(description="Rotate key", icon="refresh",
+                                            tooltip="Issue a new key; the old one stops at once")
+        self.rotate_confirm = widgets.Button(description="Rotate", button_style="danger")
+        self.rotate_cancel = widgets.Button(description="Cancel")
+        self.rotate_question = widgets.HTML(
+            f"Rotate the key of <b>{html.escape(agent.name)}</b>? The old key stops working "
+            "at once: clients still using it get 401.")
+        self.confirm_box = gap(widgets.HBox(
+            [self.rotate_question, self.rotate_confirm, self.rotate_cancel],
+            layout=widgets.Layout(display="none", align_items="center")), 6)
+        self.rotate_status = widgets.HTML()
+        self.rotate_button.on_click(lambda _b: self.ask_rotate())
+        self.rotate_cancel.on_click(lambda _b: self._show_confirm(False))
+        self.rotate_confirm.on_click(lambda _b: self.confirm_rotate())
+
+        self.snippets = build_snippets(self.endpoint, experiment)
+        pages = []
+        for title, snippet in self.snippets.items():
+            code = snippet.code
+            copy = CopyButton(lambda code=code: code, label="Copy code",  # type: ignore[misc]
+                              hint=f"Copy the {title} snippet")
+            view = widgets.HTML(f"<pre>{html.escape(code)}</pre>")
+            view.add_class("awb-code")
+            pages.append(widgets.VBox([copy, view]))
+        self.code_tabs = widgets.Tab(pages, titles=tuple(self.snippets))
+        hint = widgets.HTML(
+            f"<span class='awb-hint'>The snippets read the key from <code>{KEY_ENV}</code>: "
+            f"<code>export {KEY_ENV}=…</code> with the key copied above (it is never written "
+            "into this notebook).</span>")
+
+        rows: list[widgets.Widget] = [
+            gap(widgets.HBox([_label("API key"), self.secret, self.rotate_button],
+                             layout=widgets.Layout(align_items="center")), 8),
+            self.confirm_box,
+            self.rotate_status,
+            gap(widgets.HBox([_label("Endpoint"), self.endpoint_view, self.copy_endpoint],
+                             layout=widgets.Layout(align_items="center")), 8),
+            _label("Deployment code"),
+            hint,
+            self.code_tabs,
+        ]
+        self.playground_box = self._playground_section(agent)
+        if self.playground_box is not None:
+            rows.append(self.playground_box)
+        super().__init__(rows)
+        gap(self, 6)
+        self.add_class("awb-details")
+
+    # -- key rotation --------------------------------------------------------------------------
+
+    def _show_confirm(self, shown: bool) -> None:
+        self.confirm_box.layout.display = "" if shown else "none"
+        self.rotate_button.disabled = shown
+
+    def ask_rotate(self) -> None:
+        """Ask for confirmation before rotating."""
+        self.rotate_status.value = ""
+        self._show_confirm(True)
+
+    def confirm_rotate(self) -> None:
+        """Confirmed: the panel rotates the key on its worker thread."""
+        self._show_confirm(False)
+        self.rotate_button.disabled = True
+        self.rotate_status.value = "<span class='awb-hint'>Rotating the key…</span>"
+        self._on_rotate(self.agent_name)
+
+    def key_rotated(self, error: str | None = None) -> None:
+        """The panel's answer: mask any revealed (now stale) key and say what happened."""
+        self.rotate_button.disabled = False
+        if error:
+            self.rotate_status.value = f"<div class='awb-error'>{html.escape(error)}</div>"
+            return
+        self.secret.hide()
+        self.rotate_status.value = (
+            "<span class='awb-ok'>New key issued; the old one no longer works. Update "
+            f"{KEY_ENV} wherever the old key was used.</span>")
+        if self.playground_box is not None:
+            self._reset_playground()
+
+    # -- episode playground (Classic RL) -------------------------------------------------------
+
+    def _playground_section(self, agent: AgentInfo) -> widgets.Accordion | None:
+        if agent.tab != "classic" or self._experiment is None:
+            return None
+        section = widgets.Accordion([widgets.VBox()], titles=("Run an episode",),
+                                    selected_index=None)
+        section.observe(self._on_playground_open, "selected_index")
+        return section
+
+    def _on_playground_open(self, change: dict[str, Any]) -> None:
+        box = self.playground_box.children[0] if self.playground_box else None
+        if change["new"] is None or box is None or box.children:
+            return
+        key = self._key()
+        if key is None or self._experiment is None:
+            box.children = [widgets.HTML("The agent is not Deployed any more.")]
+            return
+        try:
+            from .episode_playground import EpisodePlayground
+        except ImportError as exc:
+            box.children = [widgets.HTML(f"The episode playground is unavailable: "
+                                         f"{html.escape(str(exc))}")]
+            return
+        experiment = {"name": self._experiment.name,
+                      "environment": self._experiment.environment,
+                      "source": self._experiment.source}
+        box.children = [EpisodePlayground(self.endpoint, key, experiment)]
+
+    def _reset_playground(self) -> None:
+        # The playground holds the key it was built with; rebuild it on next open.
+        if self.playground_box is None:
+            return
+        box = self.playground_box.children[0]
+        for child in box.children:
+            close_tree(child)
+        box.children = []
+        self.playground_box.selected_index = None
+
+    def close(self) -> None:
+        """Close every widget of the details."""
+        close_tree(self)

@@ -1,0 +1,469 @@
+"""The Agents panel: top bar, Classic RL and Advanced Training tabs, the wizard; the controller.
+
+Example (in a notebook served by a Jupyter server running the workbench)::
+
+    from agents_widget import AgentsPanel
+    AgentsPanel()
+
+Layers: :mod:`.client` (HTTP) -> :mod:`.state` (what is known, the rules) -> view builders
+(:mod:`.table`, :mod:`.wizard`, :mod:`.details`) -> this controller, which wires buttons to
+client calls.
+
+Threads: button callbacks run on the kernel's event loop and never wait on HTTP: they
+submit the call to the client's worker thread, which runs calls one at a time and then
+applies the answer to the widgets. The :class:`~.poller.StatusPoller` thread submits a
+refresh the same way, so polls and user actions never interleave. Widget updates take
+``self._lock`` so a callback and the worker do not edit the same row at once.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+import ipywidgets as widgets
+
+from server_extension import discovery
+from server_extension.discovery import ServerInfo, ServerNotFound
+
+from .client import AgentInfo, ApiError, Tab, WorkbenchClient, WorkbenchError
+from .details import DeploymentDetails
+from .poller import StatusPoller
+from .state import TAB_LABELS, TABS, PanelState, chevron_visible
+from .table import AgentRow, AgentTable, RowActions
+from .viewkit import close_tree, gap, stylesheet
+from .wizard import CreateRequest, NewAgentWizard
+
+log = logging.getLogger("agents_workbench.panel")
+T = TypeVar("T")
+
+PENDING_POLL_S = 0.5  # while an agent is Pending: Deployed shows up within half a second
+MAX_BACKOFF_S = 15.0  # while the server does not answer
+EXPERIMENTS_EVERY = 4  # re-read experiments (new checkpoints) every this many polls
+
+
+class AgentsPanel(widgets.VBox):
+    """The Agents page of the Arena platform, for the workbench server this kernel belongs to.
+
+    ``server`` (or ``client``) picks the server; by default it is discovered (the server
+    that started this kernel, or ``AGENTS_WORKBENCH_URL``/``AGENTS_WORKBENCH_TOKEN``).
+    ``poll_interval`` is the seconds between status polls while the panel is open.
+    """
+
+    def __init__(self, server: ServerInfo | None = None, *,
+                 client: WorkbenchClient | None = None, poll_interval: float = 2.0,
+                 autostart: bool = True) -> None:
+        self.state = PanelState()
+        self.client: WorkbenchClient | None = client
+        self.poll_interval = poll_interval
+        self.poller: StatusPoller | None = None
+        self.wizard: NewAgentWizard | None = None
+        self.server_error: str | None = None
+        self._lock = threading.RLock()
+        self._failures = 0
+        self._offline = False
+        self._closed = False
+
+        self.title = widgets.HTML("<div class='awb-title'>Agents</div>")
+        self.subtitle = widgets.HTML()
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh",
+                                             tooltip="Read agents and experiments again")
+        self.new_button = widgets.Button(description="New Agent", icon="plus",
+                                         button_style="primary", disabled=True,
+                                         tooltip="Loading experiments…")
+        self.gate_hint = widgets.HTML()
+        topbar = gap(widgets.HBox([
+            widgets.VBox([self.title, self.subtitle], layout=widgets.Layout(flex="1 1 auto")),
+            self.gate_hint, self.refresh_button, self.new_button,
+        ], layout=widgets.Layout(width="100%")), 8)
+        topbar.add_class("awb-topbar")
+        self.notice = widgets.HTML()
+
+        actions = RowActions(toggle=self.toggle, delete=self.delete, expand=self.expand)
+        self.tables = {tab: AgentTable(tab, actions) for tab in TABS}
+        self.tabs = widgets.Tab([self.tables[t] for t in TABS],
+                                titles=tuple(TAB_LABELS[t] for t in TABS),
+                                layout=widgets.Layout(width="100%"))
+        self.retry_button = widgets.Button(description="Try again", icon="refresh")
+        self.missing = widgets.VBox([self.retry_button],
+                                    layout=widgets.Layout(display="none"))
+        full = widgets.Layout(width="100%")
+        self.wizard_area = widgets.VBox(layout=full)
+        self.body = widgets.Stack(
+            [widgets.VBox([self.tabs, self.missing], layout=full), self.wizard_area],
+            selected_index=0, layout=full)
+
+        self.tabs.observe(lambda _c: self._update_gate(), "selected_index")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.new_button.on_click(lambda _b: self.open_wizard())
+        self.retry_button.on_click(lambda _b: self.retry_discovery())
+
+        super().__init__([stylesheet(), topbar, self.notice, self.body],
+                         layout=widgets.Layout(width="100%", padding="4px"))
+        self.add_class("awb-panel")
+
+        if self.client is None:
+            try:
+                self.client = WorkbenchClient(server or discovery.find())
+            except ServerNotFound as exc:
+                self._show_missing(str(exc))
+                return
+        self._show_server()
+        if autostart:
+            self.start()
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    @property
+    def current_tab(self) -> Tab:
+        """``"classic"`` or ``"advanced"``: the tab on show."""
+        return TABS[int(self.tabs.selected_index or 0)]
+
+    def start(self) -> Future[None]:
+        """Load agents and experiments, then keep polling; returns at once.
+
+        In a Voila preheated kernel this first waits, on the worker thread, for a visitor to
+        open the page: a kernel warmed up in advance must not call the API for nobody.
+        """
+        client = self._client()
+        if os.environ.get("VOILA_PREHEAT") == "True":
+            client.submit(_wait_for_visitor)
+        return client.submit(self._first_load)
+
+    def _first_load(self) -> None:
+        try:
+            self._load(experiments=True)
+        finally:
+            # Poll even when this first read failed (server restarting): the poller retries,
+            # and the notice _load showed goes away once the server answers.
+            if not self._closed and self.poller is None:
+                self.poller = StatusPoller(self.poll_once, interval=self.poll_interval)
+                self.poller.start()
+
+    def retry_discovery(self) -> None:
+        """Look for a server again (after the user started one)."""
+        try:
+            server = discovery.find()
+        except ServerNotFound as exc:
+            self._show_missing(str(exc))
+            return
+        self.client = WorkbenchClient(server)
+        self.server_error = None
+        self.missing.layout.display = "none"
+        self.tabs.layout.display = ""
+        self.notice.value = ""
+        self._show_server()
+        self.start()
+
+    def _show_missing(self, message: str) -> None:
+        self.server_error = message
+        self.notice.value = f"<div class='awb-notice'>{html.escape(message)}</div>"
+        self.tabs.layout.display = "none"
+        self.missing.layout.display = ""
+        self.new_button.disabled = True
+        self.new_button.tooltip = "No workbench server found"
+        self.refresh_button.disabled = True
+        self.subtitle.value = "<span class='awb-subtitle'>Not connected to a server</span>"
+
+    def _show_server(self) -> None:
+        self.refresh_button.disabled = False
+        url = self._client().url
+        self.subtitle.value = (
+            "<span class='awb-subtitle'>Turn trained checkpoints into HTTP endpoints · server "
+            f"<code>{html.escape(url)}</code></span>")
+
+    def _client(self) -> WorkbenchClient:
+        if self.client is None:
+            raise WorkbenchError(self.server_error or "No workbench server.")
+        return self.client
+
+    # -- reading the server --------------------------------------------------------------------
+
+    def refresh(self) -> Future[None]:
+        """Read agents and experiments again (on the worker thread)."""
+        return self._client().submit(self._load, experiments=True)
+
+    def poll_once(self) -> float | None:
+        """One status poll (the poller's tick); returns the delay before the next one."""
+        if self._closed or self.client is None:
+            return None
+        ticks = self.poller.ticks + 1 if self.poller is not None else 0
+        experiments = ticks % EXPERIMENTS_EVERY == 0
+        future = self.client.submit(self._load, experiments=experiments)
+        try:
+            future.result(timeout=60)
+        except Exception:  # noqa: BLE001 - _load already showed the problem
+            return min(MAX_BACKOFF_S, self.poll_interval * 2 ** min(self._failures, 4))
+        if any(a.status == "Pending" for a in self.state.agents):
+            return min(PENDING_POLL_S, self.poll_interval)
+        return None
+
+    def _load(self, experiments: bool = False) -> None:
+        """Worker thread: read the server, then show what changed."""
+        client = self._client()
+        try:
+            if experiments or not self.state.loaded:
+                self.state.set_experiments(client.experiments())
+            agents = client.agents()
+        except WorkbenchError as exc:
+            self._failures += 1
+            with self._lock:
+                self._set_notice(str(exc))
+                self._offline = True
+            raise
+        with self._lock:
+            if self._offline:  # the server answers again: drop the "cannot reach" notice
+                self._set_notice("")
+                self._offline = False
+            self._failures = 0
+            self._apply_agents(agents)
+            self._update_gate()
+
+    def _apply_agents(self, agents: list[AgentInfo]) -> None:
+        before = {a.name: a for a in self.state.agents}
+        self.state.set_agents(agents)
+        for tab in TABS:
+            self.tables[tab].sync(self.state.agents_of(tab))
+        # A key rotated elsewhere: never leave the old key revealed in an open row.
+        for agent in agents:
+            old = before.get(agent.name)
+            if old is not None and old.api_key != agent.api_key:
+                details = self._details(agent.name)
+                if details is not None:
+                    details.secret.hide()
+
+    def _update_gate(self) -> None:
+        if self.client is None:
+            return
+        gate = self.state.new_agent_gate(self.current_tab)
+        self.new_button.disabled = not gate.enabled
+        self.new_button.tooltip = gate.tooltip
+        self.gate_hint.value = "" if gate.enabled or not self.state.loaded else (
+            f"<span class='awb-hint'>No {TAB_LABELS[self.current_tab]} experiment with "
+            "checkpoints yet</span>")
+
+    # -- notices -------------------------------------------------------------------------------
+
+    def _set_notice(self, message: str, ok: bool = False) -> None:
+        """One line under the top bar: an error (red) or a confirmation (green); "" clears."""
+        if not message:
+            self.notice.value = ""
+            return
+        css = "awb-ok" if ok else "awb-notice"
+        self.notice.value = f"<div class='{css}'>{html.escape(message)}</div>"
+
+    # -- running actions -----------------------------------------------------------------------
+
+    def _run(self, call: Callable[[], T], on_ok: Callable[[T], None],
+             on_error: Callable[[WorkbenchError], None]) -> Future[None]:
+        """Run ``call`` on the worker, then ``on_ok``/``on_error`` there under the UI lock."""
+        def job() -> None:
+            try:
+                result = call()
+            except WorkbenchError as exc:
+                with self._lock:
+                    on_error(exc)
+                return
+            with self._lock:
+                on_ok(result)
+        return self._client().submit(job)
+
+    def _row(self, name: str) -> AgentRow | None:
+        for table in self.tables.values():
+            if name in table.rows:
+                return table.rows[name]
+        return None
+
+    def row(self, name: str) -> AgentRow:
+        """The row of agent ``name`` (KeyError if it is not on either tab)."""
+        row = self._row(name)
+        if row is None:
+            raise KeyError(f"No row for agent {name!r}")
+        return row
+
+    def _details(self, name: str) -> DeploymentDetails | None:
+        row = self._row(name)
+        details = row.details if row is not None else None
+        return details if isinstance(details, DeploymentDetails) else None
+
+    def _agent_changed(self, agent: AgentInfo) -> None:
+        self.state.put_agent(agent)
+        row = self._row(agent.name)
+        if row is not None:
+            row.done(agent)
+        self.tables[agent.tab].sync(self.state.agents_of(agent.tab))
+        if self.poller is not None:
+            self.poller.poke()
+
+    def toggle(self, name: str) -> Future[None] | None:
+        """Connect or Disconnect, following the agent's connected flag."""
+        agent = self.state.agent(name)
+        row = self._row(name)
+        if agent is None or row is None or row.busy:
+            return None
+        connect = not agent.connected
+        client = self._client()
+        with self._lock:
+            row.set_busy("Connecting…" if connect else "Disconnecting…")
+            self._set_notice("")
+
+        def failed(exc: WorkbenchError) -> None:
+            row.done()
+            verb = "connect" if connect else "disconnect"
+            self._set_notice(f"Could not {verb} {name}: {exc}")
+
+        call = (lambda: client.connect(name)) if connect else (lambda: client.disconnect(name))
+        return self._run(call, self._agent_changed, failed)
+
+    def delete(self, name: str) -> Future[None]:
+        """Delete the agent (its row asked for confirmation first)."""
+        client = self._client()
+
+        def deleted(_result: None) -> None:
+            self.state.drop_agent(name)
+            for table in self.tables.values():
+                table.sync(self.state.agents_of(table.tab))
+
+        def failed(exc: WorkbenchError) -> None:
+            if isinstance(exc, ApiError) and exc.status == 404:
+                deleted(None)  # gone already: what the user wanted
+                return
+            row = self._row(name)
+            if row is not None:
+                row.delete_failed()
+            self._set_notice(f"Could not delete {name}: {exc}")
+
+        return self._run(lambda: client.delete_agent(name), deleted, failed)
+
+    def expand(self, name: str) -> Future[None] | None:
+        """Open (or close) a Deployed, connected agent's details under its row."""
+        row = self._row(name)
+        if row is None:
+            return None
+        with self._lock:
+            if row.expanded:
+                row.collapse()
+                return None
+        # Building the snippets may import gymnasium and make an environment: worker thread.
+        return self._client().submit(self._expand, name)
+
+    def _expand(self, name: str) -> None:
+        with self._lock:
+            row = self._row(name)
+            agent = self.state.agent(name)
+            if row is None or agent is None or not chevron_visible(agent) or row.expanded:
+                return
+            details = DeploymentDetails(
+                agent, self.state.experiment(agent.experiment),
+                key=lambda: self.state.api_key(name), on_rotate=self.rotate_key)
+            row.expand(details)
+
+    def rotate_key(self, name: str) -> Future[None]:
+        """Give the agent a new key (its details asked for confirmation first)."""
+        client = self._client()
+
+        def rotated(agent: AgentInfo) -> None:
+            self.state.put_agent(agent)
+            details = self._details(name)
+            if details is not None:
+                details.key_rotated()
+
+        def failed(exc: WorkbenchError) -> None:
+            details = self._details(name)
+            if details is not None:
+                details.key_rotated(error=f"Could not rotate the key: {exc}")
+            else:
+                self._set_notice(f"Could not rotate the key of {name}: {exc}")
+
+        return self._run(lambda: client.rotate_key(name), rotated, failed)
+
+    # -- the wizard ----------------------------------------------------------------------------
+
+    def open_wizard(self) -> NewAgentWizard | None:
+        """Open Create New Agent for the current tab (when New Agent is enabled)."""
+        tab = self.current_tab
+        if self.new_button.disabled:
+            return None
+        with self._lock:
+            self.close_wizard()
+            self.wizard = NewAgentWizard(
+                tab, self.state.sources(tab),
+                on_create=self.create_agent, on_cancel=self.close_wizard)
+            self.wizard_area.children = [self.wizard]
+            self.body.selected_index = 1
+        return self.wizard
+
+    def close_wizard(self) -> None:
+        """Back to the tables, freeing the wizard's widgets."""
+        with self._lock:
+            wizard, self.wizard = self.wizard, None
+            self.wizard_area.children = []
+            self.body.selected_index = 0
+            if wizard is not None:
+                wizard.close()
+
+    def create_agent(self, request: CreateRequest) -> Future[None]:
+        """Create the agent the wizard describes; errors show inline in the wizard."""
+        client = self._client()
+        wizard = self.wizard
+
+        def created(agent: AgentInfo) -> None:
+            self.state.put_agent(agent)
+            self.tables[agent.tab].sync(self.state.agents_of(agent.tab))
+            if self.wizard is wizard:
+                self.close_wizard()
+            self._set_notice(f"Created {agent.name} (Undeployed). Click Connect on its row to "
+                             "deploy it.", ok=True)
+
+        def failed(exc: WorkbenchError) -> None:
+            if wizard is not None:
+                wizard.show_error(str(exc))
+
+        return self._run(
+            lambda: client.create_agent(request.name, experiment=request.experiment,
+                                        checkpoint=request.checkpoint,
+                                        description=request.description),
+            created, failed)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until every call submitted so far has been answered and applied."""
+        if self.client is not None:
+            self.client.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        """Stop polling, close the client and every widget of the panel."""
+        self._closed = True
+        if self.poller is not None:
+            self.poller.stop()
+        if self.client is not None:
+            self.client.close()
+        with self._lock:
+            if self.wizard is not None:
+                self.wizard.close()
+                self.wizard = None
+            close_tree(self)
+
+    def __repr__(self) -> str:
+        url = self.client.url if self.client is not None else None
+        return f"AgentsPanel(server={url!r})"
+
+
+def _wait_for_visitor() -> None:
+    """Block (worker thread) until Voila hands this preheated kernel to a visitor."""
+    try:
+        from voila.utils import wait_for_request
+    except ImportError:
+        return
+    try:
+        wait_for_request()
+    except Exception:  # worst case the panel loads now instead of later
+        log.warning("Waiting for the Voila visitor failed; loading the panel now.",
+                    exc_info=True)
+

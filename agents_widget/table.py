@@ -1,0 +1,258 @@
+"""The agents table of one tab: a header and one ``GridBox`` row per agent.
+
+Rows are kept by agent name and updated in place (values only); a row is built when an
+agent appears and closed, with everything under it, when the agent goes away. Callbacks go
+to the panel, which does the HTTP work off the kernel's event loop. Example::
+
+    table = AgentTable("classic", RowActions(toggle=..., delete=..., expand=...))
+    table.sync(state.agents_of("classic"))
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+
+from .client import AgentInfo, Tab
+from .state import TAB_LABELS, chevron_visible, toggle_label
+from .viewkit import close_tree, gap
+
+ACTIONS_WIDTH = "270px"
+COLUMNS: dict[Tab, list[tuple[str, str]]] = {
+    "classic": [
+        ("Agent", "minmax(110px, 1fr)"),
+        ("Description", "minmax(140px, 1.6fr)"),
+        ("Source Experiment", "minmax(130px, 1.2fr)"),
+        ("Status", "minmax(130px, 1fr)"),
+        ("Actions", ACTIONS_WIDTH),
+    ],
+    "advanced": [
+        ("Agent", "minmax(110px, 1fr)"),
+        ("Description", "minmax(140px, 1.4fr)"),
+        ("Source Experiment", "minmax(130px, 1.1fr)"),
+        ("Base Model", "minmax(120px, 1.1fr)"),
+        ("Status", "minmax(130px, 1fr)"),
+        ("Actions", ACTIONS_WIDTH),
+    ],
+}
+
+
+def grid_template(tab: Tab) -> str:
+    """The CSS grid columns of a tab's table."""
+    return " ".join(width for _, width in COLUMNS[tab])
+
+
+def status_html(agent: AgentInfo) -> str:
+    """A coloured status pill; a Failed row also shows its reason."""
+    pill = f"<span class='awb-pill awb-pill-{agent.status}'>{agent.status}</span>"
+    if agent.status == "Pending":
+        pill += " <span class='awb-hint'>loading…</span>"
+    if agent.status == "Failed" and agent.error:
+        pill += f"<div class='awb-reason'>{html.escape(agent.error)}</div>"
+    return pill
+
+
+@dataclass(frozen=True)
+class RowActions:
+    """What the row's buttons ask the panel to do, by agent name."""
+
+    toggle: Callable[[str], object]
+    delete: Callable[[str], object]
+    expand: Callable[[str], object]
+
+
+class AgentRow(widgets.VBox):
+    """One agent: the cells, the delete confirmation and, when expanded, the details."""
+
+    def __init__(self, agent: AgentInfo, tab: Tab, actions: RowActions) -> None:
+        self.name = agent.name
+        self.agent = agent
+        self._actions = actions
+        self.busy = False
+
+        self.name_cell = widgets.HTML()
+        self.description_cell = widgets.HTML()
+        self.experiment_cell = widgets.HTML()
+        self.base_model_cell = widgets.HTML()
+        self.status_cell = widgets.HTML()
+
+        self.toggle_button = widgets.Button(layout=widgets.Layout(width="105px"))
+        self.delete_button = widgets.Button(description="Delete", icon="trash",
+                                            layout=widgets.Layout(width="85px"),
+                                            tooltip=f"Delete {agent.name}")
+        self.chevron = widgets.Button(icon="chevron-down", layout=widgets.Layout(width="40px"),
+                                      tooltip="Show API key, endpoint and code")
+        self.buttons = gap(widgets.HBox([self.toggle_button, self.delete_button,
+                                         self.chevron]), 4)
+        self.confirm_yes = widgets.Button(description="Delete", button_style="danger",
+                                          layout=widgets.Layout(width="75px"))
+        self.confirm_no = widgets.Button(description="Cancel",
+                                         layout=widgets.Layout(width="75px"))
+        self.confirm_question = widgets.HTML(f"Delete <b>{html.escape(agent.name)}</b>?")
+        self.confirm = gap(widgets.HBox(
+            [self.confirm_question, self.confirm_yes, self.confirm_no],
+            layout=widgets.Layout(display="none", align_items="center")), 4)
+        actions_cell = widgets.VBox([self.buttons, self.confirm])
+
+        cells: list[widgets.Widget] = [self.name_cell, self.description_cell,
+                                       self.experiment_cell]
+        if tab == "advanced":
+            cells.append(self.base_model_cell)
+        cells += [self.status_cell, actions_cell]
+        for cell in cells:
+            cell.add_class("awb-td")
+        self.grid = widgets.GridBox(cells, layout=widgets.Layout(
+            grid_template_columns=grid_template(tab), width="100%", padding="4px 0"))
+        self.grid.add_class("awb-row")
+        self.details_box = widgets.Box(layout=widgets.Layout(width="100%"))
+
+        self.toggle_button.on_click(lambda _b: self._actions.toggle(self.name))
+        self.delete_button.on_click(lambda _b: self.ask_delete())
+        self.confirm_no.on_click(lambda _b: self.cancel_delete())
+        self.confirm_yes.on_click(lambda _b: self.confirm_delete())
+        self.chevron.on_click(lambda _b: self._actions.expand(self.name))
+
+        super().__init__([self.grid, self.details_box], layout=widgets.Layout(width="100%"))
+        self.update(agent)
+
+    # -- values --------------------------------------------------------------------------------
+
+    def update(self, agent: AgentInfo) -> None:
+        """Show ``agent`` as it now stands (sets widget values only)."""
+        self.agent = agent
+        self.name_cell.value = f"<b>{html.escape(agent.name)}</b>"
+        self.description_cell.value = html.escape(agent.description) or (
+            "<span class='awb-hint'>—</span>")
+        step = "" if agent.checkpoint_step is None else f" · step {agent.checkpoint_step:,}"
+        self.experiment_cell.value = (
+            f"{html.escape(agent.experiment)}<br><span class='awb-hint'>"
+            f"{html.escape(agent.checkpoint_rule)}{step}</span>")
+        self.base_model_cell.value = html.escape(agent.base_model or "") or (
+            "<span class='awb-hint'>—</span>")
+        self.status_cell.value = status_html(agent)
+        if not self.busy:
+            self.toggle_button.description = toggle_label(agent)
+            self.toggle_button.disabled = False
+        self.toggle_button.button_style = "" if agent.connected else "success"
+        self.toggle_button.icon = "power-off" if agent.connected else "plug"
+        visible = chevron_visible(agent)
+        self.chevron.layout.visibility = "visible" if visible else "hidden"
+        self.chevron.disabled = not visible
+        if not visible and self.expanded:
+            self.collapse()
+
+    def set_busy(self, text: str) -> None:
+        """Show that an action is on its way (the button stays off until it answers)."""
+        self.busy = True
+        self.toggle_button.description = text
+        self.toggle_button.disabled = True
+
+    def done(self, agent: AgentInfo | None = None) -> None:
+        """The action answered; show the agent as it now is."""
+        self.busy = False
+        self.update(agent or self.agent)
+
+    # -- delete --------------------------------------------------------------------------------
+
+    def ask_delete(self) -> None:
+        """Ask for confirmation in place of the buttons."""
+        self.buttons.layout.display = "none"
+        self.confirm.layout.display = ""
+
+    def cancel_delete(self) -> None:
+        """Back to the buttons."""
+        self.confirm.layout.display = "none"
+        self.buttons.layout.display = ""
+
+    def confirm_delete(self) -> None:
+        """Confirmed: the panel deletes the agent on its worker thread."""
+        self.confirm_yes.disabled = self.confirm_no.disabled = True
+        self.confirm_question.value = f"Deleting <b>{html.escape(self.name)}</b>…"
+        self._actions.delete(self.name)
+
+    def delete_failed(self) -> None:
+        """Deleting did not work (the panel shows why): offer the buttons again."""
+        self.confirm_yes.disabled = self.confirm_no.disabled = False
+        self.confirm_question.value = f"Delete <b>{html.escape(self.name)}</b>?"
+        self.cancel_delete()
+
+    # -- details -------------------------------------------------------------------------------
+
+    @property
+    def expanded(self) -> bool:
+        """Whether the details are open."""
+        return bool(self.details_box.children)
+
+    @property
+    def details(self) -> widgets.Widget | None:
+        """The open details, if any."""
+        return self.details_box.children[0] if self.details_box.children else None
+
+    def expand(self, details: widgets.Widget) -> None:
+        """Open ``details`` under the row."""
+        self.collapse()
+        self.details_box.children = [details]
+        self.chevron.icon = "chevron-up"
+        self.chevron.tooltip = "Hide the details"
+
+    def collapse(self) -> None:
+        """Close the details and free their widgets."""
+        old = list(self.details_box.children)
+        self.details_box.children = []
+        for widget in old:
+            close_tree(widget)
+        self.chevron.icon = "chevron-down"
+        self.chevron.tooltip = "Show API key, endpoint and code"
+
+    def close(self) -> None:
+        """Close the row and everything in it."""
+        close_tree(self)
+
+
+class AgentTable(widgets.VBox):
+    """The table of one tab; :meth:`sync` makes it match a list of agents."""
+
+    def __init__(self, tab: Tab, actions: RowActions) -> None:
+        self.tab = tab
+        self._actions = actions
+        self.rows: dict[str, AgentRow] = {}
+        header_cells = []
+        for title, _ in COLUMNS[tab]:
+            cell = widgets.HTML(html.escape(title))
+            cell.add_class("awb-th")
+            header_cells.append(cell)
+        self.header = widgets.GridBox(header_cells, layout=widgets.Layout(
+            grid_template_columns=grid_template(tab), width="100%"))
+        self.body = widgets.VBox(layout=widgets.Layout(width="100%"))
+        self.empty = widgets.HTML(
+            f"<div class='awb-hint' style='padding:12px 6px'>No {TAB_LABELS[tab]} agents yet. "
+            "Use <b>New Agent</b> to make one from an experiment's checkpoint.</div>")
+        super().__init__([self.header, self.body, self.empty],
+                         layout=widgets.Layout(width="100%"))
+
+    def sync(self, agents: Sequence[AgentInfo]) -> None:
+        """Update rows in place, build rows for new agents, close rows of gone ones."""
+        wanted = [a for a in agents if a.tab == self.tab]
+        names = [a.name for a in wanted]
+        gone = [name for name in self.rows if name not in names]
+        for agent in wanted:
+            row = self.rows.get(agent.name)
+            if row is None:
+                self.rows[agent.name] = AgentRow(agent, self.tab, self._actions)
+            else:
+                row.update(agent)
+        removed = [self.rows.pop(name) for name in gone]
+        children = tuple(self.rows[name] for name in names)
+        if tuple(self.body.children) != children:
+            self.body.children = children
+        for row in removed:
+            row.close()
+        self.empty.layout.display = "none" if wanted else ""
+
+    def close(self) -> None:
+        """Close the table and all its rows."""
+        self.rows.clear()
+        close_tree(self)

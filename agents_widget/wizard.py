@@ -1,0 +1,331 @@
+"""Create New Agent: a two-step wizard (Details, then Checkpoint) in a ``Stack``.
+
+The wizard only collects a :class:`CreateRequest`; the panel sends it to the server and
+calls :meth:`NewAgentWizard.show_error` with the server's message (duplicate name...) or
+closes the wizard when the agent was created. Example::
+
+    wizard = NewAgentWizard("classic", state.sources("classic"),
+                            on_create=panel.create_agent, on_cancel=panel.close_wizard)
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+
+from .charts import has_series, score_chart
+from .client import CheckpointInfo, ExperimentInfo, Tab
+from .state import (
+    TAB_LABELS,
+    chosen_step,
+    experiment_label,
+    format_score,
+    ordered_checkpoints,
+)
+from .viewkit import close_tree, gap
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TABLE_COLUMNS = "40px 110px 150px 150px"
+RULE_HELP = {
+    "best": "Best: the checkpoint with the highest evaluation score.",
+    "final": "Final: the checkpoint saved last (highest step).",
+    "specific": "Specific: pick any checkpoint in the table.",
+}
+AGENT_INFO = (
+    "<b>What is an agent?</b><br>An agent is one checkpoint of a training run, served as an "
+    "HTTP endpoint with its own API key. It starts <i>Undeployed</i>; click <b>Connect</b> on "
+    "its row to load it and turn the endpoint on, and <b>Disconnect</b> to turn it off again."
+)
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """What the wizard collected: the body of ``POST agents/api/agents``."""
+
+    name: str
+    experiment: str
+    checkpoint: str | int
+    description: str = ""
+
+
+class NewAgentWizard(widgets.VBox):
+    """Details (name, description, source experiment), then Checkpoint (Best/Final/Specific)."""
+
+    def __init__(self, tab: Tab, experiments: Sequence[ExperimentInfo],
+                 on_create: Callable[[CreateRequest], object],
+                 on_cancel: Callable[[], None]) -> None:
+        self.tab = tab
+        self.experiments = {e.name: e for e in experiments}
+        self._on_create = on_create
+        self._on_cancel = on_cancel
+        self._specific: int | None = None
+        self._built_for: str | None = None
+        self._row_widgets: list[widgets.Widget] = []
+        self._radios: dict[int, widgets.RadioButtons] = {}
+        self._rows: dict[int, list[widgets.Widget]] = {}
+
+        self.title = widgets.HTML(
+            f"<div class='awb-wizard-title'>Create New Agent "
+            f"<span class='awb-chip'>{html.escape(TAB_LABELS[tab])}</span></div>")
+        self.steps_bar = widgets.HTML()
+
+        # Step 1: Details
+        self.name = widgets.Text(description="Name *", placeholder="e.g. cartpole-agent",
+                                 continuous_update=True,
+                                 layout=widgets.Layout(width="440px"),
+                                 style={"description_width": "150px"})
+        self.name_hint = widgets.HTML()
+        self.description = widgets.Textarea(description="Description",
+                                            placeholder="Optional: what this agent is for",
+                                            layout=widgets.Layout(width="440px", height="64px"),
+                                            style={"description_width": "150px"})
+        source_kind = "environment" if tab == "classic" else "data set"
+        self.source = widgets.Dropdown(
+            description="Source experiment *",
+            options=[(experiment_label(e), e.name) for e in experiments], value=None,
+            tooltip=f"Experiments of this project type with checkpoints, with their {source_kind}",
+            layout=widgets.Layout(width="440px"), style={"description_width": "150px"})
+        info = widgets.HTML(f"<div class='awb-info'>{AGENT_INFO}</div>",
+                            layout=widgets.Layout(width="320px"))
+        details = gap(widgets.HBox([
+            widgets.VBox([self.name, self.name_hint, self.description, self.source]), info,
+        ]), 24)
+
+        # Step 2: Checkpoint
+        self.rule = widgets.ToggleButtons(options=[("Best", "best"), ("Final", "final"),
+                                                   ("Specific", "specific")],
+                                          value="best", description="Checkpoint",
+                                          style={"button_width": "90px"})
+        self.rule_help = widgets.HTML()
+        self.table = widgets.GridBox(layout=widgets.Layout(
+            grid_template_columns=TABLE_COLUMNS, max_height="260px", overflow="auto",
+            width="fit-content", border="1px solid var(--jp-border-color2, #ddd)"))
+        self.training_chart = widgets.Image(format="png", layout=widgets.Layout(width="440px"))
+        self.evaluation_chart = widgets.Image(format="png", layout=widgets.Layout(width="440px"))
+        self.charts = widgets.HBox([self.training_chart, self.evaluation_chart])
+        self.charts_note = widgets.HTML()
+        checkpoint = widgets.VBox([self.rule, self.rule_help, self.table, self.charts,
+                                   self.charts_note])
+
+        self.steps = widgets.Stack([details, checkpoint], selected_index=0)
+
+        self.error = widgets.HTML()
+        self.cancel_button = widgets.Button(description="Cancel")
+        self.back_button = widgets.Button(description="Back", icon="arrow-left")
+        self.next_button = widgets.Button(description="Next", icon="arrow-right",
+                                          button_style="primary", disabled=True)
+        self.create_button = widgets.Button(description="Create", icon="check",
+                                            button_style="primary")
+        footer = gap(widgets.HBox([self.cancel_button, self.back_button, self.next_button,
+                                   self.create_button]), 6)
+
+        self.name.observe(self._on_details_change, "value")
+        self.source.observe(self._on_details_change, "value")
+        self.rule.observe(self._on_rule_change, "value")
+        self.cancel_button.on_click(lambda _b: self._on_cancel())
+        self.back_button.on_click(lambda _b: self.go_to(0))
+        self.next_button.on_click(lambda _b: self.go_to(1))
+        self.create_button.on_click(lambda _b: self.submit())
+
+        super().__init__([self.title, self.steps_bar, self.steps, self.error, footer],
+                         layout=widgets.Layout(padding="8px 12px"))
+        self.add_class("awb-wizard")
+        gap(self, 8)
+        self.go_to(0)
+        self._on_details_change()
+
+    # -- navigation ----------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """0 on Details, 1 on Checkpoint."""
+        return int(self.steps.selected_index or 0)
+
+    def go_to(self, step: int) -> None:
+        """Show a step (Checkpoint only once the details are complete)."""
+        if step == 1 and not self.details_complete:
+            return
+        if step == 1:
+            self._build_checkpoint_step()
+        self.steps.selected_index = step
+        self.error.value = ""
+        labels = ["1 Details", "2 Checkpoint"]
+        parts = [f"<span class='awb-step{' awb-step-on' if i == step else ''}'>{label}</span>"
+                 for i, label in enumerate(labels)]
+        self.steps_bar.value = " <span class='awb-step-sep'>›</span> ".join(parts)
+        self.back_button.layout.display = "" if step == 1 else "none"
+        self.next_button.layout.display = "" if step == 0 else "none"
+        self.create_button.layout.display = "" if step == 1 else "none"
+        self._update_create()
+
+    # -- step 1 --------------------------------------------------------------------------------
+
+    @property
+    def details_complete(self) -> bool:
+        """Name (trimmed, valid) and source experiment are set."""
+        return bool(NAME_RE.match(self.name.value.strip())) and self.source.value is not None
+
+    def _on_details_change(self, _change: Any = None) -> None:
+        name = self.name.value.strip()
+        if name and not NAME_RE.match(name):
+            self.name_hint.value = (
+                "<span class='awb-hint'>Use 1-100 letters, digits, '.', '_' or '-', starting "
+                "with a letter or digit.</span>")
+        else:
+            self.name_hint.value = ""
+        self.next_button.disabled = not self.details_complete
+
+    # -- step 2 --------------------------------------------------------------------------------
+
+    @property
+    def experiment(self) -> ExperimentInfo | None:
+        """The chosen source experiment."""
+        return self.experiments.get(self.source.value or "")
+
+    @property
+    def chosen_step(self) -> int | None:
+        """The step the current rule picks (None for Specific with nothing picked)."""
+        experiment = self.experiment
+        if experiment is None:
+            return None
+        return chosen_step(experiment.checkpoints, str(self.rule.value), self._specific)
+
+    def _build_checkpoint_step(self) -> None:
+        experiment = self.experiment
+        if experiment is None or self._built_for == experiment.name:
+            return
+        self._built_for = experiment.name
+        self._specific = None
+        self._render_table()
+        self._render_charts(experiment)
+
+    def _render_charts(self, experiment: ExperimentInfo) -> None:
+        metrics = experiment.metrics
+        shown = []
+        for field, image in (("training_score", self.training_chart),
+                             ("evaluation_score", self.evaluation_chart)):
+            if has_series(metrics, field):
+                image.value = score_chart(metrics, field)
+                image.layout.display = ""
+                shown.append(field)
+            else:
+                image.value = b""
+                image.layout.display = "none"
+        self.charts_note.value = "" if shown else (
+            "<span class='awb-hint'>No metrics were logged for this experiment, so there are "
+            "no charts.</span>")
+
+    def _on_rule_change(self, _change: Any = None) -> None:
+        self._render_table()
+
+    def _render_table(self) -> None:
+        experiment = self.experiment
+        if experiment is None:
+            return
+        rule = str(self.rule.value)
+        self.rule_help.value = f"<span class='awb-hint'>{html.escape(RULE_HELP[rule])}</span>"
+        chosen = self.chosen_step
+        old = self._row_widgets
+        cells: list[widgets.Widget] = [
+            widgets.HTML("<b></b>"), widgets.HTML("<b>Step</b>"),
+            widgets.HTML("<b>Training score</b>"), widgets.HTML("<b>Evaluation score</b>"),
+        ]
+        for cell in cells:
+            cell.add_class("awb-th")
+        self._radios = {}
+        self._rows = {}
+        interactive = rule == "specific"
+        for ckpt in ordered_checkpoints(experiment.checkpoints, rule):
+            cells.extend(self._table_row(ckpt, chosen, interactive))
+        self.table.children = cells
+        self._row_widgets = cells
+        for widget in old:
+            widget.close()  # rows are rebuilt on every rule change: free the old ones
+        self._update_create()
+
+    def _table_row(self, ckpt: CheckpointInfo, chosen: int | None,
+                   interactive: bool) -> list[widgets.Widget]:
+        selected = ckpt.step == chosen
+        radio = widgets.RadioButtons(options=[("", ckpt.step)],
+                                     value=ckpt.step if selected else None,
+                                     disabled=not interactive,
+                                     layout=widgets.Layout(width="30px", margin="0"))
+        radio.observe(self._on_pick, "value")
+        self._radios[ckpt.step] = radio
+        cells: list[widgets.Widget] = [
+            radio,
+            widgets.HTML(f"{ckpt.step:,}"),
+            widgets.HTML(format_score(ckpt.training_score)),
+            widgets.HTML(format_score(ckpt.evaluation_score)),
+        ]
+        for cell in cells:
+            cell.add_class("awb-td")
+            if selected:
+                cell.add_class("awb-chosen")
+            if not interactive:
+                cell.add_class("awb-dim")
+        self._rows[ckpt.step] = cells
+        return cells
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if change["new"] is None or self.rule.value != "specific":
+            return
+        step = int(change["new"])
+        self._specific = step
+        for other, radio in self._radios.items():
+            if other != step and radio.value is not None:
+                radio.value = None
+        for row_step, cells in self._rows.items():
+            for cell in cells:
+                if row_step == step:
+                    cell.add_class("awb-chosen")
+                else:
+                    cell.remove_class("awb-chosen")
+        self._update_create()
+
+    def pick(self, step: int) -> None:
+        """Choose Specific and the checkpoint at ``step`` (what clicking its radio does)."""
+        self.rule.value = "specific"
+        self._radios[step].value = step
+
+    def _update_create(self) -> None:
+        self.create_button.disabled = self.step != 1 or self.chosen_step is None
+
+    # -- create --------------------------------------------------------------------------------
+
+    def request(self) -> CreateRequest | None:
+        """The request the current choices make, or None while incomplete."""
+        experiment = self.experiment
+        step = self.chosen_step
+        if experiment is None or step is None or not self.details_complete:
+            return None
+        rule = str(self.rule.value)
+        return CreateRequest(
+            name=self.name.value.strip(), experiment=experiment.name,
+            checkpoint=step if rule == "specific" else rule,
+            description=self.description.value.strip())
+
+    def submit(self) -> None:
+        """Hand the request to the panel; the button stays off until it answers."""
+        request = self.request()
+        if request is None:
+            return
+        self.create_button.disabled = True
+        self.create_button.description = "Creating…"
+        self.error.value = ""
+        self._on_create(request)
+
+    def show_error(self, message: str) -> None:
+        """Show the server's reason inline and let the user fix it."""
+        self.error.value = f"<div class='awb-error'>{html.escape(message)}</div>"
+        self.create_button.description = "Create"
+        self._update_create()
+
+    def close(self) -> None:
+        """Close every widget the wizard made."""
+        close_tree(self)

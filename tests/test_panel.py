@@ -1,0 +1,443 @@
+"""The Agents panel, built against a live workbench server and clicked through (no browser).
+
+Buttons are pressed with ``Button.click()`` (what a browser click runs in the kernel); the
+panel does its HTTP work on its worker thread, so tests wait with ``panel.wait_idle()`` or
+poll the widgets. A recording front end (:mod:`tests.panel_support`) shows what the kernel
+would send to a browser, which is how key hygiene is checked.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import pytest
+import requests
+
+from agents_widget import AgentsPanel
+from agents_widget.details import DeploymentDetails
+from agents_widget.state import best_step, final_step
+from server_extension.discovery import ServerInfo
+from server_extension.store import ExperimentWriter
+from tests.panel_support import (
+    browser_sends,
+    custom_replies,
+    front_end,
+    saved_state_json,
+    start_server,
+    wait_until,
+)
+from tests.servers import ServerProcess, free_port
+
+__all__ = ["front_end"]  # a fixture used by name below
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory,
+         demo_experiments: Path) -> Iterator[ServerProcess]:
+    server = start_server(tmp_path_factory.mktemp("panel") / "ws", demo_experiments)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def empty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server over a workspace with no experiments at all."""
+    server = start_server(tmp_path_factory.mktemp("panel-empty") / "ws", None,
+                          extra_args=["--AgentsWorkbenchApp.health_check_interval=0"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_panel(server: ServerProcess, poll_interval: float = 0.2) -> AgentsPanel:
+    panel = AgentsPanel(ServerInfo(url=server.url, token=server.token),
+                        poll_interval=poll_interval)
+    panel.wait_idle()
+    return panel
+
+
+@pytest.fixture
+def panel(live: ServerProcess, front_end: list[dict[str, Any]]) -> Iterator[AgentsPanel]:
+    made = make_panel(live)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def cell_text(widget: Any) -> str:
+    return str(widget.value)
+
+
+# -- top bar, tabs, New Agent ----------------------------------------------------------------
+
+
+def test_panel_shows_two_tabs_and_gates_new_agent_by_tab(panel: AgentsPanel) -> None:
+    assert panel.tabs.titles == ("Classic RL", "Advanced Training")
+    headers = [cell_text(c) for c in panel.tables["classic"].header.children]
+    assert headers == ["Agent", "Description", "Source Experiment", "Status", "Actions"]
+    advanced = [cell_text(c) for c in panel.tables["advanced"].header.children]
+    assert advanced == ["Agent", "Description", "Source Experiment", "Base Model", "Status",
+                        "Actions"]
+    assert not panel.new_button.disabled  # the demo has Classic RL checkpoints
+    panel.tabs.selected_index = 1
+    assert panel.new_button.disabled
+    assert "Advanced Training" in panel.new_button.tooltip
+    assert "checkpoints" in panel.new_button.tooltip
+    panel.tabs.selected_index = 0
+    assert not panel.new_button.disabled
+    assert panel.open_wizard() is not None
+
+
+def test_empty_workspace_disables_new_agent_until_checkpoints_appear(
+        empty: ServerProcess, front_end: list[dict[str, Any]]) -> None:
+    panel = make_panel(empty)
+    try:
+        assert panel.new_button.disabled
+        assert "Classic RL" in panel.new_button.tooltip
+        assert "Classic RL" in panel.gate_hint.value
+        panel.new_button.click()
+        assert panel.wizard is None
+        panel.tabs.selected_index = 1
+        assert panel.new_button.disabled
+        assert "Advanced Training" in panel.new_button.tooltip
+
+        # Training code logs an Advanced Training checkpoint: the button turns on by itself.
+        writer = ExperimentWriter.create(empty.root, "tiny-sft", project_type="advanced",
+                                         algorithm="SFT", framework="transformers",
+                                         dataset="tiny-chat", base_model="gpt2-tiny")
+        writer.checkpoint_path(10, suffix=".bin").write_bytes(b"not a model")
+        writer.log(10, training_score=1.0)
+        wait_until(lambda: not panel.new_button.disabled, what="New Agent enabled")
+        panel.tabs.selected_index = 0
+        assert panel.new_button.disabled  # still nothing on Classic RL
+    finally:
+        panel.close()
+
+
+def test_no_server_found_shows_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          front_end: list[dict[str, Any]]) -> None:
+    monkeypatch.delenv("AGENTS_WORKBENCH_URL", raising=False)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    panel = AgentsPanel()
+    try:
+        assert panel.client is None
+        assert "No running agents-workbench server" in panel.notice.value
+        assert "agents-workbench run" in panel.notice.value
+        assert "AGENTS_WORKBENCH_URL" in panel.notice.value
+        assert panel.new_button.disabled
+        assert panel.tabs.layout.display == "none"
+        panel.retry_button.click()  # still none: the message stays
+        assert "No running agents-workbench server" in panel.notice.value
+    finally:
+        panel.close()
+
+
+# -- the wizard -------------------------------------------------------------------------------
+
+
+def test_wizard_walkthrough_creates_an_undeployed_row(panel: AgentsPanel,
+                                                      live: ServerProcess) -> None:
+    panel.new_button.click()
+    wizard = panel.wizard
+    assert wizard is not None
+    assert panel.body.selected_index == 1
+    labels = dict(wizard.source.options)
+    assert labels["cartpole-dqn (CartPole-v1)"] == "cartpole-dqn"
+    assert all(value.startswith(("cartpole", "pendulum")) for value in labels.values())
+    assert "agent" in wizard.children[2].children[0].children[1].value.lower()  # info panel
+
+    assert wizard.next_button.disabled
+    wizard.name.value = "   "
+    wizard.source.value = "cartpole-dqn"
+    assert wizard.next_button.disabled  # the name is required (trimmed)
+    wizard.name.value = "no spaces allowed"
+    assert wizard.next_button.disabled
+    assert "letters" in wizard.name_hint.value
+    wizard.name.value = "  wizard-agent  "
+    assert not wizard.next_button.disabled
+    wizard.description.value = "made by the wizard"
+    wizard.next_button.click()
+    assert wizard.step == 1
+
+    experiment = wizard.experiment
+    assert experiment is not None
+    ckpts = experiment.checkpoints
+    assert len(ckpts) >= 2
+
+    def rows() -> list[list[Any]]:
+        cells = list(wizard.table.children[4:])
+        return [cells[i:i + 4] for i in range(0, len(cells), 4)]
+
+    # Best: sorted by evaluation score, the pick highlighted, the table dimmed and read-only.
+    assert wizard.rule.value == "best"
+    best = rows()
+    assert best[0][0].value == best_step(ckpts)
+    assert "awb-chosen" in best[0][1]._dom_classes
+    assert all("awb-dim" in row[1]._dom_classes for row in best)
+    assert all(row[0].disabled for row in best)
+    scores = [row[3].value for row in best]
+    assert scores == sorted(scores, key=lambda s: -float(s.replace(",", "")))
+
+    # Final: sorted by step, highest (the pick) first.
+    wizard.rule.value = "final"
+    final = rows()
+    steps = [int(row[1].value.replace(",", "")) for row in final]
+    assert steps == sorted(steps, reverse=True)
+    assert steps[0] == final_step(ckpts)
+    assert "awb-chosen" in final[0][1]._dom_classes
+    for old_cell in best[0]:
+        assert old_cell.comm is None  # the Best table's widgets were closed
+
+    # Specific: interactive radios, nothing picked until the user picks.
+    wizard.rule.value = "specific"
+    specific = rows()
+    assert not any(row[0].disabled for row in specific)
+    assert not any("awb-dim" in row[1]._dom_classes for row in specific)
+    assert wizard.create_button.disabled
+    first = min(c.step for c in ckpts)
+    wizard.pick(first)
+    assert not wizard.create_button.disabled
+    picked = [row for row in rows() if row[0].value == first]
+    assert len(picked) == 1
+    assert "awb-chosen" in picked[0][1]._dom_classes
+
+    # Charts of both scores, as PNG.
+    assert bytes(wizard.training_chart.value).startswith(b"\x89PNG")
+    assert bytes(wizard.evaluation_chart.value).startswith(b"\x89PNG")
+
+    wizard.back_button.click()
+    assert wizard.step == 0
+    wizard.next_button.click()
+    wizard.create_button.click()
+    panel.wait_idle()
+    assert panel.wizard is None
+    assert panel.body.selected_index == 0
+    row = panel.row("wizard-agent")
+    assert "Undeployed" in row.status_cell.value
+    assert "made by the wizard" in row.description_cell.value
+    assert "cartpole-dqn" in row.experiment_cell.value
+    assert row.toggle_button.description == "Connect"
+    assert row.chevron.layout.visibility == "hidden"
+    server_side = live.api("GET", "agents/wizard-agent").json()
+    assert (server_side["checkpoint_rule"], server_side["checkpoint_step"]) == ("specific",
+                                                                                first)
+
+
+def test_wizard_shows_server_errors_inline(panel: AgentsPanel, live: ServerProcess) -> None:
+    assert live.api("POST", "agents", json={"name": "taken",
+                                             "experiment": "cartpole-ppo"}).status_code == 201
+    wizard = panel.open_wizard()
+    assert wizard is not None
+    wizard.name.value = "taken"
+    wizard.source.value = "cartpole-ppo"
+    wizard.next_button.click()
+    wizard.create_button.click()
+    panel.wait_idle()
+    assert panel.wizard is wizard  # still open, so the user can fix the name
+    assert "already exists" in wizard.error.value
+    assert not wizard.create_button.disabled
+    wizard.cancel_button.click()
+    assert panel.wizard is None
+    assert wizard.comm is None
+
+
+# -- rows: connect, status, expand, key, rotate, delete ----------------------------------------
+
+
+def test_status_updates_by_itself(panel: AgentsPanel, live: ServerProcess) -> None:
+    """Agents made and connected elsewhere show up and turn Deployed with no click."""
+    live.api("POST", "agents", json={"name": "elsewhere", "experiment": "pendulum-td3",
+                                     "description": "from curl"})
+    live.api("POST", "agents/elsewhere/connect")
+    row = wait_until(lambda: "elsewhere" in panel.tables["classic"].rows
+                     and panel.row("elsewhere"), what="the row")
+    wait_until(lambda: "Deployed" in row.status_cell.value, what="Deployed")
+    assert row.chevron.layout.visibility == "visible"
+    live.api("DELETE", "agents/elsewhere")
+    wait_until(lambda: "elsewhere" not in panel.tables["classic"].rows, what="row removed")
+    assert row.comm is None
+    assert row.status_cell.comm is None
+
+
+def test_connect_expand_reveal_copy_rotate_disconnect_delete(
+        panel: AgentsPanel, live: ServerProcess, front_end: list[dict[str, Any]]) -> None:
+    live.api("POST", "agents", json={"name": "keyed", "experiment": "cartpole-dqn"})
+    panel.refresh().result(10)
+    row = panel.row("keyed")
+    assert row.chevron.layout.visibility == "hidden"
+
+    row.toggle_button.click()
+    assert row.toggle_button.disabled  # busy while the call is on its way
+    wait_until(lambda: "Deployed" in row.status_cell.value, what="Deployed")
+    assert row.toggle_button.description == "Disconnect"
+    assert row.chevron.layout.visibility == "visible"
+    key = live.api("GET", "agents/keyed").json()["api_key"]
+    assert key
+
+    row.chevron.click()
+    panel.wait_idle()
+    details = row.details
+    assert isinstance(details, DeploymentDetails)
+
+    # The key is masked and is no trait of any widget: not in saved state, not in any
+    # message that would create or update a widget in the browser.
+    assert key not in saved_state_json()
+    assert not any(key in json.dumps(m["data"], default=str) for m in front_end)
+    assert details.secret.mask.startswith("•")
+
+    # Reveal and copy: the browser asks with a custom message; the key rides only in the
+    # custom reply, which is never saved.
+    browser_sends(details.secret, {"type": "request", "id": "r1"})
+    assert custom_replies(front_end, details.secret)[-1] == {"type": "answer", "id": "r1",
+                                                             "text": key}
+    browser_sends(details.copy_endpoint, {"type": "request", "id": "e1"})
+    endpoint = custom_replies(front_end, details.copy_endpoint)[-1]["text"]
+    assert endpoint.endswith("/agents/d/keyed")
+    assert key not in saved_state_json()
+
+    # Snippets for all three tabs, none holding the key.
+    assert details.code_tabs.titles == ("Python client", "CLI", "Manual HTTP")
+    for snippet in details.snippets.values():
+        assert key not in snippet.code
+        assert "ARENA_API_KEY" in snippet.code
+    assert endpoint + "/get_action" in details.snippets["Manual HTTP"].code
+
+    # Classic RL rows also offer a run-an-episode playground, built when first opened.
+    assert details.playground_box is not None
+    details.playground_box.selected_index = 0
+    playground = details.playground_box.children[0].children[0]
+    assert type(playground).__name__ == "EpisodePlayground"
+    assert key not in saved_state_json()
+
+    # Rotate, with confirmation; the old key stops at once, the revealed one is masked.
+    details.rotate_button.click()
+    assert details.confirm_box.layout.display == ""
+    details.rotate_cancel.click()
+    assert details.confirm_box.layout.display == "none"
+    details.rotate_button.click()
+    details.rotate_confirm.click()
+    panel.wait_idle()
+    new_key = panel.state.api_key("keyed")
+    assert new_key
+    assert new_key != key
+    assert {"type": "reset"} in custom_replies(front_end, details.secret)
+    assert "New key" in details.rotate_status.value
+    refused = requests.post(endpoint + "/get_action", json={}, timeout=10,
+                            headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 401
+    browser_sends(details.secret, {"type": "request", "id": "r2"})
+    assert custom_replies(front_end, details.secret)[-1]["text"] == new_key
+    assert new_key not in saved_state_json()
+
+    # Disconnect: the chevron goes and the details are closed.
+    row.toggle_button.click()
+    wait_until(lambda: "Undeployed" in row.status_cell.value, what="Undeployed")
+    assert row.chevron.layout.visibility == "hidden"
+    assert not row.expanded
+    assert details.comm is None
+    assert details.secret.comm is None
+    assert row.toggle_button.description == "Connect"
+
+    # Delete asks first.
+    row.delete_button.click()
+    assert row.confirm.layout.display == ""
+    assert row.buttons.layout.display == "none"
+    row.confirm_no.click()
+    assert row.buttons.layout.display == ""
+    row.delete_button.click()
+    row.confirm_yes.click()
+    panel.wait_idle()
+    assert "keyed" not in panel.tables["classic"].rows
+    assert row.comm is None
+    assert live.api("GET", "agents/keyed").status_code == 404
+
+
+def test_advanced_row_shows_base_model_and_failed_reason(
+        empty: ServerProcess, front_end: list[dict[str, Any]]) -> None:
+    writer = ExperimentWriter.create(empty.root, "broken-lora", project_type="advanced",
+                                     algorithm="SFT", framework="transformers",
+                                     dataset="tiny-chat", base_model="org/base-model",
+                                     overwrite=True)
+    writer.checkpoint_path(5, suffix="").mkdir()
+    writer.log(5, training_score=0.5, evaluation_score=0.25)
+    panel = make_panel(empty)
+    try:
+        panel.tabs.selected_index = 1
+        wizard = panel.open_wizard()
+        assert wizard is not None
+        assert dict(wizard.source.options)["broken-lora (tiny-chat)"] == "broken-lora"
+        wizard.name.value = "broken"
+        wizard.source.value = "broken-lora"
+        wizard.next_button.click()
+        wizard.create_button.click()
+        panel.wait_idle()
+        assert "broken" not in panel.tables["classic"].rows  # tabs never mix
+        row = panel.row("broken")
+        assert "org/base-model" in row.base_model_cell.value
+        row.toggle_button.click()
+        wait_until(lambda: "Failed" in row.status_cell.value, timeout=60, what="Failed")
+        reason = empty.api("GET", "agents/broken").json()["error"]
+        assert reason
+        assert html.escape(reason) in row.status_cell.value
+        assert row.chevron.layout.visibility == "hidden"
+    finally:
+        panel.close()
+
+
+def test_unreachable_server_is_shown_and_retried(front_end: list[Any]) -> None:
+    panel = AgentsPanel(ServerInfo(url=f"http://127.0.0.1:{free_port()}/", token="x"),
+                        poll_interval=0.1)
+    try:
+        wait_until(lambda: panel.poller is not None and panel.poller.ticks >= 2,
+                   what="polls despite the failure")
+        assert "Cannot reach the workbench server" in panel.notice.value
+        assert panel.new_button.disabled
+    finally:
+        panel.close()
+
+
+def test_closing_the_panel_stops_polling_and_closes_widgets(live: ServerProcess,
+                                                            front_end: list[Any]) -> None:
+    panel = make_panel(live)
+    poller = panel.poller
+    assert poller is not None
+    wait_until(lambda: poller.ticks >= 2, what="two polls")
+    tables = list(panel.tables.values())
+    panel.close()
+    assert not poller.running
+    assert panel.comm is None
+    assert all(t.comm is None for t in tables)
+    assert all(w.comm is None for w in (panel.new_button, panel.tabs, panel.notice))
+    assert isinstance(panel.title, widgets.HTML)
+
+
+# -- the rules, on their own ------------------------------------------------------------------
+
+
+def test_checkpoint_rules_match_the_server() -> None:
+    from agents_widget.client import CheckpointInfo, ExperimentInfo
+    from agents_widget.state import experiment_label, ordered_checkpoints
+
+    ckpts = [CheckpointInfo(100, 1.0, 5.0), CheckpointInfo(200, 3.0, 5.0),
+             CheckpointInfo(300, 9.0, None)]
+    assert best_step(ckpts) == 200  # highest evaluation score; ties go to the later step
+    assert final_step(ckpts) == 300
+    assert [c.step for c in ordered_checkpoints(ckpts, "best")] == [200, 100, 300]
+    assert [c.step for c in ordered_checkpoints(ckpts, "final")] == [300, 200, 100]
+    assert [c.step for c in ordered_checkpoints(ckpts, "specific")] == [100, 200, 300]
+    unevaluated = [CheckpointInfo(100, 4.0), CheckpointInfo(200, 2.0), CheckpointInfo(300)]
+    assert best_step(unevaluated) == 100  # falls back to the training score
+    assert ordered_checkpoints(unevaluated, "best")[0].step == 100
+    assert best_step([CheckpointInfo(7), CheckpointInfo(9)]) == 9  # nothing scored: final
+    advanced = ExperimentInfo.from_json({"name": "sft", "tab": "advanced",
+                                         "dataset": "chat-v2", "environment": None})
+    assert experiment_label(advanced) == "sft (chat-v2)"
