@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ def decode_array(text: str, what: str) -> np.ndarray:
             f"{what} could not be read as a .npy array ({exc}); send numeric arrays saved "
             "with allow_pickle=False."
         ) from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise RequestError(f"{what} is not a .npy array: {exc}.") from exc
     if not isinstance(arr, np.ndarray):
         raise RequestError(f"{what} must be a single .npy array, not an .npz archive.")

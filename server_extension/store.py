@@ -268,8 +268,8 @@ class Experiment:
             return self.best_step()
         if rule == "final":
             return self.final_step()
-        if isinstance(rule, bool):
-            raise StoreError("checkpoint must be 'best', 'final' or a step number.")
+        if isinstance(rule, bool) or (isinstance(rule, float) and not float(rule).is_integer()):
+            raise StoreError("checkpoint must be 'best', 'final' or a whole step number.")
         try:
             step = int(rule)
         except (TypeError, ValueError) as exc:
@@ -294,6 +294,7 @@ class Experiment:
             "base_model": info.base_model,
             "checkpoints": [c.to_json() for c in self.checkpoints()],
             "metrics": self.metrics(),
+            "extra": info.extra,
         }
 
 

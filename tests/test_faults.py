@@ -52,7 +52,8 @@ async def test_broken_checkpoints_fail_one_agent_only(jp_fetch: Any, workspace: 
     victim = await wait_status(jp_fetch, "victim")
     healthy = await wait_status(jp_fetch, "healthy")
     assert victim["status"] == "Failed", victim
-    assert victim["error"] and len(victim["error"]) < 2000
+    assert victim["error"]
+    assert len(victim["error"]) < 2000
     assert "Traceback" not in victim["error"]
     assert healthy["status"] == "Deployed"
     code, _ = await call(jp_fetch, "POST", "agents", "d", "healthy", "get_action",

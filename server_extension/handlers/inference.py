@@ -63,9 +63,10 @@ def bearer_key(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitabl
     """Require the deployment's Bearer key; the live deployment is passed to the verb."""
 
     @wraps(method)
-    async def wrapper(self: InferenceHandler, name: str, *args: Any) -> None:
+    async def wrapper(self: InferenceHandler, name: str, *args: Any, **kwargs: Any) -> None:
+        # Tornado passes named URL groups as keywords (name, session_id, ...).
         live = self.authenticate(name)
-        await method(self, live, *args)
+        await method(self, live, *args, **kwargs)
 
     wrapped = allow_unauthenticated(wrapper)
     wrapped.auth_decision = "bearer"  # type: ignore[attr-defined]

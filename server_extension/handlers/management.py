@@ -66,6 +66,16 @@ class ManagementHandler(ServicesMixin, APIHandler):
         except NotFound as exc:
             raise web.HTTPError(404, "%s", exc) from exc
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON errors whose message is the real text (Jupyter's leaves ``%s`` unformatted)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": message, "reason": exc.reason}))
+            return
+        super().write_error(status_code, **kwargs)
+
     def reply(self, data: Any, status: int = 200) -> None:
         """Finish with ``data`` as JSON."""
         self.set_status(status)
