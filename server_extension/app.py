@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +103,11 @@ class AgentsWorkbenchApp(ExtensionApp):
         discovery.write(
             discovery.ServerInfo(
                 url=server.connection_url, token=server.identity_provider.token or "",
-                pid=self._pid(), root=str(self.store.root),
+                pid=os.getpid(), root=str(self.store.root),
             ),
             path,
         )
         self._discovery_path = path
-
-    @staticmethod
-    def _pid() -> int:
-        import os
-
-        return os.getpid()
 
     def initialize_handlers(self) -> None:
         """Register management and inference routes under the server's base_url."""

@@ -78,3 +78,10 @@ def encode_tree(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [encode_tree(v) for v in value]
     return encode_array(np.asarray(value))
+
+
+def batch_size(tree: Any) -> int:
+    """The leading-axis length of the first array in a decoded tree (1 for a scalar)."""
+    while isinstance(tree, (dict, tuple)):
+        tree = next(iter(tree.values())) if isinstance(tree, dict) else tree[0]
+    return int(tree.shape[0]) if getattr(tree, "ndim", 0) else 1

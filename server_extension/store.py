@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -374,7 +375,7 @@ class ExperimentWriter:
                     f"Experiment {name!r} already exists in {folder.parent}; "
                     "pick another name or pass overwrite=True."
                 )
-            _remove_tree(folder)
+            shutil.rmtree(folder)
         info = ExperimentInfo(
             name=name, project_type=project_type, algorithm=algorithm, framework=framework,
             **fields,
@@ -414,9 +415,3 @@ class ExperimentWriter:
             "" if evaluation_score is None else repr(float(evaluation_score)),
         ])
         _atomic_write(path, existing + buf.getvalue())
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)

@@ -24,7 +24,7 @@ from tornado import web
 
 from ..deployer import LiveDeployment, RequestTimeout
 from ..runtimes.base import RequestError
-from ..serde import decode_tree, encode_tree
+from ..serde import batch_size, decode_tree, encode_tree
 from .base import MAX_BODY_BYTES, ServicesMixin
 
 log = logging.getLogger("agents_workbench.inference")
@@ -248,11 +248,7 @@ class PredictHandler(InferenceHandler):
             started = time.perf_counter()
             results = runtime.predict(inputs)
             elapsed = (time.perf_counter() - started) * 1000
-            first = inputs
-            while isinstance(first, (dict, tuple)):
-                first = next(iter(first.values())) if isinstance(first, dict) else first[0]
-            batch = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
-            return {"results": encode_tree(results), "batch_size": batch,
+            return {"results": encode_tree(results), "batch_size": batch_size(inputs),
                     "inference_time_ms": round(elapsed, 3), "success": True}
 
         await self.run(live, predict)
