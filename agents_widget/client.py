@@ -169,6 +169,7 @@ class AgentInfo:
     deployed_at: float | None = None
     endpoint: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AgentInfo:
@@ -192,6 +193,7 @@ class AgentInfo:
             deployed_at=_opt_float(data.get("deployed_at")),
             endpoint=data.get("endpoint"),
             api_key=data.get("api_key"),
+            options=dict(data.get("options") or {}),
         )
 
 
@@ -341,15 +343,19 @@ class WorkbenchClient:
         return AgentInfo.from_json(self._request("GET", f"agents/{name}"))
 
     def create_agent(self, name: str, *, experiment: str, checkpoint: CheckpointRule = "best",
-                     description: str = "") -> AgentInfo:
+                     description: str = "",
+                     options: Mapping[str, Any] | None = None) -> AgentInfo:
         """Create an agent (Undeployed) from ``experiment``'s checkpoint.
 
         ``checkpoint`` is ``"best"`` (highest evaluation score), ``"final"`` (highest step) or
         a step number. The server's 400/409 (bad or duplicate name, unknown experiment) comes
-        back as :class:`ApiError` with its message.
+        back as :class:`ApiError` with its message. ``options`` are deployment options
+        (``decoder`` for LatentPPO, ``backend``); see ``server_extension/options.py``.
         """
-        body = {"name": name.strip(), "description": description.strip(),
-                "experiment": experiment, "checkpoint": checkpoint}
+        body: dict[str, Any] = {"name": name.strip(), "description": description.strip(),
+                                "experiment": experiment, "checkpoint": checkpoint}
+        if options:
+            body["options"] = dict(options)
         return AgentInfo.from_json(self._request("POST", "agents", json=body))
 
     def delete_agent(self, name: str) -> None:

@@ -179,7 +179,8 @@ class Deployer:
     def _load_and_probe(self, record: AgentRecord) -> Runtime:
         experiment = self.store.get(record.experiment)
         checkpoint = experiment.checkpoint(record.checkpoint_step)
-        runtime = self._loader(experiment, checkpoint, device=self.device)
+        runtime = self._loader(experiment, checkpoint, device=self.device,
+                               options=record.options)
         try:
             runtime.probe()
         except Exception as exc:

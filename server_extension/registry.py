@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
@@ -57,6 +58,10 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # version 2: per-agent deployment options (decoder for LatentPPO, serving backend, ...)
+    """
+    ALTER TABLE agents ADD COLUMN options TEXT NOT NULL DEFAULT '{}'
+    """,
 ]
 
 
@@ -85,6 +90,9 @@ class AgentRecord:
     algo: str
     description: str = ""
     base_model: str | None = None
+    # How to serve the agent, chosen at creation: e.g. {"decoder": {...}} for LatentPPO or
+    # {"backend": "ray", "replicas": 2}. Stored as JSON; see the management API for the keys.
+    options: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     deployment_id: str | None = None
@@ -97,7 +105,7 @@ class AgentRecord:
 
 _AGENT_COLUMNS = (
     "name", "description", "tab", "experiment", "checkpoint_rule", "checkpoint_step", "algo",
-    "base_model", "created_at", "updated_at",
+    "base_model", "options", "created_at", "updated_at",
 )
 _DEPLOYMENT_COLUMNS = ("status", "connected", "error", "deployed_at", "api_key", "deployment_id")
 
@@ -164,6 +172,7 @@ class Registry:
     def _record(row: sqlite3.Row) -> AgentRecord:
         data: dict[str, Any] = {f.name: row[f.name] for f in fields(AgentRecord)}
         data["connected"] = bool(data["connected"])
+        data["options"] = json.loads(data["options"] or "{}")
         data["status"] = data["status"] or "Undeployed"
         return AgentRecord(**data)
 
@@ -183,7 +192,8 @@ class Registry:
 
     def create_agent(self, record: AgentRecord) -> AgentRecord:
         """Insert an agent (status Undeployed, no deployment yet)."""
-        values = [getattr(record, c) for c in _AGENT_COLUMNS]
+        values = [json.dumps(record.options, sort_keys=True) if c == "options"
+                  else getattr(record, c) for c in _AGENT_COLUMNS]
         try:
             with self._tx() as db:
                 db.execute(

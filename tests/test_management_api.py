@@ -234,3 +234,19 @@ async def test_wrong_route_names_the_right_one(jp_fetch: Any, route: str) -> Non
                            headers={"Authorization": f"Bearer {agent['api_key']}"})
     assert code == 400
     assert "get_action" in err["error"]
+
+
+async def test_create_agent_options_are_checked_and_kept(jp_fetch: Any) -> None:
+    code, agent = await create(jp_fetch, "opts", options={"backend": "local"})
+    assert code == 201, agent
+    assert agent["options"] == {"backend": "local"}
+
+    code, body = await create(jp_fetch, "typo", options={"backnd": "local"})
+    assert code == 400
+    assert "backnd" in body["message"] and "known options" in body["message"]
+    code, body = await create(jp_fetch, "bad-backend", options={"backend": "kubernetes"})
+    assert code == 400
+    assert "options.backend" in body["message"]
+    code, body = await create(jp_fetch, "not-object", options=["backend"])
+    assert code == 400
+    assert "JSON object" in body["message"]

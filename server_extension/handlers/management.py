@@ -14,6 +14,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from ..options import OptionError, validate_options
 from ..registry import AgentRecord, NotFound, RegistryError
 from ..store import StoreError, validate_name
 from .base import SESSIONS, ServicesMixin, endpoint_url
@@ -34,6 +35,7 @@ def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, An
         "checkpoint_step": record.checkpoint_step,
         "algo": record.algo,
         "base_model": record.base_model,
+        "options": record.options,
         "status": record.status,
         "connected": record.connected,
         "error": record.error,
@@ -123,6 +125,10 @@ class AgentsHandler(ManagementHandler):
             step = experiment.resolve(rule)
         except StoreError as exc:
             raise web.HTTPError(400, "%s", exc) from exc
+        try:
+            options = validate_options(body.get("options"), experiment)
+        except OptionError as exc:
+            raise web.HTTPError(400, "%s", exc) from exc
         info = experiment.info
         record = AgentRecord(
             name=name,
@@ -133,6 +139,7 @@ class AgentsHandler(ManagementHandler):
             checkpoint_step=step,
             algo=info.algorithm,
             base_model=info.base_model,
+            options=options,
         )
         try:
             created = self.registry.create_agent(record)

@@ -8,6 +8,9 @@ deployed agents should not pay for them.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
 from ..store import Checkpoint, Experiment
 from .base import AgentKind, RequestError, Runtime, RuntimeLoadError
@@ -21,8 +24,13 @@ LOADERS: dict[str, str] = {
 }
 
 
-def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu") -> Runtime:
-    """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason."""
+def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu",
+                 options: Mapping[str, Any] | None = None) -> Runtime:
+    """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason.
+
+    ``options`` are the agent's deployment options; they reach loaders whose ``load`` takes an
+    ``options`` keyword (LatentPPO reads its decoder there) and are ignored by the others.
+    """
     framework = experiment.info.framework
     module_name = LOADERS.get(framework)
     # AgileRL's multi-agent and recurrent policies have loaders of their own.
@@ -47,7 +55,10 @@ def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str 
             f"The {framework!r} loader could not be imported: {exc}. "
             "Install the workbench's dependencies into the server's environment."
         ) from exc
-    runtime: Runtime = module.load(experiment, checkpoint, device)
+    extra: dict[str, Any] = {}
+    if "options" in inspect.signature(module.load).parameters:
+        extra["options"] = dict(options or {})
+    runtime: Runtime = module.load(experiment, checkpoint, device, **extra)
     return runtime
 
 
