@@ -125,6 +125,9 @@ class ExperimentInfo:
     base_model: str | None = None
     checkpoints: tuple[CheckpointInfo, ...] = ()
     metrics: tuple[MetricPoint, ...] = ()
+    # Loader settings from experiment.json (a LatentPPO's latent size and decoder, say);
+    # left out of comparisons and hashing, being a dict.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExperimentInfo:
@@ -143,6 +146,7 @@ class ExperimentInfo:
             base_model=data.get("base_model"),
             checkpoints=tuple(CheckpointInfo.from_json(c) for c in data.get("checkpoints") or ()),
             metrics=tuple(MetricPoint.from_json(m) for m in data.get("metrics") or ()),
+            extra=dict(data.get("extra") or {}),
         )
 
 
@@ -373,6 +377,25 @@ class WorkbenchClient:
     def rotate_key(self, name: str) -> AgentInfo:
         """Give the agent a new API key; the old one is refused from now on."""
         return AgentInfo.from_json(self._request("POST", f"agents/{name}/rotate-key"))
+
+    def metrics(self, name: str) -> dict[str, Any]:
+        """The agent's traffic summary: ``requests_per_minute``, ``latency_ms`` (p50, p95),
+        ``errors``, ``last_error``, ``recent_latency_ms``, ``by_route``, ``in_flight``,
+        ``tokens_generated``, ``payload_capture``; ``metrics_enabled`` false if switched off."""
+        return dict(self._request("GET", f"agents/{name}/metrics"))
+
+    def request_log(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The agent's most recent requests, newest first: time, route, status, latency_ms,
+        batch_size (and request/response bodies for requests made while capture was on)."""
+        query = "" if limit is None else f"?limit={int(limit)}"
+        body = self._request("GET", f"agents/{name}/requests{query}")
+        return list(body.get("requests", []))
+
+    def set_payload_capture(self, name: str, enabled: bool) -> bool:
+        """Keep request and response bodies in the agent's request log (off by default)."""
+        body = self._request("PUT", f"agents/{name}/payload-capture",
+                             json={"enabled": bool(enabled)})
+        return bool(body.get("payload_capture"))
 
 
 _STATUS_HINTS = {

@@ -16,9 +16,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .client import AgentInfo, ExperimentInfo
+from .client import AgentInfo, ExperimentInfo, WorkbenchClient
 from .clipboard import CopyButton, SecretField, TextProvider
-from .snippets import KEY_ENV, build_snippets
+from .metrics_view import MetricsView
+from .snippets import KEY_ENV, build_snippets, snippet_kind
 from .viewkit import close_tree, gap
 
 
@@ -32,7 +33,8 @@ class DeploymentDetails(widgets.VBox):
     """What the chevron opens under a Deployed, connected agent's row."""
 
     def __init__(self, agent: AgentInfo, experiment: ExperimentInfo | None, *,
-                 key: TextProvider, on_rotate: Callable[[str], object]) -> None:
+                 key: TextProvider, on_rotate: Callable[[str], object],
+                 client: WorkbenchClient | None = None) -> None:
         self.agent_name = agent.name
         self.endpoint = agent.endpoint or ""
         self._on_rotate = on_rotate
@@ -86,6 +88,10 @@ class DeploymentDetails(widgets.VBox):
             hint,
             self.code_tabs,
         ]
+        # Live traffic figures; they poll on their own thread only while the row is open.
+        self.metrics_view = MetricsView(client, agent.name) if client is not None else None
+        if self.metrics_view is not None:
+            rows += [_label("Traffic"), self.metrics_view]
         self.playground_box = self._playground_section(agent)
         if self.playground_box is not None:
             rows.append(self.playground_box)
@@ -127,10 +133,13 @@ class DeploymentDetails(widgets.VBox):
     # -- episode playground (Classic RL) -------------------------------------------------------
 
     def _playground_section(self, agent: AgentInfo) -> widgets.Accordion | None:
-        if agent.tab != "classic" or self._experiment is None:
+        # LLM agents get the chat playground; supervised/LatentPPO ones have none yet.
+        self._chat = (agent.tab == "advanced" and self._experiment is not None
+                      and snippet_kind(self._experiment) == "llm")
+        if self._experiment is None or (agent.tab != "classic" and not self._chat):
             return None
-        section = widgets.Accordion([widgets.VBox()], titles=("Run an episode",),
-                                    selected_index=None)
+        title = "Chat playground" if self._chat else "Run an episode"
+        section = widgets.Accordion([widgets.VBox()], titles=(title,), selected_index=None)
         section.observe(self._on_playground_open, "selected_index")
         return section
 
@@ -141,6 +150,12 @@ class DeploymentDetails(widgets.VBox):
         key = self._key()
         if key is None or self._experiment is None:
             box.children = [widgets.HTML("The agent is not Deployed any more.")]
+            return
+        if self._chat:
+            from .chat_playground import ChatPlayground
+
+            # Handed the provider, not the key: it asks per request, so rotation needs no rebuild.
+            box.children = [ChatPlayground(self.endpoint, self._key)]
             return
         try:
             from .episode_playground import EpisodePlayground
@@ -155,7 +170,7 @@ class DeploymentDetails(widgets.VBox):
 
     def _reset_playground(self) -> None:
         # The playground holds the key it was built with; rebuild it on next open.
-        if self.playground_box is None:
+        if self.playground_box is None or self._chat:
             return
         box = self.playground_box.children[0]
         for child in box.children:

@@ -14,6 +14,11 @@ submit the call to the client's worker thread, which runs calls one at a time an
 applies the answer to the widgets. The :class:`~.poller.StatusPoller` thread submits a
 refresh the same way, so polls and user actions never interleave. Widget updates take
 ``self._lock`` so a callback and the worker do not edit the same row at once.
+
+One polling panel per server per kernel: starting a panel retires the previous one bound
+to the same server (re-running the cell that made it would otherwise leave the old, no
+longer visible panel polling forever). The retired panel stops polling, closes its widgets
+and, if it is still on show elsewhere, says that it was replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import html
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
@@ -34,7 +40,7 @@ from server_extension.discovery import ServerInfo, ServerNotFound
 from .client import AgentInfo, ApiError, Tab, WorkbenchClient, WorkbenchError
 from .details import DeploymentDetails
 from .poller import StatusPoller
-from .state import TAB_LABELS, TABS, PanelState, chevron_visible
+from .state import TAB_LABELS, TABS, PanelState, chevron_visible, toggle_connects
 from .table import AgentRow, AgentTable, RowActions
 from .viewkit import close_tree, gap, stylesheet
 from .wizard import CreateRequest, NewAgentWizard
@@ -45,6 +51,11 @@ T = TypeVar("T")
 PENDING_POLL_S = 0.5  # while an agent is Pending: Deployed shows up within half a second
 MAX_BACKOFF_S = 15.0  # while the server does not answer
 EXPERIMENTS_EVERY = 4  # re-read experiments (new checkpoints) every this many polls
+
+# The panel that polls each server (by URL), so a newer panel can retire it. Weak values:
+# the registry alone must not keep a closed panel alive.
+_polling: weakref.WeakValueDictionary[str, AgentsPanel] = weakref.WeakValueDictionary()
+_polling_lock = threading.Lock()
 
 
 class AgentsPanel(widgets.VBox):
@@ -84,7 +95,8 @@ class AgentsPanel(widgets.VBox):
         topbar.add_class("awb-topbar")
         self.notice = widgets.HTML()
 
-        actions = RowActions(toggle=self.toggle, delete=self.delete, expand=self.expand)
+        actions = RowActions(toggle=self.toggle, delete=self.delete, expand=self.expand,
+                             disconnect=self.disconnect)
         self.tables = {tab: AgentTable(tab, actions) for tab in TABS}
         self.tabs = widgets.Tab([self.tables[t] for t in TABS],
                                 titles=tuple(TAB_LABELS[t] for t in TABS),
@@ -131,6 +143,7 @@ class AgentsPanel(widgets.VBox):
         open the page: a kernel warmed up in advance must not call the API for nobody.
         """
         client = self._client()
+        self._replace_previous(client.url)
         if os.environ.get("VOILA_PREHEAT") == "True":
             client.submit(_wait_for_visitor)
         return client.submit(self._first_load)
@@ -191,6 +204,9 @@ class AgentsPanel(widgets.VBox):
     def poll_once(self) -> float | None:
         """One status poll (the poller's tick); returns the delay before the next one."""
         if self._closed or self.client is None:
+            # Closed while the first load was starting this poller: end it from its own thread.
+            if self.poller is not None:
+                self.poller.stop(timeout=0)
             return None
         ticks = self.poller.ticks + 1 if self.poller is not None else 0
         experiments = ticks % EXPERIMENTS_EVERY == 0
@@ -301,12 +317,20 @@ class AgentsPanel(widgets.VBox):
             self.poller.poke()
 
     def toggle(self, name: str) -> Future[None] | None:
-        """Connect or Disconnect, following the agent's connected flag."""
+        """Connect, Disconnect or Retry (reconnect a Failed agent), as the row's button says."""
         agent = self.state.agent(name)
-        row = self._row(name)
-        if agent is None or row is None or row.busy:
+        if agent is None:
             return None
-        connect = not agent.connected
+        return self._switch(name, connect=toggle_connects(agent))
+
+    def disconnect(self, name: str) -> Future[None] | None:
+        """Switch the agent off, whatever its status (the Failed row's power button)."""
+        return self._switch(name, connect=False)
+
+    def _switch(self, name: str, *, connect: bool) -> Future[None] | None:
+        row = self._row(name)
+        if row is None or row.busy:
+            return None
         client = self._client()
         with self._lock:
             row.set_busy("Connecting…" if connect else "Disconnecting…")
@@ -360,7 +384,8 @@ class AgentsPanel(widgets.VBox):
                 return
             details = DeploymentDetails(
                 agent, self.state.experiment(agent.experiment),
-                key=lambda: self.state.api_key(name), on_rotate=self.rotate_key)
+                key=lambda: self.state.api_key(name), on_rotate=self.rotate_key,
+                client=self.client)
             row.expand(details)
 
     def rotate_key(self, name: str) -> Future[None]:
@@ -427,7 +452,8 @@ class AgentsPanel(widgets.VBox):
         return self._run(
             lambda: client.create_agent(request.name, experiment=request.experiment,
                                         checkpoint=request.checkpoint,
-                                        description=request.description),
+                                        description=request.description,
+                                        options=request.options),
             created, failed)
 
     # -- housekeeping --------------------------------------------------------------------------
@@ -437,13 +463,40 @@ class AgentsPanel(widgets.VBox):
         if self.client is not None:
             self.client.submit(lambda: None).result(timeout)
 
-    def close(self) -> None:
-        """Stop polling, close the client and every widget of the panel."""
+    def _replace_previous(self, url: str) -> None:
+        with _polling_lock:
+            previous = _polling.get(url)
+            _polling[url] = self
+        if previous is not None and previous is not self:
+            previous.retire("This Agents panel was replaced by a newer one for the same "
+                            "server (re-run the cell to use it here again).")
+
+    def retire(self, reason: str) -> None:
+        """Stop polling and free every widget but a note saying ``reason`` (still on show)."""
+        self._stop()
+        with self._lock:
+            if self.wizard is not None:
+                self.wizard.close()
+                self.wizard = None
+            old: list[widgets.Widget] = list(getattr(self, "children", ()))
+            note = widgets.HTML(f"<div class='awb-hint'>{html.escape(reason)}</div>")
+            self.children = [note]
+            for child in old:
+                close_tree(child)
+
+    def _stop(self) -> None:
         self._closed = True
         if self.poller is not None:
             self.poller.stop()
         if self.client is not None:
             self.client.close()
+        with _polling_lock:
+            if self.client is not None and _polling.get(self.client.url) is self:
+                del _polling[self.client.url]
+
+    def close(self) -> None:
+        """Stop polling, close the client and every widget of the panel."""
+        self._stop()
         with self._lock:
             if self.wizard is not None:
                 self.wizard.close()

@@ -66,12 +66,25 @@ def build_snippets(endpoint: str, experiment: ExperimentInfo | None) -> dict[str
     kind = snippet_kind(experiment)
     env_id = experiment.environment if experiment else None
     dataset = experiment.dataset if experiment else None
+    width = input_width(experiment)
     return {
         "Python client": Snippet("Python client", "python",
-                                 python_client(endpoint, kind, env_id, dataset)),
+                                 python_client(endpoint, kind, env_id, dataset, width)),
         "CLI": Snippet("CLI", "bash", cli(endpoint, kind, env_id)),
-        "Manual HTTP": Snippet("Manual HTTP", "python", manual_http(endpoint, kind, env_id)),
+        "Manual HTTP": Snippet("Manual HTTP", "python",
+                               manual_http(endpoint, kind, env_id, width)),
     }
+
+
+def input_width(experiment: ExperimentInfo | None) -> int:
+    """How many values one ``predict`` row holds: a LatentPPO policy's observation columns,
+    a supervised model's feature columns, or 4 when the experiment does not say."""
+    extra = experiment.extra if experiment is not None else {}
+    for key in ("observation_columns", "feature_columns"):
+        columns = extra.get(key)
+        if isinstance(columns, list) and columns:
+            return len(columns)
+    return 4
 
 
 # -- environments ------------------------------------------------------------------------------
@@ -229,13 +242,13 @@ print("prediction:", prediction, f"({{meta.inference_time_ms:.1f}} ms)")
 
 
 def python_client(endpoint: str, kind: Kind, environment: str | None = None,
-                  dataset: str | None = None) -> str:
+                  dataset: str | None = None, n_inputs: int = 4) -> str:
     """The Arena client (``agilerl.arena.inference.Agent``) in a loop fitting ``kind``."""
     def head(imports: str = "") -> str:
         return _CLIENT_HEAD.format(endpoint=endpoint, key_env=KEY_ENV, imports=imports)
 
     fields = {"env_id": _gym_id(environment), "dataset": dataset or "your data set",
-              "n_features": 4}
+              "n_features": n_inputs}
     if kind in ("gym", "recurrent"):
         loop = _GYM_LOOP if kind == "gym" else _RECURRENT_LOOP
         return head("import gymnasium as gym\n") + "\n" + loop.format(**fields)
@@ -414,7 +427,7 @@ print(response.json()["results"][0]["completion"])
 '''
 
 _HTTP_SUPERVISED = '''\
-inputs = np.zeros(4, dtype=np.float32)  # one example shaped like a row of the training data
+inputs = np.zeros({n_inputs}, dtype=np.float32)  # one example shaped like a row of the inputs
 response = requests.post(
     "{endpoint}/predict", headers=HEADERS, json={{"inputs": serialize(inputs)}}, timeout=30
 )
@@ -423,10 +436,12 @@ print("prediction:", deserialize(response.json()["results"]))
 '''
 
 
-def manual_http(endpoint: str, kind: Kind, environment: str | None = None) -> str:
+def manual_http(endpoint: str, kind: Kind, environment: str | None = None,
+                n_inputs: int = 4) -> str:
     """``requests.post`` on the full URL (endpoint + route) with a numpy serialize helper."""
     head = _SERDE.format(key_env=KEY_ENV)
-    fields: Mapping[str, str] = {"endpoint": endpoint, "env_id": _gym_id(environment)}
+    fields: Mapping[str, str | int] = {"endpoint": endpoint, "env_id": _gym_id(environment),
+                                       "n_inputs": n_inputs}
     if kind == "gym":
         body = _HTTP_GYM.format(**fields)
     elif kind == "recurrent":

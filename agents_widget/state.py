@@ -103,9 +103,20 @@ def chevron_visible(agent: AgentInfo) -> bool:
     return agent.status == "Deployed" and agent.connected
 
 
+def toggle_connects(agent: AgentInfo) -> bool:
+    """Whether the row's main button connects: when switched off, or switched on but Failed.
+
+    A Failed agent is still switched on (the server tries it again after a restart), but
+    what its owner wants next is another attempt, as on the platform: Retry reconnects.
+    """
+    return not agent.connected or agent.status == "Failed"
+
+
 def toggle_label(agent: AgentInfo) -> str:
-    """Connect or Disconnect: one button, following whether the agent is switched on."""
-    return "Disconnect" if agent.connected else "Connect"
+    """Connect, Disconnect, or Retry for a connected agent that Failed."""
+    if agent.connected and agent.status == "Failed":
+        return "Retry"
+    return "Connect" if toggle_connects(agent) else "Disconnect"
 
 
 def format_score(value: float | None) -> str:

@@ -4,7 +4,8 @@ Rows are kept by agent name and updated in place (values only); a row is built w
 agent appears and closed, with everything under it, when the agent goes away. Callbacks go
 to the panel, which does the HTTP work off the kernel's event loop. Example::
 
-    table = AgentTable("classic", RowActions(toggle=..., delete=..., expand=...))
+    table = AgentTable("classic", RowActions(toggle=..., delete=..., expand=...,
+                                             disconnect=...))
     table.sync(state.agents_of("classic"))
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 
 from .client import AgentInfo, Tab
-from .state import TAB_LABELS, chevron_visible, toggle_label
+from .state import TAB_LABELS, chevron_visible, toggle_connects, toggle_label
 from .viewkit import close_tree, gap
 
 ACTIONS_WIDTH = "270px"
@@ -62,6 +63,7 @@ class RowActions:
     toggle: Callable[[str], object]
     delete: Callable[[str], object]
     expand: Callable[[str], object]
+    disconnect: Callable[[str], object]
 
 
 class AgentRow(widgets.VBox):
@@ -85,8 +87,13 @@ class AgentRow(widgets.VBox):
                                             tooltip=f"Delete {agent.name}")
         self.chevron = widgets.Button(icon="chevron-down", layout=widgets.Layout(width="40px"),
                                       tooltip="Show API key, endpoint and code")
+        # While the main button says Retry (connected but Failed), switching the agent off
+        # must stay one click away; this takes the hidden chevron's place, same width.
+        self.disconnect_button = widgets.Button(
+            icon="power-off", layout=widgets.Layout(width="40px", display="none"),
+            tooltip=f"Disconnect {agent.name}: stop trying to serve it")
         self.buttons = gap(widgets.HBox([self.toggle_button, self.delete_button,
-                                         self.chevron]), 4)
+                                         self.chevron, self.disconnect_button]), 4)
         self.confirm_yes = widgets.Button(description="Delete", button_style="danger",
                                           layout=widgets.Layout(width="75px"))
         self.confirm_no = widgets.Button(description="Cancel",
@@ -114,6 +121,7 @@ class AgentRow(widgets.VBox):
         self.confirm_no.on_click(lambda _b: self.cancel_delete())
         self.confirm_yes.on_click(lambda _b: self.confirm_delete())
         self.chevron.on_click(lambda _b: self._actions.expand(self.name))
+        self.disconnect_button.on_click(lambda _b: self._actions.disconnect(self.name))
 
         super().__init__([self.grid, self.details_box], layout=widgets.Layout(width="100%"))
         self.update(agent)
@@ -136,11 +144,19 @@ class AgentRow(widgets.VBox):
         if not self.busy:
             self.toggle_button.description = toggle_label(agent)
             self.toggle_button.disabled = False
-        self.toggle_button.button_style = "" if agent.connected else "success"
-        self.toggle_button.icon = "power-off" if agent.connected else "plug"
+            self.disconnect_button.disabled = False
+        connects = toggle_connects(agent)
+        retry = connects and agent.connected
+        self.toggle_button.button_style = "warning" if retry else (
+            "success" if connects else "")
+        self.toggle_button.icon = "redo" if retry else ("plug" if connects else "power-off")
+        self.toggle_button.tooltip = (
+            f"Load {agent.name} again and turn its endpoint on" if retry else "")
         visible = chevron_visible(agent)
         self.chevron.layout.visibility = "visible" if visible else "hidden"
+        self.chevron.layout.display = "none" if retry else ""
         self.chevron.disabled = not visible
+        self.disconnect_button.layout.display = "" if retry else "none"
         if not visible and self.expanded:
             self.collapse()
 
@@ -149,6 +165,7 @@ class AgentRow(widgets.VBox):
         self.busy = True
         self.toggle_button.description = text
         self.toggle_button.disabled = True
+        self.disconnect_button.disabled = True
 
     def done(self, agent: AgentInfo | None = None) -> None:
         """The action answered; show the agent as it now is."""

@@ -2,7 +2,9 @@
 
 The wizard only collects a :class:`CreateRequest`; the panel sends it to the server and
 calls :meth:`NewAgentWizard.show_error` with the server's message (duplicate name...) or
-closes the wizard when the agent was created. Example::
+closes the wizard when the agent was created. For a LatentPPO source experiment the Checkpoint
+step also offers a Decoder: the saved Advanced Training models whose input width fits the
+policy's latent, defaulting to the one it was trained with. Example::
 
     wizard = NewAgentWizard("classic", state.sources("classic"),
                             on_create=panel.create_agent, on_cancel=panel.close_wizard)
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,8 @@ RULE_HELP = {
     "final": "Final: the checkpoint saved last (highest step).",
     "specific": "Specific: pick any checkpoint in the table.",
 }
+LATENT_FRAMEWORK = "latent_ppo"
+DECODER_FRAMEWORKS = ("torch",)
 AGENT_INFO = (
     "<b>What is an agent?</b><br>An agent is one checkpoint of a training run, served as an "
     "HTTP endpoint with its own API key. It starts <i>Undeployed</i>; click <b>Connect</b> on "
@@ -51,6 +55,50 @@ class CreateRequest:
     experiment: str
     checkpoint: str | int
     description: str = ""
+    options: Mapping[str, Any] | None = None
+
+
+DecoderChoice = tuple[str, int]  # (saved model's experiment, checkpoint step)
+
+
+def is_latent(experiment: ExperimentInfo | None) -> bool:
+    """Whether ``experiment`` is a LatentPPO policy (which needs a decoder)."""
+    return experiment is not None and experiment.framework == LATENT_FRAMEWORK
+
+
+def training_decoder(policy: ExperimentInfo) -> DecoderChoice | None:
+    """The decoder ``policy`` was trained with, as recorded in its experiment.json."""
+    recorded = policy.extra.get("decoder")
+    if isinstance(recorded, Mapping) and isinstance(recorded.get("step"), int):
+        return str(recorded.get("experiment")), int(recorded["step"])
+    return None
+
+
+def decoder_choices(policy: ExperimentInfo, experiments: Iterable[ExperimentInfo]
+                    ) -> list[tuple[str, DecoderChoice]]:
+    """``(label, (experiment, step))`` for every saved model checkpoint that fits ``policy``.
+
+    A saved model fits when it is an Advanced Training model the workbench can decode with
+    and takes as many inputs as the policy's latent has. The training-time decoder comes
+    first (labelled so); the others follow, best-scoring checkpoint first per experiment.
+    """
+    size = policy.extra.get("latent_size")
+    trained = training_decoder(policy)
+    choices: list[tuple[str, DecoderChoice]] = []
+    for exp in experiments:
+        columns = exp.extra.get("feature_columns")
+        if (exp.tab != "advanced" or exp.framework not in DECODER_FRAMEWORKS
+                or not isinstance(columns, list) or len(columns) != size):
+            continue
+        for ckpt in ordered_checkpoints(exp.checkpoints, "best"):
+            choice = (exp.name, ckpt.step)
+            label = (f"{exp.name}, step {ckpt.step:,} (evaluation "
+                     f"{format_score(ckpt.evaluation_score)})")
+            if choice == trained:
+                choices.insert(0, (label + ", used in training", choice))
+            else:
+                choices.append((label, choice))
+    return choices
 
 
 class NewAgentWizard(widgets.VBox):
@@ -90,10 +138,17 @@ class NewAgentWizard(widgets.VBox):
             options=[(experiment_label(e), e.name) for e in experiments], value=None,
             tooltip=f"Experiments of this project type with checkpoints, with their {source_kind}",
             layout=widgets.Layout(width="440px"), style={"description_width": "150px"})
+        # Where the agent runs: the server's default, this server, or Ray Serve replicas.
+        self.backend = widgets.Dropdown(
+            description="Backend", value=None,
+            options=[("Server default", None), ("Local (this server)", "local"),
+                     ("Ray Serve", "ray")],
+            layout=widgets.Layout(width="440px"), style={"description_width": "150px"})
         info = widgets.HTML(f"<div class='awb-info'>{AGENT_INFO}</div>",
                             layout=widgets.Layout(width="320px"))
         details = gap(widgets.HBox([
-            widgets.VBox([self.name, self.name_hint, self.description, self.source]), info,
+            widgets.VBox([self.name, self.name_hint, self.description, self.source,
+                          self.backend]), info,
         ]), 24)
 
         # Step 2: Checkpoint
@@ -109,8 +164,15 @@ class NewAgentWizard(widgets.VBox):
         self.evaluation_chart = widgets.Image(format="png", layout=widgets.Layout(width="440px"))
         self.charts = widgets.HBox([self.training_chart, self.evaluation_chart])
         self.charts_note = widgets.HTML()
+        self.decoder = widgets.Dropdown(
+            description="Decoder *", options=[], value=None,
+            tooltip="The saved Advanced Training model that turns the policy's latent into "
+                    "the answer",
+            layout=widgets.Layout(width="560px"), style={"description_width": "150px"})
+        self.decoder_help = widgets.HTML()
+        self.decoder_box = widgets.VBox([self.decoder, self.decoder_help])
         checkpoint = widgets.VBox([self.rule, self.rule_help, self.table, self.charts,
-                                   self.charts_note])
+                                   self.charts_note, self.decoder_box])
 
         self.steps = widgets.Stack([details, checkpoint], selected_index=0)
 
@@ -127,6 +189,7 @@ class NewAgentWizard(widgets.VBox):
         self.name.observe(self._on_details_change, "value")
         self.source.observe(self._on_details_change, "value")
         self.rule.observe(self._on_rule_change, "value")
+        self.decoder.observe(lambda _c: self._update_create(), "value")
         self.cancel_button.on_click(lambda _b: self._on_cancel())
         self.back_button.on_click(lambda _b: self.go_to(0))
         self.next_button.on_click(lambda _b: self.go_to(1))
@@ -203,6 +266,29 @@ class NewAgentWizard(widgets.VBox):
         self._specific = None
         self._render_table()
         self._render_charts(experiment)
+        self._render_decoder(experiment)
+
+    def _render_decoder(self, experiment: ExperimentInfo) -> None:
+        if not is_latent(experiment):
+            self.decoder_box.layout.display = "none"
+            self.decoder.options = []
+            return
+        self.decoder_box.layout.display = ""
+        choices = decoder_choices(experiment, self.experiments.values())
+        self.decoder.options = choices
+        self.decoder.value = choices[0][1] if choices else None
+        trained = training_decoder(experiment)
+        size = experiment.extra.get("latent_size")
+        if not choices:
+            note = (f"No saved Advanced Training model takes {size} inputs, the size of this "
+                    "policy's latent, so it cannot be decoded. Train or restore one first.")
+        elif trained is not None and choices[0][1] != trained:
+            note = (f"The decoder it was trained with ({trained[0]}, step {trained[1]:,}) is "
+                    f"no longer saved; pick another model that takes {size} inputs.")
+        else:
+            note = (f"Saved Advanced Training models that take {size} inputs (this policy's "
+                    "latent). The one it was trained with is picked.")
+        self.decoder_help.value = f"<span class='awb-hint'>{html.escape(note)}</span>"
 
     def _render_charts(self, experiment: ExperimentInfo) -> None:
         metrics = experiment.metrics
@@ -293,8 +379,14 @@ class NewAgentWizard(widgets.VBox):
         self.rule.value = "specific"
         self._radios[step].value = step
 
+    @property
+    def decoder_missing(self) -> bool:
+        """A LatentPPO source with no decoder picked (Create stays off)."""
+        return is_latent(self.experiment) and self.decoder.value is None
+
     def _update_create(self) -> None:
-        self.create_button.disabled = self.step != 1 or self.chosen_step is None
+        self.create_button.disabled = (self.step != 1 or self.chosen_step is None
+                                       or self.decoder_missing)
 
     # -- create --------------------------------------------------------------------------------
 
@@ -304,11 +396,19 @@ class NewAgentWizard(widgets.VBox):
         step = self.chosen_step
         if experiment is None or step is None or not self.details_complete:
             return None
+        options: dict[str, Any] | None = None
+        if is_latent(experiment):
+            if self.decoder.value is None:
+                return None
+            name, decoder_step = self.decoder.value
+            options = {"decoder": {"experiment": name, "step": decoder_step}}
+        if self.backend.value is not None:
+            options = {**(options or {}), "backend": self.backend.value}
         rule = str(self.rule.value)
         return CreateRequest(
             name=self.name.value.strip(), experiment=experiment.name,
             checkpoint=step if rule == "specific" else rule,
-            description=self.description.value.strip())
+            description=self.description.value.strip(), options=options)
 
     def submit(self) -> None:
         """Hand the request to the panel; the button stays off until it answers."""

@@ -59,10 +59,25 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid Lua string literal for ASCII
 
 
+def _rotate(targets: list[tuple[str, str]]) -> str:
+    """Lua that sends each request to the next (path, key) in turn: one client, many agents."""
+    rows = ", ".join(f"{{{_lua_string(path)}, {_lua_string('Bearer ' + key)}}}"
+                     for path, key in targets)
+    return (f"local targets = {{{rows}}}\nlocal turn = 0\n"
+            "request = function()\n  turn = turn % #targets + 1\n"
+            '  wrk.headers["Authorization"] = targets[turn][2]\n'
+            '  return wrk.format("POST", targets[turn][1], nil, wrk.body)\nend\n')
+
+
 def run_wrk(url: str, body: str, *, key: str | None, connections: int, seconds: float,
-            threads: int = 1) -> LoadResult:
-    """POST ``body`` to ``url`` from ``connections`` keep-alive connections for ``seconds``."""
+            threads: int = 1, targets: list[tuple[str, str]] | None = None) -> LoadResult:
+    """POST ``body`` to ``url`` from ``connections`` keep-alive connections for ``seconds``.
+
+    With ``targets`` (URL paths and their keys) requests go round them in turn instead.
+    """
     auth = f'wrk.headers["Authorization"] = {_lua_string("Bearer " + key)}' if key else ""
+    if targets:
+        auth = _rotate(targets)
     fd, script = tempfile.mkstemp(suffix=".lua", prefix="awb-bench-")
     try:
         with os.fdopen(fd, "w") as fh:  # 0600 by mkstemp: the key is in it
@@ -70,7 +85,8 @@ def run_wrk(url: str, body: str, *, key: str | None, connections: int, seconds: 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(
             ["wrk", "-t", str(min(threads, connections)), "-c", str(connections),
-             "-d", f"{seconds}s", "--timeout", "10s", "-s", script, url],
+             # wrk takes whole seconds only
+             "-d", f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", script, url],
             capture_output=True, text=True, check=True,
         )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> None:
                 return JSONResponse({"success": False, "error": str(exc)}, status_code=400)
             return JSONResponse({"action": encode_tree(action), "success": True})
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    # address="local": always a private Ray for the benchmark, never a cluster someone started.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": args.pythonpath}})
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(Policy.bind(args.root, args.experiment, args.checkpoint, args.key),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Enum, Float, Int, Unicode, default
 
 from . import discovery
 from .deployer import Deployer
 from .handlers import all_routes
-from .handlers.base import DEPLOYER, MAX_BODY_BYTES, REGISTRY, SESSIONS, STORE
+from .handlers.base import DEPLOYER, MAX_BODY_BYTES, METRICS, REGISTRY, SESSIONS, STORE
+from .metrics import MetricsStore, register_collector, unregister_store
+from .ray_backend import RayBackend
 from .registry import Registry
 from .sessions import SessionStore
 from .store import ExperimentStore, default_root
@@ -50,6 +53,36 @@ class AgentsWorkbenchApp(ExtensionApp):
     max_body_mb = Float(32.0, help="Largest inference request body, in MiB (413 above).").tag(
         config=True
     )
+    batching = Enum(
+        ["auto", "on", "off"], "auto",
+        help="Gather concurrent get_action calls to one agent into one batched forward. "
+        "'auto' does so only for policies whose forward is costly (at least 0.5 ms, measured "
+        "at load): for small MLPs the gathering costs more than it saves.",
+    ).tag(config=True)
+    metrics_enabled = Bool(
+        True, help="Keep request counts, latencies and a request log per deployment (shown in "
+        "the panel, under agents/api/agents/<name>/metrics and in the server's /metrics)."
+    ).tag(config=True)
+    request_log_size = Int(
+        200, help="Requests each deployment's request log keeps (the most recent ones)."
+    ).tag(config=True)
+
+    backend = Enum(
+        ["local", "ray"], "local",
+        help="Serving backend of agents whose options name none: 'local' runs models in this "
+        "server, 'ray' deploys each agent as a Ray Serve application (see ray_address).",
+    ).tag(config=True)
+    ray_address = Unicode(
+        None, allow_none=True,
+        help="Ray cluster for the 'ray' backend (host:port of the head, or ray://host:10001). "
+        "Empty: a local Ray is started on first use, with ray_num_cpus CPUs.",
+    ).tag(config=True)
+    ray_num_cpus = Int(
+        0, help="CPUs of the local Ray started when ray_address is empty; 0 means all."
+    ).tag(config=True)
+    ray_replica_cpus = Float(
+        1.0, help="CPUs Ray reserves for each replica of a 'ray' agent (fractions allowed)."
+    ).tag(config=True)
 
     def initialize_settings(self) -> None:
         """Open the store and registry, build the deployer, write the discovery file."""
@@ -63,6 +96,11 @@ class AgentsWorkbenchApp(ExtensionApp):
         self.store = ExperimentStore(root)
         self.registry = Registry(root / "registry.sqlite3")
         self.sessions = SessionStore(root / "sessions.sqlite3")
+        # Nothing of Ray is imported until an agent asks for the 'ray' backend.
+        self.ray_backend = RayBackend(
+            self.ray_address, num_cpus=self.ray_num_cpus or None,
+            replica_cpus=self.ray_replica_cpus, request_timeout=self.request_timeout,
+        )
         self.deployer = Deployer(
             self.registry,
             self.store,
@@ -71,7 +109,15 @@ class AgentsWorkbenchApp(ExtensionApp):
             health_check_interval=self.health_check_interval,
             health_check_failures=self.health_check_failures,
             request_timeout=self.request_timeout,
+            batching=self.batching,
+            backend=self.backend,
+            backends={"ray": self.ray_backend.load},
         )
+        self.metrics: MetricsStore | None = None
+        if self.metrics_enabled:
+            self.metrics = MetricsStore(log_size=self.request_log_size)
+            register_collector(self.metrics)
+            self.settings[METRICS] = self.metrics
         self.settings.update({
             DEPLOYER: self.deployer,
             STORE: self.store,
@@ -116,6 +162,10 @@ class AgentsWorkbenchApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""
         await self.deployer.stop()
+        # After the deployer closed its runtimes, so their Serve applications go first.
+        await asyncio.to_thread(self.ray_backend.shutdown)
+        if self.metrics is not None:
+            unregister_store(self.metrics)
         self.registry.close()
         self.sessions.close()
         if self._discovery_path is not None:

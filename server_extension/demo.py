@@ -12,6 +12,8 @@ Full mode (a couple of minutes on 2 CPU cores) trains the user-facing demo:
 ``cartpole-dqn``   DQN on CartPole-v1; its best checkpoint balances the pole (a mean
                    greedy return of at least 195, checked by loading it back and playing).
 ``pendulum-td3``   TD3 on Pendulum-v1 (continuous actions).
+``iris-latent-ppo`` LatentPPO (Advanced Training) decoding through ``iris-classifier``
+                   (see :mod:`server_extension.latent_demo`).
 
 Quick mode (seconds, for tests) trains tiny runs of all five supported families:
 ``cartpole-dqn``, ``cartpole-rainbow``, ``cartpole-ppo``, ``pendulum-ddpg``, ``pendulum-td3``.
@@ -263,5 +265,13 @@ def build_demo(
                 if name == "cartpole-dqn" and report["evaluation_seeds_mean"] < CARTPOLE_BAR:
                     say(f"warning: cartpole-dqn's best checkpoint averages "
                         f"{report['evaluation_seeds_mean']:.1f}, below {CARTPOLE_BAR:.0f}")
+        latent: list[str] = []
+        if not quick:
+            # Advanced Training: LatentPPO decoding through the saved Iris classifier (trained
+            # too when missing). Quick mode leaves it out: test workspaces stay Classic RL only.
+            from .latent_demo import build_latent_demo
+
+            say("training iris-latent-ppo: LatentPPO with the iris-classifier decoder")
+            latent = build_latent_demo(root, progress=say)
     say(f"demo built in {time.perf_counter() - started:.1f} s")
-    return [run.name for run in runs]
+    return [run.name for run in runs] + latent

@@ -34,8 +34,10 @@ from typing import Any, TypeVar
 
 from tornado.ioloop import PeriodicCallback
 
+from . import batching
+from .batching import MODES as BATCHING_MODES
 from .registry import AgentRecord, Registry
-from .runtimes import Runtime, RuntimeLoadError, load_runtime
+from .runtimes import Runtime, RuntimeLoadError, load_runtime, loader_module
 from .store import ExperimentStore, StoreError
 
 T = TypeVar("T")
@@ -80,6 +82,9 @@ class Deployer:
         health_check_failures: int = 2,
         request_timeout: float = 60.0,
         loader: Callable[..., Runtime] = load_runtime,
+        batching: str = "auto",
+        backend: str = "local",
+        backends: dict[str, Callable[..., Runtime]] | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -88,12 +93,21 @@ class Deployer:
         self.health_check_interval = health_check_interval
         self.health_check_failures = max(1, health_check_failures)
         self._loader = loader
+        # Serving backend of agents whose options name none; other backends' loaders
+        # (ray_backend.RayBackend.load) take the agent's name as well.
+        self.backend = backend
+        self._backends = dict(backends or {})
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {BATCHING_MODES}, not {batching!r}")
+        self.batching = batching  # how loaded runtimes are wrapped: see batching.py
         self._workers = ThreadPoolExecutor(worker_threads, thread_name_prefix="agents-infer")
         self._loaders = ThreadPoolExecutor(2, thread_name_prefix="agents-load")
         self._live: dict[str, LiveDeployment] = {}
         # Bumped on every connect/disconnect so a load that finishes late is discarded.
         self._generation: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Experiments whose loader module has been imported (or is being) by warm().
+        self._warmed: set[str] = set()
         self._health: PeriodicCallback | None = None
 
     # -- start and stop -----------------------------------------------------------------
@@ -103,9 +117,11 @@ class Deployer:
         for record in self.registry.list():
             if record.connected:
                 self._begin_connect(record.name)
-            elif record.deployment_id and record.status != "Undeployed":
-                # A crash between writes can leave a disconnected agent marked live.
-                self.registry.update(record.name, status="Undeployed", error=None)
+            else:
+                self.warm(record)
+                if record.deployment_id and record.status != "Undeployed":
+                    # A crash between writes can leave a disconnected agent marked live.
+                    self.registry.update(record.name, status="Undeployed", error=None)
         if self.health_check_interval > 0:
             self._health = PeriodicCallback(
                 self._spawn_health_check, self.health_check_interval * 1000
@@ -179,8 +195,17 @@ class Deployer:
     def _load_and_probe(self, record: AgentRecord) -> Runtime:
         experiment = self.store.get(record.experiment)
         checkpoint = experiment.checkpoint(record.checkpoint_step)
-        runtime = self._loader(experiment, checkpoint, device=self.device,
-                               options=record.options)
+        backend = record.options.get("backend", self.backend)
+        if backend == "local":
+            runtime = self._loader(experiment, checkpoint, device=self.device,
+                                   options=record.options)
+        elif backend in self._backends:
+            runtime = self._backends[backend](experiment, checkpoint, device=self.device,
+                                              options=record.options, name=record.name)
+        else:
+            raise RuntimeLoadError(
+                f"This server has no {backend!r} backend configured; set "
+                f"AgentsWorkbenchApp.backend or create the agent with another backend.")
         try:
             runtime.probe()
         except Exception as exc:
@@ -188,7 +213,33 @@ class Deployer:
             raise RuntimeLoadError(
                 f"The checkpoint loaded but failed its first health probe: {_describe(exc)}"
             ) from exc
-        return runtime
+        if backend != "local":
+            # A remote agent scales by replicas; one batcher here would funnel them into one.
+            return runtime
+        # Concurrent get_action calls share one forward where that pays (batching.py).
+        return batching.wrap(runtime, self.batching)
+
+    def warm(self, record: AgentRecord) -> None:
+        """Import the agent's framework (torch, AgileRL, ...) on the loader pool, ahead of Connect.
+
+        An agent is usually connected seconds after it is created; importing then, not at
+        Connect, is what keeps a server's first Connect near the warm figure. A server with no
+        agents imports nothing. Failures are left for Connect to report with the agent.
+        """
+        if record.options.get("backend", self.backend) != "local":
+            return
+        warmed = self._warmed
+        if record.experiment in warmed:
+            return
+        warmed.add(record.experiment)
+
+        def import_loader() -> None:
+            try:
+                loader_module(self.store.get(record.experiment))
+            except Exception as exc:  # noqa: BLE001 - Connect reports it with the agent
+                log.debug("Warming %s failed: %s", record.experiment, exc)
+
+        self._loaders.submit(import_loader)
 
     def disconnect(self, name: str) -> AgentRecord:
         """Turn the endpoint off at once; the agent (and its key) stays."""

@@ -7,6 +7,8 @@ value of the wrong type is a 400 that names the key, never a load-time surprise.
 Example::
 
     validate_options({"backend": "local"}, experiment)   # -> {"backend": "local"}
+    validate_options({"decoder": "iris-classifier"}, latent_ppo_experiment)
+    # -> {"decoder": {"experiment": "iris-classifier", "step": 300}}  (pinned to its best step)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .runtimes.latent import DecoderError, is_latent, resolve_decoder
 from .store import Experiment
 
 
@@ -27,12 +30,58 @@ def _backend(value: Any, experiment: Experiment) -> Any:
     return value
 
 
-# Serving backends: "local" runs the model inside the Jupyter server.
-BACKENDS: tuple[str, ...] = ("local",)
+def _decoder(value: Any, experiment: Experiment) -> Any:
+    if not is_latent(experiment):
+        raise OptionError(
+            f"options.decoder applies to LatentPPO experiments only; {experiment.name!r} is a "
+            f"{experiment.info.algorithm} ({experiment.info.framework}) experiment."
+        )
+    try:
+        ref, _ = resolve_decoder(experiment, value)
+    except DecoderError as exc:
+        raise OptionError(f"options.decoder: {exc}") from exc
+    # Stored pinned to a step, so "best" keeps meaning the decoder the user saw at creation.
+    return ref.to_json()
+
+
+def _replica_count(key: str) -> Callable[[Any, Experiment], Any]:
+    def check(value: Any, experiment: Experiment) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+            raise OptionError(
+                f"options.{key} must be a whole number from 1 to {MAX_REPLICAS}, got {value!r}.")
+        return value
+    return check
+
+
+def _check_scale(options: Mapping[str, Any]) -> None:
+    # Replica counts only mean something on Ray, and the bounds must hold together.
+    present = [k for k in SCALE_KEYS if k in options]
+    if present and options.get("backend") == "local":
+        raise OptionError(
+            f"options {present} apply to the 'ray' backend; drop them or set backend 'ray'.")
+    low, high = options.get("min_replicas"), options.get("max_replicas")
+    if low is not None and high is not None and low > high:
+        raise OptionError(f"options.min_replicas ({low}) is above max_replicas ({high}).")
+    count = options.get("replicas")
+    if count is not None and ((low is not None and count < low)
+                              or (high is not None and count > high)):
+        raise OptionError(
+            f"options.replicas ({count}) must lie between min_replicas and max_replicas; it is "
+            "the starting count when both are given.")
+
+
+# Serving backends: "local" runs the model inside the Jupyter server, "ray" as a Ray Serve
+# application per agent (server_extension/ray_backend.py).
+BACKENDS: tuple[str, ...] = ("local", "ray")
+# Replica options (ray backend): a fixed count, or autoscaling bounds with replicas as start.
+SCALE_KEYS: tuple[str, ...] = ("replicas", "min_replicas", "max_replicas")
+MAX_REPLICAS = 64
 
 # option name -> checker returning the value to store
 CHECKERS: dict[str, Callable[[Any, Experiment], Any]] = {
     "backend": _backend,
+    **{key: _replica_count(key) for key in SCALE_KEYS},
+    "decoder": _decoder,
 }
 
 
@@ -47,4 +96,6 @@ def validate_options(options: Any, experiment: Experiment) -> dict[str, Any]:
         raise OptionError(
             f"Unknown option(s) {unknown}; known options are {sorted(CHECKERS)}."
         )
-    return {key: CHECKERS[key](value, experiment) for key, value in options.items()}
+    checked = {key: CHECKERS[key](value, experiment) for key, value in options.items()}
+    _check_scale(checked)
+    return checked

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import ServerProcess, copy_workspace, running_server
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -28,32 +29,29 @@ def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def advanced_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``experiments/`` with a quick tiny LLM (full model and LoRA) and a supervised model."""
+    """``experiments/`` with a quick tiny LLM (full model and LoRA), a supervised model and a
+    LatentPPO policy decoding through that supervised model."""
+    from server_extension.latent_demo import build_latent_demo
     from server_extension.llm_demo import build_llm_demo
     from server_extension.supervised_demo import build_supervised_demo
 
     root = tmp_path_factory.mktemp("advanced-workspace")
     build_llm_demo(root, quick=True)
     build_supervised_demo(root, quick=True)
+    build_latent_demo(root, quick=True)
     return root / "experiments"
 
 
 @pytest.fixture
 def advanced_workspace(tmp_path: Path, advanced_experiments: Path) -> Path:
     """A fresh workspace root holding a copy of the Advanced Training experiments."""
-    root = tmp_path / "advanced"
-    root.mkdir()
-    shutil.copytree(advanced_experiments, root / "experiments")
-    return root
+    return copy_workspace(tmp_path / "advanced", advanced_experiments)
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, demo_experiments: Path) -> Path:
     """A fresh workspace root (own registry) holding a copy of the demo experiments."""
-    root = tmp_path / "workspace"
-    root.mkdir()
-    shutil.copytree(demo_experiments, root / "experiments")
-    return root
+    return copy_workspace(tmp_path / "workspace", demo_experiments)
 
 
 @pytest.fixture
@@ -73,24 +71,14 @@ def jp_server_config(workspace: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def advanced_server(advanced_workspace: Path) -> Iterator[Any]:
+def advanced_server(advanced_workspace: Path) -> Iterator[ServerProcess]:
     """A real ``jupyter server`` child process over the Advanced Training workspace."""
-    from tests.servers import ServerProcess
-
-    proc = ServerProcess(advanced_workspace).start()
-    try:
+    with running_server(advanced_workspace) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
-def server(workspace: Path) -> Iterator[Any]:
+def server(workspace: Path) -> Iterator[ServerProcess]:
     """A real ``jupyter server`` child process over ``workspace``."""
-    from tests.servers import ServerProcess
-
-    proc = ServerProcess(workspace).start()
-    try:
+    with running_server(workspace) as proc:
         yield proc
-    finally:
-        proc.stop()

@@ -1,22 +1,32 @@
-"""A real ``jupyter server`` in a child process, for tests that need one outside pytest's loop.
+"""Real servers in child processes, for tests (and the soak benchmark) outside pytest's loop.
 
 The Arena client and the panel's REST client are blocking; they cannot share the event loop
-of an in-process test server, so conformance, restart and widget tests talk to this one.
+of an in-process test server, so conformance, restart, widget and soak runs talk to these.
+
+- :class:`ServerProcess`: ``jupyter server`` with the workbench, token auth and no
+  unauthenticated access; :func:`start_server` and :func:`running_server` start one over a
+  workspace (with a copy of trained experiments).
+- :class:`VoilaApp`: the standalone ``agents-workbench app``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -26,7 +36,71 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it is truthy; its value, or AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def copy_workspace(root: Path, experiments: Path | None) -> Path:
+    """Make ``root`` a workspace (own registry) holding a copy of ``experiments``, if given."""
+    root.mkdir(parents=True, exist_ok=True)
+    if experiments is not None:
+        shutil.copytree(experiments, root / "experiments")
+    return root
+
+
+class ChildServer:
+    """A server in its own process group, logging to a file; what both hosts share."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=REPO, start_new_session=True)
+        return self.proc
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (it must have been started)."""
+        assert self.proc is not None, "the server was never started"
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        """Stop gracefully (SIGTERM), then hard if it lingers; the exit status."""
+        if isinstance(session := getattr(self, "session", None), requests.Session):
+            session.close()  # pooled keep-alive sockets would otherwise warn when collected
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        """``kill -9`` the server: no shutdown hooks run."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class ServerProcess(ChildServer):
     """``jupyter server`` with the workbench, token auth and no unauthenticated access."""
 
     def __init__(self, root: Path, *, base_url: str = "/", extra_args: list[str] | None = None,
@@ -37,7 +111,6 @@ class ServerProcess:
         self.port = free_port()
         self.extra_args = extra_args or []
         self.log_path = log_path or root / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {self.token}"
 
@@ -64,13 +137,10 @@ class ServerProcess:
             "--ServerApp.jpserver_extensions={'server_extension': True}",
             *self.extra_args,
         ]
-        # The child keeps its own copy of the descriptor; ours is closed at once.
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+        proc = self._spawn(args, env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"jupyter server exited early; log:\n{self.log()}")
             try:
                 if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
@@ -79,26 +149,6 @@ class ServerProcess:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"jupyter server did not answer in {timeout} s; log:\n{self.log()}")
-
-    def log(self) -> str:
-        """Everything the server printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM), then hard if it lingers."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def kill9(self) -> None:
-        """``kill -9`` the server: no shutdown hooks run."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call ``agents/api/<path>`` with the Jupyter token."""
@@ -116,12 +166,64 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"agent {name} stayed {agent.get('status')}: {agent}")
 
-    def deploy(self, name: str, experiment: str, checkpoint: str | int = "best") -> dict[str, Any]:
+    def deploy(self, name: str, experiment: str, checkpoint: str | int = "best", *,
+               options: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
         """Create and connect an agent, wait for Deployed, return it (endpoint and key)."""
-        created = self.api("POST", "agents", json={"name": name, "experiment": experiment,
-                                                   "checkpoint": checkpoint})
+        body = {"name": name, "experiment": experiment, "checkpoint": checkpoint}
+        if options is not None:
+            body["options"] = options
+        created = self.api("POST", "agents", json=body)
         assert created.status_code == 201, created.text
         assert self.api("POST", f"agents/{name}/connect").status_code == 200
-        agent = self.wait_status(name)
+        agent = self.wait_status(name, timeout=timeout)
         assert agent["status"] == "Deployed", agent
         return agent
+
+
+def start_server(root: Path, experiments: Path | None, **kwargs: Any) -> ServerProcess:
+    """A started server over a new workspace ``root`` with a copy of ``experiments``.
+
+    ``kwargs`` go to :class:`ServerProcess`; the caller stops it.
+    """
+    return ServerProcess(copy_workspace(root, experiments), **kwargs).start()
+
+
+@contextmanager
+def running_server(root: Path, **kwargs: Any) -> Iterator[ServerProcess]:
+    """A started server over the existing workspace ``root``, stopped on the way out."""
+    server = ServerProcess(root, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class VoilaApp(ChildServer):
+    """``agents-workbench app`` over ``root`` in a child process, with debug (access) logs."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.token = "app-test-token"
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.runtime = root / "runtime"
+        self.log_path = root / "app.log"
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.runtime)}
+        env.pop("AGENTS_WORKBENCH_URL", None)
+        self._spawn([sys.executable, "-m", "server_extension.cli", "app", "--root", str(root),
+                     "--port", str(self.port), "--token", self.token, "--no-browser", "--debug",
+                     *extra], env)
+        wait_until(self._answers, timeout=60, what="the app to answer")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.log()
+        try:
+            return self.api("experiments").status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def api(self, path: str, token: str | None = None) -> requests.Response:
+        """GET ``agents/api/<path>`` with the app's token (or ``token``)."""
+        headers = {"Authorization": f"token {token or self.token}"}
+        return requests.get(f"{self.url}agents/api/{path}", headers=headers, timeout=10)

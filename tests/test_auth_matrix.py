@@ -1,17 +1,22 @@
 """Every route against every kind of credential: the two auth worlds never stand in for each other.
 
-Runs against a real child-process server with token auth and no unauthenticated access.
+Runs against one real child-process server per module (token auth, no unauthenticated
+access) with agents a and b deployed once; a's key is rotated once at set-up so the old key
+is a rotated-away one. No case changes that state when the server behaves; the cases that
+could (management verbs, forged cross-site posts) check afterwards that a is unchanged.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, copy_workspace, running_server
 
 # (method, suffix under agents/d/<name>/, JSON body)
 INFERENCE_ROUTES: list[tuple[str, str, Any]] = [
@@ -32,17 +37,30 @@ MANAGEMENT_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "agents/a/connect", {}),
     ("POST", "agents/a/disconnect", {}),
     ("POST", "agents/a/rotate-key", {}),
+    ("GET", "agents/a/metrics", None),
+    ("GET", "agents/a/requests", None),
+    ("PUT", "agents/a/payload-capture", {"enabled": True}),
 ]
 
 
-@pytest.fixture
-def two_agents(server: ServerProcess) -> dict[str, Any]:
-    """Agents a and b deployed; a's key rotated once (old key kept for the test)."""
-    a = server.deploy("a", "cartpole-dqn")
-    b = server.deploy("b", "cartpole-dqn")
-    rotated = server.api("POST", "agents/a/rotate-key").json()
-    return {"server": server, "old_a": a["api_key"], "a": rotated["api_key"],
-            "b": b["api_key"], "endpoint": rotated["endpoint"]}
+@pytest.fixture(scope="module")
+def two_agents(tmp_path_factory: pytest.TempPathFactory,
+               demo_experiments: Path) -> Iterator[dict[str, Any]]:
+    """Agents a and b deployed; a's key rotated once (old key kept for the tests)."""
+    root = copy_workspace(tmp_path_factory.mktemp("auth-matrix"), demo_experiments)
+    with running_server(root) as server:
+        a = server.deploy("a", "cartpole-dqn")
+        b = server.deploy("b", "cartpole-dqn")
+        rotated = server.api("POST", "agents/a/rotate-key").json()
+        assert rotated["api_key"] != a["api_key"]
+        yield {"server": server, "old_a": a["api_key"], "a": rotated["api_key"],
+               "b": b["api_key"], "endpoint": rotated["endpoint"]}
+
+
+def assert_a_untouched(ctx: dict[str, Any]) -> None:
+    """Agent a is still Deployed with the key set-up gave it: no refused call acted on it."""
+    agent = ctx["server"].api("GET", "agents/a").json()
+    assert (agent["status"], agent["api_key"]) == ("Deployed", ctx["a"]), agent
 
 
 def inference(ctx: dict[str, Any], method: str, suffix: str, body: Any,
@@ -112,6 +130,8 @@ def test_management_refuses_deployment_keys_and_anonymous(two_agents: dict[str, 
     resp = requests.request(method, url + f"?token={two_agents['a']}", json=body, timeout=10,
                             allow_redirects=False)
     assert resp.status_code == 403
+    assert_a_untouched(two_agents)
+    assert {x["name"] for x in server.api("GET", "agents").json()["agents"]} == {"a", "b"}
 
 
 def _cookie_session(server: ServerProcess) -> requests.Session:
@@ -142,7 +162,7 @@ def test_cross_site_post_with_only_the_cookie_is_refused(two_agents: dict[str, A
     resp = browser.delete(server.url + "agents/api/agents/a", timeout=10,
                           headers={"Origin": "http://evil.example"})
     assert resp.status_code in (403, 404)
-    assert server.api("GET", "agents/a").json()["status"] == "Deployed"
+    assert_a_untouched(two_agents)
     # The cookie is no deployment key either.
     resp = browser.post(two_agents["endpoint"] + "/get_action", json={"obs": None}, timeout=10)
     assert resp.status_code == 401

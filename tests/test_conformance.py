@@ -1,7 +1,13 @@
-"""The platform's own client, ``agilerl.arena.inference.Agent``, against a real server."""
+"""The platform's own client, ``agilerl.arena.inference.Agent``, against a real server.
+
+Every test runs on both serving backends: ``local`` (models in the server) and ``ray`` (each
+agent a Ray Serve application on a local cluster, reached through the same endpoint).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -10,13 +16,24 @@ import pytest
 from agilerl.arena.exceptions import ArenaAuthError, ArenaInferenceError
 from agilerl.arena.inference import Agent
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, copy_workspace, running_server
+
+pytest_plugins = ["tests.ray_fixtures"]
 
 
-@pytest.fixture
-def cartpole(server: ServerProcess) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, demo_experiments: Path,
+           backend_args: list[str]) -> Iterator[ServerProcess]:
+    """One server per backend for this module (the tests only read from it)."""
+    root = copy_workspace(tmp_path_factory.mktemp("conformance"), demo_experiments)
+    with running_server(root, extra_args=backend_args) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cartpole(served: ServerProcess, deploy_timeout: float) -> dict[str, Any]:
     """The demo CartPole DQN agent, deployed."""
-    return server.deploy("cartpole", "cartpole-dqn")
+    return served.deploy("cartpole", "cartpole-dqn", timeout=deploy_timeout)
 
 
 def test_full_cartpole_episode(cartpole: dict[str, Any]) -> None:
@@ -69,8 +86,8 @@ def test_wrong_route_is_400(cartpole: dict[str, Any]) -> None:
     assert "get_action" in str(info.value)
 
 
-def test_continuous_td3(server: ServerProcess) -> None:
-    agent_json = server.deploy("pendulum", "pendulum-td3")
+def test_continuous_td3(served: ServerProcess, deploy_timeout: float) -> None:
+    agent_json = served.deploy("pendulum", "pendulum-td3", timeout=deploy_timeout)
     env = gym.make("Pendulum-v1")
     obs, _ = env.reset(seed=1)
     with Agent(agent_json["endpoint"], api_key=agent_json["api_key"]) as agent:

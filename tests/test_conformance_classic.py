@@ -1,10 +1,14 @@
-"""Multi-agent and recurrent agents through a real server and the Arena client."""
+"""Multi-agent and recurrent agents through a real server and the Arena client.
+
+Every test runs on both serving backends, ``local`` and ``ray`` (tests/ray_fixtures.py).
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +29,30 @@ from server_extension.demo_classic import (
 )
 from server_extension.runtimes import load_runtime
 from server_extension.store import ExperimentStore
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, copy_workspace, running_server
 
-pytest_plugins = ["tests.classic_fixtures"]
+pytest_plugins = ["tests.classic_fixtures", "tests.ray_fixtures"]
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def classic_server(tmp_path_factory: pytest.TempPathFactory, classic_experiments: Path,
+                   backend_args: list[str]) -> Iterator[ServerProcess]:
+    """This module's server over a copy of the classic workspace, one per backend."""
+    root = copy_workspace(tmp_path_factory.mktemp("classic-conformance"), classic_experiments)
+    with running_server(root, extra_args=backend_args) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def classic_agents(classic_server: ServerProcess,
+                   deploy_timeout: float) -> dict[str, dict[str, Any]]:
+    """Every classic demo experiment deployed once on this module's server."""
+    # Imported here: a plugin module imported before pytest registers it escapes rewriting.
+    from tests.classic_fixtures import CLASSIC_AGENTS
+
+    return {short: classic_server.deploy(short, experiment, timeout=deploy_timeout)
+            for short, experiment in CLASSIC_AGENTS.items()}
 
 
 def _client(agent: dict[str, Any]) -> Any:

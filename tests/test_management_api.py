@@ -243,7 +243,8 @@ async def test_create_agent_options_are_checked_and_kept(jp_fetch: Any) -> None:
 
     code, body = await create(jp_fetch, "typo", options={"backnd": "local"})
     assert code == 400
-    assert "backnd" in body["message"] and "known options" in body["message"]
+    assert "backnd" in body["message"]
+    assert "known options" in body["message"]
     code, body = await create(jp_fetch, "bad-backend", options={"backend": "kubernetes"})
     assert code == 400
     assert "options.backend" in body["message"]

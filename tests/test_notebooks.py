@@ -97,3 +97,34 @@ def test_notebook_without_a_server_explains(tmp_path: Path,
     state = json.dumps(executed.metadata["widgets"][WIDGET_STATE])
     assert "No running agents-workbench server" in state
     assert "agents-workbench run" in state
+
+
+# Worked examples that train what they deploy: they need a server, not a prepared workspace.
+EXAMPLES = ["advanced_llm.ipynb", "advanced_supervised.ipynb", "advanced_latent_ppo.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(tmp_path_factory.mktemp("examples") / "ws", None)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_notebook_passes_nbval(bare: ServerProcess, name: str) -> None:
+    path = REPO / "notebooks" / name
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert all(c.outputs == [] and c.execution_count is None
+               for c in nb.cells if c.cell_type == "code"), "commit it without outputs"
+    # The kernel learns the server from the URL and the workspace from the root variable.
+    env = {**os.environ, "AGENTS_WORKBENCH_URL": bare.url,
+           "AGENTS_WORKBENCH_TOKEN": bare.token, "AGENTS_WORKBENCH_ROOT": str(bare.root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+         str(path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout

@@ -389,6 +389,23 @@ def test_advanced_row_shows_base_model_and_failed_reason(
         assert reason
         assert html.escape(reason) in row.status_cell.value
         assert row.chevron.layout.visibility == "hidden"
+
+        # Connected but Failed: the main button retries (as on the platform), and switching
+        # the agent off stays possible through the power button in the chevron's place.
+        assert row.toggle_button.description == "Retry"
+        assert row.chevron.layout.display == "none"
+        assert row.disconnect_button.layout.display == ""
+        seen: list[str] = []
+        row.status_cell.observe(lambda change: seen.append(change["new"]), "value")
+        row.toggle_button.click()
+        wait_until(lambda: any("Pending" in v for v in seen)
+                   and "Failed" in row.status_cell.value, timeout=60, what="a retry")
+        assert empty.api("GET", "agents/broken").json()["connected"] is True
+        row.disconnect_button.click()
+        wait_until(lambda: "Undeployed" in row.status_cell.value, what="Undeployed")
+        assert row.toggle_button.description == "Connect"
+        assert row.disconnect_button.layout.display == "none"
+        assert empty.api("GET", "agents/broken").json()["connected"] is False
     finally:
         panel.close()
 
@@ -418,6 +435,29 @@ def test_closing_the_panel_stops_polling_and_closes_widgets(live: ServerProcess,
     assert all(t.comm is None for t in tables)
     assert all(w.comm is None for w in (panel.new_button, panel.tabs, panel.notice))
     assert isinstance(panel.title, widgets.HTML)
+
+
+def test_a_new_panel_retires_the_previous_one_for_the_same_server(
+        live: ServerProcess, front_end: list[Any]) -> None:
+    # What re-running the notebook cell does: the old panel must not poll on, unseen.
+    old = make_panel(live)
+    old_poller, old_table = old.poller, old.tables["classic"]
+    assert old_poller is not None
+    new = make_panel(live)
+    try:
+        assert not old_poller.running
+        assert old_table.comm is None
+        assert len(old.children) == 1
+        assert "replaced by a newer one" in old.children[0].value
+        assert new.poller is not None
+        old_ticks, ticks = old_poller.ticks, new.poller.ticks
+        wait_until(lambda: new.poller is not None and new.poller.ticks > ticks + 1,
+                   what="the new panel to keep polling")
+        assert old_poller.ticks == old_ticks
+    finally:
+        old.close()
+        new.close()
+    assert not new.poller.running
 
 
 # -- the rules, on their own ------------------------------------------------------------------

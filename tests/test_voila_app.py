@@ -16,24 +16,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.panel_support import VoilaApp as App
-from tests.panel_support import start_server, wait_until
+from tests.servers import REPO, running_server, wait_until
+from tests.servers import VoilaApp as App
 
-REPO = Path(__file__).resolve().parent.parent
 KERNEL_CALL = "GET /agents/api/agents"
 
 
 @pytest.fixture
-def workspace_copy(tmp_path: Path, demo_experiments: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copytree(demo_experiments, root / "experiments")
-    return root
-
-
-@pytest.fixture
-def app(workspace_copy: Path) -> Iterator[App]:
-    made = App(workspace_copy)
+def app(workspace: Path) -> Iterator[App]:
+    made = App(workspace)
     try:
         yield made
     finally:
@@ -61,8 +52,8 @@ def test_app_publishes_the_panel_with_the_workbench_api(app: App) -> None:
     assert not discovery[0].exists()
 
 
-def test_preheated_kernel_waits_for_a_visitor(workspace_copy: Path) -> None:
-    app = App(workspace_copy, "--preheat")
+def test_preheated_kernel_waits_for_a_visitor(workspace: Path) -> None:
+    app = App(workspace, "--preheat")
     try:
         wait_until(lambda: "is filled with 1 kernel" in app.log(), timeout=60,
                    what="the preheated kernel to run the notebook")
@@ -76,18 +67,12 @@ def test_preheated_kernel_waits_for_a_visitor(workspace_copy: Path) -> None:
         app.stop()
 
 
-def test_voila_as_a_server_extension_reaches_the_workbench(tmp_path: Path,
-                                                           demo_experiments: Path) -> None:
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copy(REPO / "notebooks" / "Agents.ipynb", root / "Agents.ipynb")
+def test_voila_as_a_server_extension_reaches_the_workbench(workspace: Path) -> None:
+    shutil.copy(REPO / "notebooks" / "Agents.ipynb", workspace / "Agents.ipynb")
     # Voila's own install enables voila.server_extension in jupyter_server_config.d.
-    server = start_server(root, demo_experiments, extra_args=["--ServerApp.log_level=DEBUG"])
-    try:
+    with running_server(workspace, extra_args=["--ServerApp.log_level=DEBUG"]) as server:
         page = server.session.get(server.url + "voila/render/Agents.ipynb", timeout=60)
         assert page.status_code == 200
         assert "application/vnd.jupyter.widget-view+json" in page.text
         wait_until(lambda: KERNEL_CALL in server.log(), timeout=30,
                    what="the kernel's API call")
-    finally:
-        server.stop()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from tornado import web
 
-from . import inference, llm, management
+from . import inference, llm, management, observability
 
 
 def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:
     """Route patterns relative to the server's base_url, management first."""
-    return [*management.routes, *inference.routes, *llm.routes, *inference.fallback_routes]
+    return [*management.routes, *observability.routes, *inference.routes, *llm.routes,
+            *inference.fallback_routes]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any, cast
+from urllib.parse import unquote_plus
 
-from tornado import web
+from tornado import httputil, web
 
 from ..deployer import Deployer
-from ..registry import Registry
+from ..registry import KEY_PREFIX, Registry
 from ..store import ExperimentStore
 
 # Keys under which the extension app puts its services into the Tornado settings.
@@ -16,6 +17,7 @@ STORE = "agents_workbench_store"
 REGISTRY = "agents_workbench_registry"
 MAX_BODY_BYTES = "agents_workbench_max_body_bytes"
 SESSIONS = "agents_workbench_sessions"
+METRICS = "agents_workbench_metrics"  # a MetricsStore, absent when metrics are off
 
 
 class ServicesMixin:
@@ -44,3 +46,26 @@ def endpoint_url(handler: web.RequestHandler, name: str) -> str:
     base_url = handler.settings.get("base_url", "/")
     request = handler.request
     return f"{request.protocol}://{request.host}{base_url.rstrip('/')}/agents/d/{name}"
+
+
+def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = frozenset()) -> None:
+    """Blank secret-looking query values in ``request.uri`` before anything logs it.
+
+    Jupyter's access log prints ``request.uri`` and scrubs only parameter names that contain
+    lower-case ``token``, ``key``, ``auth``...; ``?apiKey=`` or ``?note=awb_...`` would reach
+    the log verbatim. Here a value is blanked when its parameter's name (any case, decoded) is
+    in ``names`` or the value holds a deployment key. Parsed arguments stay untouched, so
+    handlers and Jupyter's own auth still see the request as sent.
+    """
+    path, sep, query = request.uri.partition("?") if request.uri else ("", "", "")
+    if not sep:
+        return
+    parts = query.split("&")
+    changed = False
+    for i, part in enumerate(parts):
+        name, eq, value = part.partition("=")
+        if unquote_plus(name).lower() in names or KEY_PREFIX in unquote_plus(value):
+            parts[i] = f"{name}{eq}[secret]"
+            changed = True
+    if changed:
+        request.uri = f"{path}?{'&'.join(parts)}"

@@ -23,9 +23,10 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
 from ..deployer import LiveDeployment, RequestTimeout
+from ..metrics import DeploymentMetrics, MetricsStore, clip
 from ..runtimes.base import RequestError
 from ..serde import batch_size, decode_tree, encode_tree
-from .base import MAX_BODY_BYTES, ServicesMixin
+from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query
 
 log = logging.getLogger("agents_workbench.inference")
 
@@ -77,12 +78,20 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     """Shared parsing, auth and error shape for every inference route."""
 
     route = ""
+    # Filled in while the request runs and recorded into the agent's metrics in on_finish.
+    _metrics: DeploymentMetrics | None = None
+    _batch: int | None = None
+    _tokens = 0
+    _error_text: str | None = None
+    _response_text: str | None = None
 
     def check_xsrf_cookie(self) -> None:
         """No XSRF check: these routes ignore cookies and accept only Bearer keys."""
 
     def prepare(self) -> None:
-        """Refuse keys in the query string and bodies over the configured limit."""
+        """Start the request's metrics; refuse keys in the query string and oversized bodies."""
+        scrub_query(self.request, KEY_QUERY_NAMES)
+        self._begin_metrics()
         if KEY_QUERY_NAMES & {k.lower() for k in self.request.query_arguments}:
             self.fail(InferenceError(
                 400, "Credentials are not accepted in the URL; send the deployment key in an "
@@ -100,8 +109,46 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 
+    def _begin_metrics(self) -> None:
+        store: MetricsStore | None = self.settings.get(METRICS)
+        name = self.path_kwargs.get("name")
+        if store is None or name is None:
+            return
+        metrics = store.get(name)
+        if metrics is None:
+            # Only agents that are live get metrics: the name is whatever the URL says, and
+            # made-up names must not grow memory or Prometheus labels.
+            if self.deployer.live(name) is None:
+                return
+            metrics = store.for_agent(name)
+        metrics.begin()
+        self._metrics = metrics
+
+    def on_finish(self) -> None:
+        """Record the answered request into its agent's metrics (once, whatever the outcome)."""
+        metrics, self._metrics = self._metrics, None
+        if metrics is None:
+            return
+        if self._tokens:
+            metrics.add_tokens(self._tokens)
+        capture = metrics.capture_payloads
+        metrics.end(
+            self.route or "unknown", self.get_status(), self.request._start_time,
+            batch_size=self._batch, error=self._error_text,
+            request=self.request.body if capture else None,
+            response=self._response_text if capture else None,
+        )
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
+        """Finish the answer, keeping a copy of it when the agent captures payloads."""
+        if self._metrics is not None and self._metrics.capture_payloads and chunk is not None:
+            self._response_text = clip(chunk if not isinstance(chunk, dict) else
+                                       json.dumps(chunk))  # cut now: the chunk may be large
+        return super().finish(chunk)
+
     def fail(self, error: InferenceError) -> None:
         """Answer an error in the contract's shape and stop."""
+        self._error_text = error.message
         self.clear()
         self.set_status(error.status)
         for key, value in error.headers.items():
@@ -110,6 +157,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Unexpected failures: a JSON 5xx without internals (they go to the server log)."""
+        self._error_text = f"Internal error (HTTP {status_code}); see the server log."
         self.finish(json.dumps({
             "success": False,
             "error": f"Internal error while serving {self.route or 'this route'}; "
@@ -168,6 +216,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             raise InferenceError(400, str(exc)) from exc
         except RequestTimeout as exc:
             raise InferenceError(504, str(exc)) from exc
+        if isinstance(result.get("batch_size"), int):
+            self._batch = result["batch_size"]
         self.finish(json.dumps(result))
 
     async def _execute_verb(self, verb: Callable[[], Awaitable[None]]) -> None:
@@ -211,6 +261,8 @@ class GetActionHandler(InferenceHandler):
         if body.get("obs") is None:
             raise InferenceError(
                 400, "obs is required: base64 .npy observations with a batch axis.")
+        if isinstance(body.get("batch_size"), int):
+            self._batch = body["batch_size"]
         runtime = live.runtime
 
         def act() -> dict[str, Any]:
@@ -256,6 +308,8 @@ class PredictHandler(InferenceHandler):
 
 class UnknownRouteHandler(InferenceHandler):
     """Any other suffix: 404 listing the routes there are."""
+
+    route = "unknown"  # one metrics label for every made-up suffix
 
     @staticmethod
     def _unknown() -> InferenceError:

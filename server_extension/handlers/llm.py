@@ -134,6 +134,7 @@ class GenerateHandler(LLMHandler):
             elapsed = time.perf_counter() - started
             counter = getattr(runtime, "count_tokens", None)
             tokens = sum(counter(c) for c in completions) if counter else 0
+            self._tokens = tokens  # read back on the loop by on_finish, after this returns
             for prompt, completion in zip(prompts, completions, strict=True):
                 self.sessions.append(agent, session_id or new_session_id(), [
                     {"role": "user", "content": prompt},
@@ -185,6 +186,8 @@ class GenerateStreamHandler(LLMHandler):
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = self._cancelled = threading.Event()
+        metered = self._metrics is not None
+        self._batch = 1
 
         def produce() -> str:
             produced: list[str] = []
@@ -195,6 +198,9 @@ class GenerateStreamHandler(LLMHandler):
             except Exception as exc:  # noqa: BLE001 - reported in-band to the client
                 loop.call_soon_threadsafe(pieces.put_nowait, exc)
             finally:
+                counter = getattr(runtime, "count_tokens", None)
+                if counter is not None and metered:
+                    self._tokens = counter("".join(produced))
                 loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
             return "".join(produced)
 

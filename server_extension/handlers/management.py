@@ -17,7 +17,7 @@ from tornado import web
 from ..options import OptionError, validate_options
 from ..registry import AgentRecord, NotFound, RegistryError
 from ..store import StoreError, validate_name
-from .base import SESSIONS, ServicesMixin, endpoint_url
+from .base import METRICS, SESSIONS, ServicesMixin, endpoint_url, scrub_query
 
 AUTH_RESOURCE = "agents"
 NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
@@ -50,6 +50,12 @@ class ManagementHandler(ServicesMixin, APIHandler):
     """Base of the management API: JSON bodies, registry errors mapped to status codes."""
 
     auth_resource = AUTH_RESOURCE
+
+    # Same signature as APIHandler.prepare, which overrides JupyterHandler's the same way.
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Keep a deployment key sent in this URL by mistake out of the access log."""
+        scrub_query(self.request)
+        await super().prepare()
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object, or 400 saying what is wrong with it."""
@@ -145,6 +151,7 @@ class AgentsHandler(ManagementHandler):
             created = self.registry.create_agent(record)
         except RegistryError as exc:
             raise web.HTTPError(409, "%s", exc) from exc
+        self.deployer.warm(created)
         self.reply(agent_json(self, created), status=201)
 
 
@@ -164,6 +171,9 @@ class AgentHandler(ManagementHandler):
         self.record(name)
         self.deployer.delete(name)
         self.settings[SESSIONS].delete_agent(name)
+        metrics = self.settings.get(METRICS)
+        if metrics is not None:
+            metrics.forget(name)  # a new agent of the same name starts from zero
         self.set_status(204)
         self.finish()
 

@@ -24,12 +24,11 @@ LOADERS: dict[str, str] = {
 }
 
 
-def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu",
-                 options: Mapping[str, Any] | None = None) -> Runtime:
-    """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason.
+def loader_module(experiment: Experiment) -> Any:
+    """Import and return the loader module that serves ``experiment``.
 
-    ``options`` are the agent's deployment options; they reach loaders whose ``load`` takes an
-    ``options`` keyword (LatentPPO reads its decoder there) and are ignored by the others.
+    The first call per framework pays for importing torch, AgileRL or transformers (seconds);
+    the deployer calls this ahead of Connect so that cost is not on the Connect path.
     """
     framework = experiment.info.framework
     module_name = LOADERS.get(framework)
@@ -43,18 +42,28 @@ def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str 
             f"Experiment {experiment.name!r} was trained with framework {framework!r}, which "
             f"the workbench cannot serve; supported frameworks: {sorted(LOADERS)}."
         )
-    if not checkpoint.path.exists():
-        raise RuntimeLoadError(
-            f"Checkpoint file {checkpoint.path} is missing (deleted after the agent was "
-            "created?). Create the agent again from a checkpoint that exists."
-        )
     try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
+        return importlib.import_module(f"{__name__}.{module_name}")
     except ImportError as exc:
         raise RuntimeLoadError(
             f"The {framework!r} loader could not be imported: {exc}. "
             "Install the workbench's dependencies into the server's environment."
         ) from exc
+
+
+def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu",
+                 options: Mapping[str, Any] | None = None) -> Runtime:
+    """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason.
+
+    ``options`` are the agent's deployment options; they reach loaders whose ``load`` takes an
+    ``options`` keyword (LatentPPO reads its decoder there) and are ignored by the others.
+    """
+    if not checkpoint.path.exists():
+        raise RuntimeLoadError(
+            f"Checkpoint file {checkpoint.path} is missing (deleted after the agent was "
+            "created?). Create the agent again from a checkpoint that exists."
+        )
+    module = loader_module(experiment)
     extra: dict[str, Any] = {}
     if "options" in inspect.signature(module.load).parameters:
         extra["options"] = dict(options or {})
@@ -62,4 +71,5 @@ def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str 
     return runtime
 
 
-__all__ = ["AgentKind", "RequestError", "Runtime", "RuntimeLoadError", "load_runtime"]
+__all__ = ["AgentKind", "RequestError", "Runtime", "RuntimeLoadError", "load_runtime",
+           "loader_module"]

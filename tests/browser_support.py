@@ -1,0 +1,200 @@
+"""What the browser tests share: Chromium through Playwright, screenshots, widget look-ups.
+
+Chromium is the system one (Debian's ``chromium``, or $CHROMIUM): Playwright's own browser
+download needs a network CI machines may not have, and ``scripts/test.sh`` installs the
+Debian package when it is missing. Without any Chromium the browser tests fail and say so.
+
+Every test takes screenshots of its steps into ``test-artifacts/browser/<test>/`` (git
+ignores it; ``AGENTS_WORKBENCH_ARTIFACTS`` moves it). With ``AGENTS_WORKBENCH_SCREENSHOTS=1``
+the shots the README shows are also written to ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.servers import REPO, wait_until
+
+DOCS_SHOTS = REPO / "docs" / "screenshots"
+VIEWPORT = {"width": 1300, "height": 900}
+# Hover tooltips and key reveals need time in a page sharing 2 cores with a kernel and a server.
+STEP_MS = 60_000
+
+
+def chromium() -> str:
+    """The Chromium (or Chrome) binary to drive; fails the test when there is none."""
+    for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser",
+                      "google-chrome"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    pytest.fail("No Chromium found for the browser tests: run scripts/test.sh (it installs "
+                "Debian's chromium), or `apt-get install chromium`, or set CHROMIUM to a "
+                "Chromium/Chrome binary; `pytest -m 'not browser'` leaves them out.")
+
+
+class Shots:
+    """Numbered full-page screenshots of one test's steps."""
+
+    def __init__(self, test_name: str) -> None:
+        base = Path(os.environ.get("AGENTS_WORKBENCH_ARTIFACTS") or REPO / "test-artifacts")
+        self.folder = base / "browser" / re.sub(r"[^\w.-]+", "_", test_name)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self.count = 0
+        self.docs = os.environ.get("AGENTS_WORKBENCH_SCREENSHOTS") == "1"
+
+    def take(self, page: Any, name: str, docs: str | None = None,
+             target: Any = None) -> Path:
+        """Save the page as ``NN-name.png``.
+
+        With ``docs`` (and AGENTS_WORKBENCH_SCREENSHOTS=1), also ``docs/screenshots/<docs>.png``:
+        just ``target`` (a locator), or the panel, without the notebook around it.
+        """
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        if docs and self.docs:
+            DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+            element = target if target is not None else page.locator(".awb-panel")
+            element.screenshot(path=str(DOCS_SHOTS / f"{docs}.png"))
+        return path
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> Shots:
+    """Screenshots for this test, in a folder named after it."""
+    return Shots(request.node.name)
+
+
+def in_browser(origin: str, steps: Callable[[Any], None], shots: Shots | None = None,
+               timeout: float = 300.0) -> None:
+    """Run ``steps(page)`` in a fresh Chromium with clipboard access to ``origin``.
+
+    Playwright's sync API runs an event loop on its thread; on pytest's main thread that
+    loop would collide with the Jupyter test plugin's loop handling at teardown, so it gets
+    a thread of its own. When a step fails, the page as it was is saved as ``failed.png``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+
+    def run() -> None:
+        with sync_playwright() as playwright:
+            # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+            browser = playwright.chromium.launch(executable_path=executable,
+                                                 args=["--no-sandbox"])
+            try:
+                context = browser.new_context(viewport=VIEWPORT)
+                context.grant_permissions(["clipboard-read", "clipboard-write"],
+                                          origin=origin.rstrip("/"))
+                context.set_default_timeout(STEP_MS)
+                page = context.new_page()
+                try:
+                    steps(page)
+                except BaseException:
+                    if shots is not None:
+                        shots.take(page, "failed")
+                    raise
+            finally:
+                browser.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(run).result(timeout=timeout)
+
+
+# -- ipywidgets in the page -----------------------------------------------------------------
+
+
+def button(page: Any, name: str, within: Any = None) -> Any:
+    """The visible button whose text is exactly ``name`` (in ``within``, else the page).
+
+    By text, not by role name: Font Awesome icons put a glyph into the accessible name.
+    """
+    text = re.compile(rf"^\s*{re.escape(name)}\s*$")
+    return (within or page).locator("button", has_text=text).filter(visible=True)
+
+
+def row(page: Any, agent: str) -> Any:
+    """The table row (``.awb-row`` grid) of an agent."""
+    return page.locator(".awb-row").filter(
+        has=page.locator(".awb-td b", has_text=re.compile(f"^{re.escape(agent)}$")))
+
+
+def pill(page: Any, agent: str, status: str) -> Any:
+    """The status pill ``status`` in an agent's row."""
+    return row(page, agent).locator(f".awb-pill-{status}")
+
+
+def open_app(page: Any, url: str) -> None:
+    """Load a Voila app or notebook page and wait until the panel has read the server."""
+    page.goto(url)
+    panel_loaded(page)
+
+
+def panel_loaded(page: Any) -> None:
+    """Wait for the panel's tables (it renders before its first read, so wait for that too)."""
+    page.locator(".awb-panel").wait_for(timeout=120_000)
+    page.wait_for_function(
+        "() => !Array.from(document.querySelectorAll('.awb-panel button'))"
+        ".some(b => b.title && b.title.startsWith('Loading experiments'))",
+        timeout=60_000)
+
+
+def clipboard(page: Any) -> str:
+    """What the page's clipboard holds."""
+    return str(page.evaluate("navigator.clipboard.readText()"))
+
+
+def wait_clipboard(page: Any, expected: str) -> None:
+    """Wait until the clipboard holds ``expected``."""
+    wait_until(lambda: clipboard(page) == expected, timeout=15,
+               what=f"{expected[:40]!r}… in the clipboard")
+
+
+# -- the server, from outside the browser -----------------------------------------------------
+
+
+class Api:
+    """The management API with the app's or server's Jupyter token."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, f"{self.url}agents/api/{path}", timeout=30,
+                                    **kwargs)
+
+    def agent(self, name: str) -> dict[str, Any]:
+        answer = self("GET", f"agents/{name}")
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def create(self, name: str, experiment: str, checkpoint: str | int = "best") -> None:
+        answer = self("POST", "agents", json={"name": name, "experiment": experiment,
+                                              "checkpoint": checkpoint})
+        assert answer.status_code == 201, answer.text
+
+    def wait_status(self, name: str, status: str, timeout: float = 90.0) -> dict[str, Any]:
+        return dict(wait_until(lambda: (a := self.agent(name))["status"] == status and a,
+                               timeout=timeout, what=f"{name} {status}"))
+
+    def deploy(self, name: str, experiment: str) -> dict[str, Any]:
+        self.create(name, experiment)
+        assert self("POST", f"agents/{name}/connect").status_code == 200
+        return self.wait_status(name, "Deployed")
+
+
+def details_part(page: Any, text: str) -> Any:
+    """The part of the open details (a direct child) that shows ``text``: a playground."""
+    return page.locator(".awb-details > *").filter(has=page.get_by_text(text, exact=True))
