@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hmac
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tornado import web
@@ -26,11 +27,13 @@ from server_extension.store import ExperimentStore
 class GetAction(web.RequestHandler):
     """POST get_action, nothing else."""
 
-    def initialize(self, runtime: Runtime, key: str) -> None:
+    def initialize(self, runtime: Runtime, key: str,
+                   pool: ThreadPoolExecutor | None = None) -> None:
         self.runtime = runtime
         self.key = key.encode()
+        self.pool = pool
 
-    def post(self) -> None:
+    async def post(self) -> None:
         header = self.request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not hmac.compare_digest(
                 header[7:].encode(), self.key):
@@ -39,7 +42,13 @@ class GetAction(web.RequestHandler):
             return
         try:
             body = json.loads(self.request.body)
-            action, _ = self.runtime.get_action(decode_tree(body["obs"], "obs"))
+            obs = decode_tree(body["obs"], "obs")
+            if self.pool is None:
+                action, _ = self.runtime.get_action(obs)
+            else:
+                # --threaded: the same hop to a worker thread that the workbench makes.
+                action, _ = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.runtime.get_action, obs)
         except (RequestError, ValueError, KeyError) as exc:
             self.set_status(400)
             self.finish({"success": False, "error": str(exc)})
@@ -48,9 +57,11 @@ class GetAction(web.RequestHandler):
         self.finish(json.dumps({"action": encode_tree(action), "success": True}))
 
 
-def make_app(runtime: Runtime, key: str) -> web.Application:
-    """The one-route app."""
-    return web.Application([(r"/get_action", GetAction, {"runtime": runtime, "key": key})])
+def make_app(runtime: Runtime, key: str, *, threaded: bool = False) -> web.Application:
+    """The one-route app; ``threaded`` runs the model on a 4-thread pool, as the workbench does."""
+    pool = ThreadPoolExecutor(4) if threaded else None
+    return web.Application([(r"/get_action", GetAction,
+                             {"runtime": runtime, "key": key, "pool": pool})])
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -59,7 +70,7 @@ async def main(args: argparse.Namespace) -> None:
     step = experiment.resolve(args.checkpoint)
     runtime = load_runtime(experiment, experiment.checkpoint(step))
     runtime.probe()
-    make_app(runtime, args.key).listen(args.port, address="127.0.0.1")
+    make_app(runtime, args.key, threaded=args.threaded).listen(args.port, address="127.0.0.1")
     print("READY", flush=True)
     await asyncio.Event().wait()
 
@@ -72,6 +83,8 @@ def parse(argv: list[str] | None = None) -> Any:
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key", required=True)
+    parser.add_argument("--threaded", action="store_true",
+                        help="call the runtime on a worker thread, as the workbench does")
     return parser.parse_args(argv)
 
 

@@ -37,7 +37,7 @@ from tornado.ioloop import PeriodicCallback
 from . import batching
 from .batching import MODES as BATCHING_MODES
 from .registry import AgentRecord, Registry
-from .runtimes import Runtime, RuntimeLoadError, load_runtime, loader_module
+from .runtimes import Runtime, RuntimeLoadError, load_runtime, warm_loader
 from .store import ExperimentStore, StoreError
 
 T = TypeVar("T")
@@ -235,7 +235,7 @@ class Deployer:
 
         def import_loader() -> None:
             try:
-                loader_module(self.store.get(record.experiment))
+                warm_loader(self.store.get(record.experiment))
             except Exception as exc:  # noqa: BLE001 - Connect reports it with the agent
                 log.debug("Warming %s failed: %s", record.experiment, exc)
 

@@ -51,6 +51,14 @@ def loader_module(experiment: Experiment) -> Any:
         ) from exc
 
 
+def warm_loader(experiment: Experiment) -> None:
+    """Import what loading ``experiment`` will need: its loader module and, where the module
+    has a ``warm()``, the frameworks it imports lazily (torch, AgileRL)."""
+    warm = getattr(loader_module(experiment), "warm", None)
+    if callable(warm):
+        warm()
+
+
 def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str = "cpu",
                  options: Mapping[str, Any] | None = None) -> Runtime:
     """Load ``checkpoint`` of ``experiment``; :class:`RuntimeLoadError` with a readable reason.
@@ -72,4 +80,4 @@ def load_runtime(experiment: Experiment, checkpoint: Checkpoint, *, device: str 
 
 
 __all__ = ["AgentKind", "RequestError", "Runtime", "RuntimeLoadError", "load_runtime",
-           "loader_module"]
+           "loader_module", "warm_loader"]

@@ -430,6 +430,17 @@ class AgileRLRuntime(Runtime):
             )
 
 
+def warm() -> None:
+    """Import torch and AgileRL's algorithms now (seconds), so a later load does not wait."""
+    algorithm_classes()
+    import torch
+    from agilerl.modules.mlp import EvolvableMLP
+
+    # One tiny forward: torch sets up its CPU kernels on first use, which a probe would pay.
+    with torch.inference_mode():
+        EvolvableMLP(num_inputs=2, num_outputs=2, hidden_size=[4])(torch.zeros(1, 2))
+
+
 def _describe_checkpoint(path: Path) -> str:
     """A short account of what a checkpoint file holds, for error messages."""
     import dill
