@@ -273,5 +273,11 @@ def build_demo(
 
             say("training iris-latent-ppo: LatentPPO with the iris-classifier decoder")
             latent = build_latent_demo(root, progress=say)
+            # Advanced Training's LLM pair (full model and LoRA adapter), so the main job's
+            # workspace has a chat agent for the playground.
+            from .llm_demo import build_llm_demo
+
+            say("training tiny-chat-sft and tiny-chat-lora: tokenizer, SFT, LoRA")
+            latent += build_llm_demo(root, progress=say)
     say(f"demo built in {time.perf_counter() - started:.1f} s")
     return [run.name for run in runs] + latent
