@@ -131,6 +131,11 @@ class AgentRow(widgets.VBox):
     def update(self, agent: AgentInfo) -> None:
         """Show ``agent`` as it now stands (sets widget values only)."""
         self.agent = agent
+        visible = chevron_visible(agent)
+        if not visible and self.expanded:
+            # Close first: each change is its own comm message, and the browser should not show
+            # the new status beside details that belong to the old one.
+            self.collapse()
         self.name_cell.value = f"<b>{html.escape(agent.name)}</b>"
         self.description_cell.value = html.escape(agent.description) or (
             "<span class='awb-hint'>—</span>")
@@ -152,13 +157,10 @@ class AgentRow(widgets.VBox):
         self.toggle_button.icon = "redo" if retry else ("plug" if connects else "power-off")
         self.toggle_button.tooltip = (
             f"Load {agent.name} again and turn its endpoint on" if retry else "")
-        visible = chevron_visible(agent)
         self.chevron.layout.visibility = "visible" if visible else "hidden"
         self.chevron.layout.display = "none" if retry else ""
         self.chevron.disabled = not visible
         self.disconnect_button.layout.display = "" if retry else "none"
-        if not visible and self.expanded:
-            self.collapse()
 
     def set_busy(self, text: str) -> None:
         """Show that an action is on its way (the button stays off until it answers)."""

@@ -198,3 +198,22 @@ class Api:
 def details_part(page: Any, text: str) -> Any:
     """The part of the open details (a direct child) that shows ``text``: a playground."""
     return page.locator(".awb-details > *").filter(has=page.get_by_text(text, exact=True))
+
+
+def shown(locator: Any) -> None:
+    """Wait until ``locator`` is visible.
+
+    Widget changes reach the page as separate comm messages, so a state seen a moment after
+    another (the status pill, then the buttons) has to be waited for, not read at once.
+    """
+    from playwright.sync_api import expect
+
+    expect(locator).to_be_visible(timeout=STEP_MS)
+
+
+def gone(locator: Any) -> None:
+    """Wait until ``locator`` is hidden or absent (see ``shown``)."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_be_hidden(timeout=STEP_MS)
+

@@ -27,12 +27,14 @@ from tests.browser_support import (
     Shots,
     button,
     clipboard,
+    gone,
     details_part,
     in_browser,
     open_app,
     pill,
     row,
     shots,
+    shown,
     wait_clipboard,
 )
 from tests.servers import VoilaApp, copy_workspace, wait_until
@@ -101,7 +103,7 @@ def test_empty_workspace_shows_both_tabs_and_gates_new_agent(tmp_path: Path,
         tooltip = new_agent.get_attribute("title") or ""
         assert "No Classic RL experiment has checkpoints" in tooltip
         assert "start_experiment" in tooltip  # says what to do about it
-        assert page.get_by_text("No Classic RL experiment with checkpoints yet").is_visible()
+        shown(page.get_by_text("No Classic RL experiment with checkpoints yet"))
         shots.take(page, "classic-empty")
 
         page.get_by_role("tab", name="Advanced Training").click()
@@ -151,7 +153,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         labels = [t.replace("\xa0", " ") for t in source.locator("option").all_inner_texts()]
         source.select_option(index=labels.index("cartpole-dqn (CartPole-v1)"))
         page.wait_for_function("b => !b.disabled", arg=next_button.element_handle())
-        assert not wizard.get_by_text("Use 1-100 letters").is_visible()
+        gone(wizard.get_by_text("Use 1-100 letters"))
         shots.take(page, "wizard-details", docs="wizard-details")
         next_button.click()
 
@@ -190,7 +192,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         pill(page, name, "Undeployed").wait_for()
         page.get_by_text(f"Created {name} (Undeployed)").wait_for()
         chevron = row(page, name).locator("button:has(i.fa-chevron-down)")
-        assert not chevron.is_visible()
+        gone(chevron)
         shots.take(page, "created")
 
         # Connect: the row turns Deployed by itself; the marker proves the page never reloaded.
@@ -198,7 +200,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         button(page, "Connect", row(page, name)).click()
         pill(page, name, "Deployed").wait_for()
         assert page.evaluate("window.__awbSamePage === true")
-        assert chevron.is_visible()
+        shown(chevron)
         agent = api.agent(name)
         assert agent["checkpoint_step"] == picked
         assert agent["description"] == "CartPole, made in the browser"
@@ -259,7 +261,8 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
 
         button(page, "Disconnect", row(page, name)).click()
         pill(page, name, "Undeployed").wait_for()
-        assert not page.locator(".awb-details").is_visible()  # the details closed with it
+        # The details close with it (the browser applies the widget messages one by one).
+        gone(page.locator(".awb-details"))
         assert api.agent(name)["connected"] is False
         assert get_action(seen["endpoint"], new_key).status_code in (404, 503)
 
@@ -306,15 +309,15 @@ def test_failed_agent_shows_its_reason_and_retry_reconnects(app: VoilaApp, api: 
         shown = row(page, name).locator(".awb-reason").inner_text()
         assert shown.strip() == reason.strip()
         # Still switched on: Retry reconnects, the power button switches it off.
-        assert button(page, "Retry", row(page, name)).is_visible()
-        assert row(page, name).locator("button:has(i.fa-power-off)").is_visible()
-        assert not row(page, name).locator("button:has(i.fa-chevron-down)").is_visible()
+        shown(button(page, "Retry", row(page, name)))
+        shown(row(page, name).locator("button:has(i.fa-power-off)"))
+        gone(row(page, name).locator("button:has(i.fa-chevron-down)"))
         shots.take(page, "failed-with-reason", docs="failed-row")
 
         checkpoint.write_bytes(good)  # the user fixes the file, then retries
         button(page, "Retry", row(page, name)).click()
         pill(page, name, "Deployed").wait_for()
-        assert not row(page, name).locator(".awb-reason").is_visible()
+        gone(row(page, name).locator(".awb-reason"))
         shots.take(page, "retried")
         button(page, "Disconnect", row(page, name)).click()
         pill(page, name, "Undeployed").wait_for()
@@ -352,7 +355,7 @@ def test_episode_playground_plays_an_animation(app: VoilaApp, api: Api, shots: S
         assert header[0] == "GIF89a"
         assert header[1], "the GIF does not loop: not an animation"
         assert header[2] > 2, "one frame is no animation"
-        assert page.get_by_text(re.compile(r"Return \d")).is_visible()
+        shown(page.get_by_text(re.compile(r"Return \d")))
         button(page, "Run again").wait_for()
         animation.scroll_into_view_if_needed()
         shots.take(page, "episode", docs="episode-playground",
