@@ -33,9 +33,9 @@ from typing import Any
 import httpx
 import ipywidgets as widgets
 
-from .client import _Worker
+from .client import SerialWorker
 from .clipboard import TextProvider
-from .viewkit import gap
+from .viewkit import close_tree, gap
 
 ERROR_MARK = "\n[ERROR:"  # how the contract reports a failure in the middle of a stream
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -112,7 +112,7 @@ class ChatPlayground(widgets.VBox):
         # A callable, not the key: nothing secret is stored on the widget (see module doc).
         self._key: Callable[[], str | None] = key
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
-        self._worker = _Worker(name="agents-workbench-chat")
+        self._worker = SerialWorker(name="agents-workbench-chat")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending = 0
@@ -242,9 +242,7 @@ class ChatPlayground(widgets.VBox):
     def close(self) -> None:
         """Stop any stream, the worker thread and the connections, then close the widgets."""
         self._shutdown()
-        for child in self.children:
-            child.close()
-        super().close()
+        close_tree(self)
 
     def _chosen(self, action: Callable[[str], Future[None]]) -> None:
         if self.sessions.value is None:

@@ -201,7 +201,7 @@ class AgentInfo:
         )
 
 
-class _Worker:
+class SerialWorker:
     """One daemon thread running submitted calls in order.
 
     Daemon, so a kernel shutting down never waits on a slow HTTP call.
@@ -267,7 +267,7 @@ class WorkbenchClient:
         if server.token:
             headers["Authorization"] = f"token {server.token}"
         self._http = httpx.Client(headers=headers, timeout=timeout, follow_redirects=False)
-        self._worker = _Worker(name="agents-workbench-client")
+        self._worker = SerialWorker(name="agents-workbench-client")
         self._count_lock = threading.Lock()
         self.request_count = 0
 

@@ -104,11 +104,12 @@ class AgentsPanel(widgets.VBox):
         self.retry_button = widgets.Button(description="Try again", icon="refresh")
         self.missing = widgets.VBox([self.retry_button],
                                     layout=widgets.Layout(display="none"))
-        full = widgets.Layout(width="100%")
-        self.wizard_area = widgets.VBox(layout=full)
+        # One Layout each: close_tree closes a widget's layout with it.
+        self.wizard_area = widgets.VBox(layout=widgets.Layout(width="100%"))
         self.body = widgets.Stack(
-            [widgets.VBox([self.tabs, self.missing], layout=full), self.wizard_area],
-            selected_index=0, layout=full)
+            [widgets.VBox([self.tabs, self.missing], layout=widgets.Layout(width="100%")),
+             self.wizard_area],
+            selected_index=0, layout=widgets.Layout(width="100%"))
 
         self.tabs.observe(lambda _c: self._update_gate(), "selected_index")
         self.refresh_button.on_click(lambda _b: self.refresh())

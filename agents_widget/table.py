@@ -66,6 +66,31 @@ class RowActions:
     disconnect: Callable[[str], object]
 
 
+class DeleteConfirmation(widgets.HBox):
+    """"Delete NAME?" with Delete and Cancel, shown in place of a row's buttons."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.question = widgets.HTML()
+        self.yes = widgets.Button(description="Delete", button_style="danger",
+                                  layout=widgets.Layout(width="75px"))
+        self.no = widgets.Button(description="Cancel", layout=widgets.Layout(width="75px"))
+        super().__init__([self.question, self.yes, self.no],
+                         layout=widgets.Layout(display="none", align_items="center"))
+        gap(self, 4)
+        self.ask()
+
+    def ask(self) -> None:
+        """The question, with both buttons on."""
+        self.yes.disabled = self.no.disabled = False
+        self.question.value = f"Delete <b>{html.escape(self.name)}</b>?"
+
+    def working(self) -> None:
+        """Confirmed: both buttons off while the panel deletes."""
+        self.yes.disabled = self.no.disabled = True
+        self.question.value = f"Deleting <b>{html.escape(self.name)}</b>…"
+
+
 class AgentRow(widgets.VBox):
     """One agent: the cells, the delete confirmation and, when expanded, the details."""
 
@@ -78,7 +103,8 @@ class AgentRow(widgets.VBox):
         self.name_cell = widgets.HTML()
         self.description_cell = widgets.HTML()
         self.experiment_cell = widgets.HTML()
-        self.base_model_cell = widgets.HTML()
+        # Only the Advanced Training table has the column.
+        self.base_model_cell = widgets.HTML() if tab == "advanced" else None
         self.status_cell = widgets.HTML()
 
         self.toggle_button = widgets.Button(layout=widgets.Layout(width="105px"))
@@ -94,19 +120,15 @@ class AgentRow(widgets.VBox):
             tooltip=f"Disconnect {agent.name}: stop trying to serve it")
         self.buttons = gap(widgets.HBox([self.toggle_button, self.delete_button,
                                          self.chevron, self.disconnect_button]), 4)
-        self.confirm_yes = widgets.Button(description="Delete", button_style="danger",
-                                          layout=widgets.Layout(width="75px"))
-        self.confirm_no = widgets.Button(description="Cancel",
-                                         layout=widgets.Layout(width="75px"))
-        self.confirm_question = widgets.HTML(f"Delete <b>{html.escape(agent.name)}</b>?")
-        self.confirm = gap(widgets.HBox(
-            [self.confirm_question, self.confirm_yes, self.confirm_no],
-            layout=widgets.Layout(display="none", align_items="center")), 4)
-        actions_cell = widgets.VBox([self.buttons, self.confirm])
+        # The delete confirmation is built on the first Delete click: most rows never need
+        # it, and its widgets were a fifth of a row's cost in a 200-agent table.
+        self._confirm: DeleteConfirmation | None = None
+        self.actions_cell = widgets.VBox([self.buttons])
+        actions_cell = self.actions_cell
 
         cells: list[widgets.Widget] = [self.name_cell, self.description_cell,
                                        self.experiment_cell]
-        if tab == "advanced":
+        if self.base_model_cell is not None:
             cells.append(self.base_model_cell)
         cells += [self.status_cell, actions_cell]
         for cell in cells:
@@ -118,8 +140,6 @@ class AgentRow(widgets.VBox):
 
         self.toggle_button.on_click(lambda _b: self._actions.toggle(self.name))
         self.delete_button.on_click(lambda _b: self.ask_delete())
-        self.confirm_no.on_click(lambda _b: self.cancel_delete())
-        self.confirm_yes.on_click(lambda _b: self.confirm_delete())
         self.chevron.on_click(lambda _b: self._actions.expand(self.name))
         self.disconnect_button.on_click(lambda _b: self._actions.disconnect(self.name))
 
@@ -143,8 +163,9 @@ class AgentRow(widgets.VBox):
         self.experiment_cell.value = (
             f"{html.escape(agent.experiment)}<br><span class='awb-hint'>"
             f"{html.escape(agent.checkpoint_rule)}{step}</span>")
-        self.base_model_cell.value = html.escape(agent.base_model or "") or (
-            "<span class='awb-hint'>—</span>")
+        if self.base_model_cell is not None:
+            self.base_model_cell.value = html.escape(agent.base_model or "") or (
+                "<span class='awb-hint'>—</span>")
         self.status_cell.value = status_html(agent)
         if not self.busy:
             self.toggle_button.description = toggle_label(agent)
@@ -176,6 +197,16 @@ class AgentRow(widgets.VBox):
 
     # -- delete --------------------------------------------------------------------------------
 
+    @property
+    def confirm(self) -> DeleteConfirmation:
+        """The delete confirmation (built the first time it is needed)."""
+        if self._confirm is None:
+            self._confirm = DeleteConfirmation(self.name)
+            self._confirm.yes.on_click(lambda _b: self.confirm_delete())
+            self._confirm.no.on_click(lambda _b: self.cancel_delete())
+            self.actions_cell.children = [self.buttons, self._confirm]
+        return self._confirm
+
     def ask_delete(self) -> None:
         """Ask for confirmation in place of the buttons."""
         self.buttons.layout.display = "none"
@@ -183,19 +214,18 @@ class AgentRow(widgets.VBox):
 
     def cancel_delete(self) -> None:
         """Back to the buttons."""
-        self.confirm.layout.display = "none"
+        if self._confirm is not None:
+            self._confirm.layout.display = "none"
         self.buttons.layout.display = ""
 
     def confirm_delete(self) -> None:
         """Confirmed: the panel deletes the agent on its worker thread."""
-        self.confirm_yes.disabled = self.confirm_no.disabled = True
-        self.confirm_question.value = f"Deleting <b>{html.escape(self.name)}</b>…"
+        self.confirm.working()
         self._actions.delete(self.name)
 
     def delete_failed(self) -> None:
         """Deleting did not work (the panel shows why): offer the buttons again."""
-        self.confirm_yes.disabled = self.confirm_no.disabled = False
-        self.confirm_question.value = f"Delete <b>{html.escape(self.name)}</b>?"
+        self.confirm.ask()
         self.cancel_delete()
 
     # -- details -------------------------------------------------------------------------------

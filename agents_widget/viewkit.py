@@ -66,10 +66,29 @@ def close_tree(root: widgets.Widget) -> None:
     """Close ``root`` and every widget below it (children of boxes, tabs and stacks).
 
     Closing frees the comm and the front-end model; the panel calls this whenever it
-    rebuilds rows so that old widgets do not pile up in the kernel or the page.
+    rebuilds rows so that old widgets do not pile up in the kernel or the page. A descendant
+    whose class has its own ``close`` (a view with a poller or a worker thread) is closed
+    through it, so it can stop what it runs; that ``close`` is expected to close its own
+    subtree, usually by calling ``close_tree(self)``. ``root`` itself is closed as a plain
+    widget, which is what lets such a ``close`` call this without recursing.
     """
-    children = getattr(root, "children", None) or ()
-    for child in children:
-        if isinstance(child, widgets.Widget):
+    for child in getattr(root, "children", None) or ():
+        if not isinstance(child, widgets.Widget):
+            continue
+        if type(child).close is not widgets.Widget.close:
+            child.close()
+        else:
             close_tree(child)
-    widgets.Widget.close(root)
+    close_widget(root)
+
+
+def close_widget(widget: widgets.Widget) -> None:
+    """Close one widget and its own Layout and style models.
+
+    ``Widget.close`` leaves those behind, in the kernel's registry and the page, which added
+    up to some twenty models per table row that was ever built.
+    """
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            widgets.Widget.close(part)
+    widgets.Widget.close(widget)

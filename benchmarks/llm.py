@@ -110,12 +110,10 @@ def measure_llm(root: Path, *, repeats: int, max_new_tokens: int = 64, threads: 
     import requests
     import torch
 
+    from benchmarks.servers import WorkbenchServer
     from server_extension.llm_demo import SFT_EXPERIMENT
     from server_extension.runtimes import load_runtime
     from server_extension.store import ExperimentStore
-
-    sys.path.insert(0, str(REPO))  # tests.servers is not installed; it lives in the repo
-    from tests.servers import ServerProcess
 
     root = Path(root).expanduser().resolve()
     _ensure_model(root, quick)
@@ -134,9 +132,8 @@ def measure_llm(root: Path, *, repeats: int, max_new_tokens: int = 64, threads: 
     with tempfile.TemporaryDirectory(prefix="awb-bench-llm-") as tmp:
         served = Path(tmp)
         shutil.copytree(experiment.folder, served / "experiments" / SFT_EXPERIMENT)
-        server = ServerProcess(served, extra_args=[
-            f"--AgentsWorkbenchApp.torch_threads={threads}",
-            "--AgentsWorkbenchApp.health_check_interval=0"])
+        server = WorkbenchServer(served, served, batching="auto", torch_threads=threads,
+                                 extra=["--AgentsWorkbenchApp.health_check_interval=0"])
         server.start()
         try:
             agent = server.deploy("bench-llm", SFT_EXPERIMENT, checkpoint=step)

@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import have_wrk, run_wrk
-from tests.servers import ServerProcess, copy_workspace
-
-SERVER_ARGS = ["--AgentsWorkbenchApp.torch_threads=1",
-               "--AgentsWorkbenchApp.health_check_interval=0"]
+from benchmarks.servers import WorkbenchServer
 
 
 def _body() -> str:
@@ -42,12 +39,17 @@ def measure(experiments: Path, *, rounds: int, seconds: float,
             connections: int) -> dict[str, Any]:
     """Run the A/B and return per-round and median requests/s of both servers."""
     work = Path(tempfile.mkdtemp(prefix="awb-metrics-ab-"))
-    servers: dict[str, ServerProcess] = {}
+    servers: dict[str, WorkbenchServer] = {}
     try:
         for label, flag in (("on", "True"), ("off", "False")):
-            root = copy_workspace(work / label, experiments)
-            servers[label] = ServerProcess(root, extra_args=[
-                *SERVER_ARGS, f"--AgentsWorkbenchApp.metrics_enabled={flag}"]).start()
+            root = work / label
+            root.mkdir(parents=True)
+            shutil.copytree(experiments, root / "experiments")
+            servers[label] = WorkbenchServer(root, work, batching="auto", label=label, extra=[
+                "--AgentsWorkbenchApp.health_check_interval=0",
+                f"--AgentsWorkbenchApp.metrics_enabled={flag}"]).launch()
+        for server in servers.values():  # both start side by side
+            server.wait()
         agents = {label: s.deploy("cartpole", "cartpole-dqn") for label, s in servers.items()}
         body = _body()
         for agent in agents.values():  # warm-up: first requests import and allocate

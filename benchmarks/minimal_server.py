@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tornado import web
 
+from benchmarks.baseline import key_matches, parser
 from server_extension.runtimes import load_runtime
 from server_extension.runtimes.base import RequestError, Runtime
 from server_extension.serde import decode_tree, encode_tree
@@ -34,9 +34,7 @@ class GetAction(web.RequestHandler):
         self.pool = pool
 
     async def post(self) -> None:
-        header = self.request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not hmac.compare_digest(
-                header[7:].encode(), self.key):
+        if not key_matches(self.request.headers.get("Authorization", ""), self.key):
             self.set_status(401)
             self.finish({"success": False, "error": "bad key"})
             return
@@ -77,15 +75,10 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str] | None = None) -> Any:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--experiment", default="cartpole-dqn")
-    parser.add_argument("--checkpoint", default="best")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--threaded", action="store_true",
-                        help="call the runtime on a worker thread, as the workbench does")
-    return parser.parse_args(argv)
+    args = parser("Baseline (b): a one-route Tornado app serving get_action.")
+    args.add_argument("--threaded", action="store_true",
+                      help="call the runtime on a worker thread, as the workbench does")
+    return args.parse_args(argv)
 
 
 if __name__ == "__main__":

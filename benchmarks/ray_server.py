@@ -10,10 +10,11 @@ HTTP proxy, which is how a Ray Serve user would expose it.
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import time
 from typing import Any
+
+from benchmarks.baseline import parser
 
 
 def main(args: argparse.Namespace) -> None:
@@ -37,12 +38,11 @@ def main(args: argparse.Namespace) -> None:
             self.key = key.encode()
 
         async def __call__(self, request: Request) -> Response:
+            from benchmarks.baseline import key_matches
             from server_extension.runtimes.base import RequestError
             from server_extension.serde import decode_tree, encode_tree
 
-            header = request.headers.get("authorization", "")
-            if not header.startswith("Bearer ") or not hmac.compare_digest(
-                    header[7:].encode(), self.key):
+            if not key_matches(request.headers.get("authorization", ""), self.key):
                 return JSONResponse({"success": False, "error": "bad key"}, status_code=401)
             try:
                 body = json.loads(await request.body())
@@ -64,15 +64,10 @@ def main(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str] | None = None) -> Any:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--experiment", default="cartpole-dqn")
-    parser.add_argument("--checkpoint", default="best")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--pythonpath", default="")
-    return parser.parse_args(argv)
+    args = parser("Baseline (d): Ray Serve serving get_action through its HTTP proxy.")
+    args.add_argument("--replicas", type=int, default=1)
+    args.add_argument("--pythonpath", default="", help="PYTHONPATH for Ray's workers")
+    return args.parse_args(argv)
 
 
 if __name__ == "__main__":

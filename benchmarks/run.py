@@ -8,9 +8,10 @@ What runs (``get_action`` on the demo CartPole DQN unless said otherwise):
 1. floor, in-process: the loaded runtime's ``get_action``, the bare network forward, and the
    wire codec (decode + encode) against numpy's own ``np.load``/``np.save`` path
 2. over loopback HTTP with wrk: (b) the minimal Tornado app, (c) the workbench inside
-   ``jupyter server`` (agent created and connected through the management API), (d) Ray
-   Serve: p50/p99 with one connection and throughput at 1, 16 and 64 connections, with wrk's
-   own CPU use; (b) and (c) run interleaved, repeat by repeat
+   ``jupyter server`` (agent created and connected through the management API), the same
+   with the opt-in inline path (``inline_below_ms``), (d) Ray Serve: p50/p99 with one
+   connection and throughput at 1, 16 and 64 connections, with wrk's own CPU use; (b) and
+   both (c) run interleaved, repeat by repeat
 3. Connect-to-Deployed, the first on a fresh server (it pays for importing torch and
    AgileRL) and warm
 4. many agents: RSS per deployed agent and throughput spread round-robin over all of them
@@ -52,6 +53,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CONNECTIONS = (1, 16, 64)
 # Seconds between creating an agent and connecting it, about what the wizard takes a person.
 PAUSE_S = 5.0
+# inline_below_ms for the (c) inline server: the demo MLP's 8-row call is about 0.1 ms.
+INLINE_BELOW_MS = 1.0
 
 
 @dataclass
@@ -123,22 +126,36 @@ def wrk_threads(conns: int) -> int:
 
 def http_section(root: Path, logs: Path, settings: Settings,
                  workbench: WorkbenchServer, agent: dict[str, Any]) -> dict[str, Any]:
-    """(b), (c) and (d) on the demo agent."""
+    """(b), (c) and (d) on the demo agent, and (c) with the opt-in inline path."""
     body = body_for(DEMO)
     endpoint = agent["endpoint"].rstrip("/") + "/get_action"
-    minimal = MinimalServer(root, DEMO, logs).start()
+    # The same workbench with AgentsWorkbenchApp.inline_below_ms on (server_extension/inline.py),
+    # starting while the minimal app does.
+    inline = WorkbenchServer(fresh_root(root, logs / "root-inline"), logs, batching="auto",
+                             label="inline", extra=[
+                                 "--AgentsWorkbenchApp.health_check_interval=0",
+                                 f"--AgentsWorkbenchApp.inline_below_ms={INLINE_BELOW_MS}"]
+                             ).launch()
+    minimal = MinimalServer(root, DEMO, logs)
     out: dict[str, Any] = {}
     try:
+        minimal.start()
+        inline.wait()
+        fast = inline.deploy("bench-inline", DEMO)
         targets = {
             "b_minimal": lambda c: run_wrk(minimal.url, body, key=minimal.key, connections=c,
                                            seconds=settings.seconds, threads=wrk_threads(c)),
             "c_workbench": lambda c: run_wrk(endpoint, body, key=agent["api_key"],
                                              connections=c, seconds=settings.seconds,
                                              threads=wrk_threads(c)),
+            "c_inline": lambda c: run_wrk(fast["endpoint"].rstrip("/") + "/get_action", body,
+                                          key=fast["api_key"], connections=c,
+                                          seconds=settings.seconds, threads=wrk_threads(c)),
         }
         out.update(load_table(targets, settings))
     finally:
         minimal.stop()
+        inline.stop()
     if settings.ray and have_ray():
         say("starting Ray Serve (d)")
         ray = RayServer(root, DEMO, logs)
@@ -380,7 +397,7 @@ def render(results: dict[str, Any]) -> str:
 
     h = r["http"]
     rows = []
-    for label in ("b_minimal", "c_workbench", "d_ray"):
+    for label in ("b_minimal", "c_workbench", "c_inline", "d_ray"):
         if label not in h:
             continue
         for conns, m in h[label].items():
@@ -463,6 +480,11 @@ def targets(r: dict[str, Any]) -> list[list[str]]:
     ratio = round(c16 / b16, 2) if b16 else None
     rows.append(["(c) >= 0.9x (b) req/s at 16 conns", str(ratio),
                  _verdict(None if ratio is None else ratio >= 0.9)])
+    if "c_inline" in h:
+        i16 = h["c_inline"][16]["rps"]
+        ratio = round(i16 / b16, 2) if b16 else None
+        rows.append([f"(c) with inline_below_ms={INLINE_BELOW_MS:g} (opt-in) >= 0.9x (b)",
+                     str(ratio), _verdict(None if ratio is None else ratio >= 0.9)])
     if "d_ray" in h:
         d16 = h["d_ray"][16]["rps"]
         ratio = round(c16 / d16, 2) if d16 else None

@@ -48,10 +48,14 @@ class _Child:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
+        self._log_start = 0
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> None:
         full = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                 "PYTHONPATH": str(REPO), **env}
+        # A log file may hold an earlier run's output (READY included): read only what
+        # this child writes.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full,
                                          cwd=REPO, start_new_session=True)
@@ -71,7 +75,11 @@ class _Child:
 
     def log(self) -> str:
         """What the child printed, last 4000 characters."""
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_start)
+            return fh.read().decode(errors="replace")[-4000:]
 
     @property
     def pid(self) -> int:
@@ -95,11 +103,13 @@ class WorkbenchServer(_Child):
     """(c): ``jupyter server`` with the workbench over ``root``."""
 
     def __init__(self, root: Path, log_dir: Path, *, batching: str = "off",
-                 extra: list[str] | None = None) -> None:
-        super().__init__(log_dir / f"workbench-{batching}.log")
+                 torch_threads: int = 1, extra: list[str] | None = None,
+                 label: str | None = None) -> None:
+        super().__init__(log_dir / f"workbench-{label or batching}.log")
         self.root = root
         self.token = secrets.token_hex(16)
         self.batching = batching
+        self.torch_threads = torch_threads
         self.extra = extra or []
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {self.token}"
@@ -130,7 +140,7 @@ class WorkbenchServer(_Child):
             f"--ServerApp.root_dir={self.root}",
             f"--AgentsWorkbenchApp.root_dir={self.root}",
             "--ServerApp.jpserver_extensions={'server_extension': True}",
-            "--AgentsWorkbenchApp.torch_threads=1",
+            f"--AgentsWorkbenchApp.torch_threads={self.torch_threads}",
             f"--AgentsWorkbenchApp.batching={self.batching}",
             *self.extra,
         ], {"JUPYTER_RUNTIME_DIR": str(self.root / "runtime"),
@@ -165,10 +175,23 @@ class WorkbenchServer(_Child):
             time.sleep(0.01)
         raise TimeoutError(f"{name} not Deployed in {timeout} s")
 
-    def deploy(self, name: str, experiment: str) -> dict[str, Any]:
+    def deploy(self, name: str, experiment: str,
+               checkpoint: str | int = "best") -> dict[str, Any]:
         """Create and connect; the Deployed agent (endpoint, api_key)."""
-        self.create(name, experiment)
+        self.create(name, experiment, checkpoint)
         return self.connect(name)[0]
+
+    def wait_status(self, name: str, statuses: tuple[str, ...] = ("Deployed", "Failed"),
+                    timeout: float = 60.0) -> dict[str, Any]:
+        """Poll an agent until its status is one of ``statuses``; return the agent."""
+        deadline = time.monotonic() + timeout
+        agent: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            agent = self.api("GET", f"agents/{name}").json()
+            if agent.get("status") in statuses:
+                return agent
+            time.sleep(0.05)
+        raise TimeoutError(f"agent {name} stayed {agent.get('status')}: {agent}")
 
     def disconnect(self, name: str) -> None:
         """Disconnect an agent."""

@@ -364,13 +364,13 @@ def soak(duration: float, clients: int, *, experiments: Path | None = None,
     """Run the soak and return its summary (``violations`` empty when it passed)."""
     import torch
 
-    from tests.servers import ServerProcess
+    from benchmarks.servers import WorkbenchServer
 
     # The in-process reference policies share 2 cores with the server: one torch thread each.
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="awb-soak-") as scratch:
         root = _workspace(experiments, Path(scratch))
-        server = ServerProcess(root, extra_args=["--AgentsWorkbenchApp.torch_threads=1"]).start()
+        server = WorkbenchServer(root, root, batching="auto").start()
         try:
             return _run(server, root, duration=duration, clients=clients,
                         chaos_interval=chaos_interval, seed=seed)

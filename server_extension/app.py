@@ -14,7 +14,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode, default
 
 from . import discovery
 from .deployer import Deployer
-from .handlers import all_routes
+from .handlers import all_routes, route_first
 from .handlers.base import DEPLOYER, MAX_BODY_BYTES, METRICS, REGISTRY, SESSIONS, STORE
 from .metrics import MetricsStore, register_collector, unregister_store
 from .ray_backend import RayBackend
@@ -55,9 +55,18 @@ class AgentsWorkbenchApp(ExtensionApp):
     )
     batching = Enum(
         ["auto", "on", "off"], "auto",
-        help="Gather concurrent get_action calls to one agent into one batched forward. "
-        "'auto' does so only for policies whose forward is costly (at least 0.5 ms, measured "
-        "at load): for small MLPs the gathering costs more than it saves.",
+        help="Gather concurrent calls to one agent into one batched call: get_action into "
+        "one forward, LLM generate requests with the same settings into one generate. For "
+        "get_action 'auto' does so only for policies whose forward is costly (at least 0.5 ms, "
+        "measured at load): for small MLPs the gathering costs more than it saves. LLM "
+        "generate is batched under 'auto' and 'on'.",
+    ).tag(config=True)
+    inline_below_ms = Float(
+        0.0, help="Serve get_action on the event loop, skipping the hop to a worker thread, "
+        "for agents of this package's AgileRL runtime whose 8-row call measured at most this "
+        "many ms at load (and requests of at most 8 float32 rows). About doubles what a core "
+        "serves for demo-sized MLPs; the price is that such a call can no longer time out "
+        "(a hang would stall the server). 0 (the default) keeps every call on a thread."
     ).tag(config=True)
     metrics_enabled = Bool(
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
@@ -110,6 +119,7 @@ class AgentsWorkbenchApp(ExtensionApp):
             health_check_failures=self.health_check_failures,
             request_timeout=self.request_timeout,
             batching=self.batching,
+            inline_below_ms=self.inline_below_ms,
             backend=self.backend,
             backends={"ray": self.ray_backend.load},
         )
@@ -158,6 +168,12 @@ class AgentsWorkbenchApp(ExtensionApp):
     def initialize_handlers(self) -> None:
         """Register management and inference routes under the server's base_url."""
         self.handlers.extend(all_routes())
+
+    def _prepare_handlers(self) -> None:
+        # jupyter_server adds self.handlers to the web app here; then put them first in line.
+        super()._prepare_handlers()
+        assert self.serverapp is not None
+        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()})
 
     async def stop_extension(self) -> None:
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""

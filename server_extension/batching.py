@@ -258,9 +258,22 @@ def worth_batching(runtime: Runtime) -> bool:
 
 
 def wrap(runtime: Runtime, mode: str, *, max_batch: int = 64) -> Runtime:
-    """``runtime`` wrapped for batching as ``mode`` ("auto", "on", "off") says."""
+    """``runtime`` wrapped for batching as ``mode`` ("auto", "on", "off") says.
+
+    LLM runtimes get their ``generate`` batched under "auto" as well as "on": their model
+    already takes a batch of prompts, and requests are only ever merged when they arrive
+    while another call holds the model, so a lone request pays nothing for it.
+    """
     if mode not in MODES:
         raise ValueError(f"batching must be one of {', '.join(MODES)}, not {mode!r}")
+    from .runtimes.llm import LLMRuntime
+
+    if isinstance(runtime, LLMRuntime):
+        if mode == "off":
+            return runtime
+        from .generate_batching import GenerateBatchingRuntime
+
+        return GenerateBatchingRuntime(runtime)
     kind = runtime.kind
     batchable = kind.routes == ("get_action",) and not kind.recurrent and not kind.multi_agent
     if mode == "off" or not batchable:

@@ -36,6 +36,7 @@ from tornado.ioloop import PeriodicCallback
 
 from . import batching
 from .batching import MODES as BATCHING_MODES
+from .inline import inline_limit
 from .registry import AgentRecord, Registry
 from .runtimes import Runtime, RuntimeLoadError, load_runtime, warm_loader
 from .store import ExperimentStore, StoreError
@@ -56,6 +57,8 @@ class LiveDeployment:
     deployment_id: str
     api_key: str = field(repr=False)
     runtime: Runtime
+    # Longest base64 obs that get_action may serve on the event loop (inline.py); 0: never.
+    inline_obs_chars: int = 0
     instance_id: str = field(default_factory=lambda: "inst_" + secrets.token_hex(6))
     loaded_at: float = field(default_factory=time.time)
     health_failures: int = 0
@@ -85,6 +88,7 @@ class Deployer:
         batching: str = "auto",
         backend: str = "local",
         backends: dict[str, Callable[..., Runtime]] | None = None,
+        inline_below_ms: float = 0.0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -100,6 +104,7 @@ class Deployer:
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, not {batching!r}")
         self.batching = batching  # how loaded runtimes are wrapped: see batching.py
+        self.inline_below_ms = inline_below_ms  # opt-in: see inline.py
         self._workers = ThreadPoolExecutor(worker_threads, thread_name_prefix="agents-infer")
         self._loaders = ThreadPoolExecutor(2, thread_name_prefix="agents-load")
         self._live: dict[str, LiveDeployment] = {}
@@ -169,6 +174,10 @@ class Deployer:
             runtime = await asyncio.wrap_future(
                 self._loaders.submit(self._load_and_probe, record)
             )
+            inline_chars = 0
+            if self.inline_below_ms > 0:
+                inline_chars = await asyncio.wrap_future(
+                    self._loaders.submit(inline_limit, runtime, self.inline_below_ms))
         except Exception as exc:  # noqa: BLE001 - any load failure becomes the agent's reason
             if self._generation.get(name) == generation:
                 log.warning("Agent %s failed to load: %s", name, _describe(exc))
@@ -188,7 +197,7 @@ class Deployer:
         assert record.api_key is not None
         self._live[name] = LiveDeployment(
             name=name, deployment_id=record.deployment_id, api_key=record.api_key,
-            runtime=runtime,
+            runtime=runtime, inline_obs_chars=inline_chars,
         )
         log.info("Agent %s deployed in %.3f s", name, time.perf_counter() - started)
 

@@ -27,8 +27,8 @@ from tests.browser_support import (
     Shots,
     button,
     clipboard,
-    gone,
     details_part,
+    gone,
     in_browser,
     open_app,
     pill,
@@ -306,8 +306,8 @@ def test_failed_agent_shows_its_reason_and_retry_reconnects(app: VoilaApp, api: 
         pill(page, name, "Failed").wait_for()
         reason = api.agent(name)["error"]
         assert reason
-        shown = row(page, name).locator(".awb-reason").inner_text()
-        assert shown.strip() == reason.strip()
+        on_page = row(page, name).locator(".awb-reason").inner_text()
+        assert on_page.strip() == reason.strip()
         # Still switched on: Retry reconnects, the power button switches it off.
         shown(button(page, "Retry", row(page, name)))
         shown(row(page, name).locator("button:has(i.fa-power-off)"))

@@ -351,10 +351,10 @@ def test_connect_expand_reveal_copy_rotate_disconnect_delete(
     row.delete_button.click()
     assert row.confirm.layout.display == ""
     assert row.buttons.layout.display == "none"
-    row.confirm_no.click()
+    row.confirm.no.click()
     assert row.buttons.layout.display == ""
     row.delete_button.click()
-    row.confirm_yes.click()
+    row.confirm.yes.click()
     panel.wait_idle()
     assert "keyed" not in panel.tables["classic"].rows
     assert row.comm is None

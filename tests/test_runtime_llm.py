@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from server_extension import batching
+from server_extension.generate_batching import GenerateBatchingRuntime
 from server_extension.llm_demo import (
     LORA_EXPERIMENT,
     SFT_EXPERIMENT,
@@ -318,3 +322,69 @@ def test_folder_that_is_no_model_fails_clearly(chat_root: Path, tmp_path: Path) 
     (folder / "config.json").unlink()
     with pytest.raises(RuntimeLoadError, match=r"neither config\.json"):
         _load_step_1(tmp_path, f"{SFT_EXPERIMENT}-copy")
+
+
+# -- generate batching (server_extension/generate_batching.py) ---------------------------------
+
+
+def _queue_behind_a_running_call(wrapper: GenerateBatchingRuntime, inner: LLMRuntime,
+                                 calls: list[tuple[list[str], dict[str, Any]]]) -> list[Any]:
+    """Start ``calls`` at once while the model is busy, so all but the first queue up."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        with inner._lock:  # the first caller leads and waits for the model; the rest queue
+            futures = [pool.submit(wrapper.generate, prompts, params)
+                       for prompts, params in calls]
+            deadline = time.monotonic() + 30
+            while len(wrapper._queue) < len(calls) - 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(wrapper._queue) == len(calls) - 1
+        return [f.exception(timeout=60) or f.result() for f in futures]
+
+
+def test_concurrent_generates_share_one_call_and_match_alone(sft: LLMRuntime) -> None:
+    questions = ("Hi", "What is the capital of France?", "Capital of Peru?", "Hello there")
+    prompts = [sft.format_chat([{"role": "user", "content": q}]) for q in questions]
+    alone = [sft.generate([p], GREEDY)[0] for p in prompts]
+    wrapper = GenerateBatchingRuntime(sft)
+    calls = [([p], GREEDY) for p in prompts[:3]] + [([prompts[3], prompts[0]], GREEDY)]
+    results = _queue_behind_a_running_call(wrapper, sft, calls)
+    assert results == [[alone[0]], [alone[1]], [alone[2]], [alone[3], alone[0]]]
+    # The first ran alone (nobody was waiting yet); the three behind it ran as one call.
+    assert (wrapper.batches, wrapper.batched_requests) == (1, 3)
+
+
+def test_only_requests_with_the_same_settings_are_batched(sft: LLMRuntime) -> None:
+    prompt = sft.format_chat([{"role": "user", "content": "Hi"}])
+    wrapper = GenerateBatchingRuntime(sft)
+    short = {**GREEDY, "max_new_tokens": 4}
+    results = _queue_behind_a_running_call(
+        wrapper, sft, [([prompt], GREEDY), ([prompt], short), ([prompt], GREEDY),
+                       ([prompt], short)])
+    assert results[1] == results[3] == sft.generate([prompt], short)
+    assert results[0] == results[2] == sft.generate([prompt], GREEDY)
+    assert (wrapper.batches, wrapper.batched_requests) == (1, 2)  # the two short ones
+
+
+def test_a_bad_request_in_a_batch_fails_alone(sft: LLMRuntime) -> None:
+    prompt = sft.format_chat([{"role": "user", "content": "Hi"}])
+    # Short enough to count, too long to leave room for a reply next to the others.
+    near_limit = "capital " * 120
+    assert 110 < sft.count_tokens(near_limit) < 128
+    wrapper = GenerateBatchingRuntime(sft)
+    results = _queue_behind_a_running_call(
+        wrapper, sft, [([prompt], GREEDY), ([prompt], GREEDY), ([""], GREEDY),
+                       ([near_limit], GREEDY), ([prompt], GREEDY)])
+    expected = sft.generate([prompt], GREEDY)
+    assert results[0] == results[1] == results[4] == expected
+    assert isinstance(results[2], RequestError)
+    assert "empty" in str(results[2])
+    assert results[3] == sft.generate([near_limit], GREEDY)  # its own room, as if alone
+
+
+def test_batching_mode_wraps_llms_unless_off(sft: LLMRuntime) -> None:
+    assert isinstance(batching.wrap(sft, "auto"), GenerateBatchingRuntime)
+    assert isinstance(batching.wrap(sft, "on"), GenerateBatchingRuntime)
+    assert batching.wrap(sft, "off") is sft
+    wrapped = batching.wrap(sft, "auto")
+    prompt = "Hello"
+    assert wrapped.count_tokens(prompt) == sft.count_tokens(prompt)  # type: ignore[attr-defined]

@@ -1,0 +1,181 @@
+"""Batching for LLM ``generate``: concurrent requests with the same settings share one call.
+
+An LLM runtime holds its model behind a lock, so without this N concurrent ``generate``
+requests run one after another. The model's ``generate`` takes a batch of left-padded prompts,
+and on a CPU or GPU a step over several rows costs far less than that many steps over one.
+:class:`GenerateBatchingRuntime` gathers the requests that arrive while a call is running
+and sends them as the next call, then hands each caller its own completions.
+
+Like :mod:`server_extension.batching` there is no timer: a lone request runs at once and
+batches grow only as requests pile up behind a running one. Requests are batched together
+only when their decoding settings are the same (``Sampling``: max_new_tokens, do_sample,
+temperature, top_p) and when the batch leaves every prompt the same room to reply as it
+would have alone (the context limit applies to the longest prompt of a batch). If a
+batched call fails, each request is run alone, so a caller only ever sees its own error.
+
+Greedy completions equal the unbatched ones (left padding with an attention mask; checked
+on the demo model in ``tests/test_generate_batching.py``). Sampled ones are random anyway.
+
+``generate_stream`` is not batched: a stream is one prompt whose pieces go out as they are
+produced. Everything but ``generate`` goes to the wrapped runtime unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .runtimes.base import AgentKind, Runtime
+from .runtimes.llm import LLMRuntime, Sampling
+
+
+@dataclass
+class _Request:
+    prompts: list[str]
+    sampling: Sampling
+    params: dict[str, Any]
+    longest: int  # tokens in its longest prompt
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # set instead of a result: this caller runs the next batch
+    completions: list[str] | None = None
+    error: BaseException | None = None
+
+
+class GenerateBatchingRuntime(Runtime):
+    """Wraps an :class:`LLMRuntime` so concurrent ``generate`` calls run as one batch.
+
+    ``batches`` and ``batched_requests`` count what was gathered, for tests and benchmarks.
+    """
+
+    def __init__(self, inner: LLMRuntime, *, max_prompts: int = 32) -> None:
+        self.inner = inner
+        self.kind: AgentKind = inner.kind
+        self.max_prompts = max(1, max_prompts)
+        self._lock = threading.Lock()
+        self._queue: list[_Request] = []
+        self._running = False
+        self.batches = 0
+        self.batched_requests = 0
+
+    # -- what the LLM handlers use, passed through ----------------------------------------
+
+    @property
+    def max_context(self) -> int | None:
+        """The wrapped model's context length."""
+        return self.inner.max_context
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str:
+        """See :meth:`LLMRuntime.format_chat`."""
+        return self.inner.format_chat(messages)
+
+    def count_tokens(self, prompt: str) -> int:
+        """See :meth:`LLMRuntime.count_tokens`."""
+        return self.inner.count_tokens(prompt)
+
+    def check_prompt(self, prompt: str) -> int:
+        """See :meth:`LLMRuntime.check_prompt`."""
+        return self.inner.check_prompt(prompt)
+
+    def stream(self, prompt: str, params: dict[str, Any], cancelled: Any) -> Iterator[str]:
+        """Not batched: passed through."""
+        return self.inner.stream(prompt, params, cancelled)
+
+    def probe(self) -> None:
+        """The wrapped runtime's probe (alone, never batched)."""
+        self.inner.probe()
+
+    def close(self) -> None:
+        """Close the wrapped runtime."""
+        self.inner.close()
+
+    # -- generate -------------------------------------------------------------------------
+
+    def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
+        """The completions of ``prompts``, computed in a batch shared with concurrent calls."""
+        if not prompts:
+            return []
+        try:
+            longest = max(self.inner.count_tokens(p) for p in prompts)
+        except Exception:  # noqa: BLE001 - let the model refuse it with its own message
+            return self.inner.generate(prompts, params)
+        request = _Request(list(prompts), Sampling.from_params(params), params, longest)
+        with self._lock:
+            self._queue.append(request)
+            lead = not self._running
+            self._running = True
+        if not lead:
+            request.done.wait()
+            lead = request.lead
+        if lead:
+            self._lead()
+        if request.error is not None:
+            raise request.error
+        assert request.completions is not None
+        return request.completions
+
+    def _room(self, longest: int) -> int | None:
+        """Tokens left to reply after a batch whose longest prompt is ``longest`` tokens."""
+        limit = self.inner.max_context
+        return None if limit is None else limit - longest
+
+    def _fits(self, first: _Request, item: _Request, prompts: int, longest: int) -> bool:
+        if item.sampling != first.sampling or prompts + len(item.prompts) > self.max_prompts:
+            return False
+        # The batch's context room is set by its longest prompt; join only when that room does
+        # not cut anyone's reply shorter than it would be alone.
+        room = self._room(max(longest, item.longest))
+        return room is None or room >= first.sampling.max_new_tokens
+
+    def _lead(self) -> None:
+        """Run one batch from the queue's head, then pass the lead on (or stand down)."""
+        with self._lock:
+            first = self._queue[0]
+            batch: list[_Request] = [first]
+            prompts, longest = len(first.prompts), first.longest
+            rest: list[_Request] = []
+            for item in self._queue[1:]:
+                if self._fits(first, item, prompts, longest):
+                    batch.append(item)
+                    prompts += len(item.prompts)
+                    longest = max(longest, item.longest)
+                else:
+                    rest.append(item)
+            self._queue = rest
+        try:
+            self._run(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.done.set()
+                else:
+                    self._running = False
+            for item in batch:
+                item.done.set()
+
+    def _run(self, batch: list[_Request]) -> None:
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+            return
+        self.batches += 1
+        self.batched_requests += len(batch)
+        try:
+            completions = self.inner.generate(
+                [p for item in batch for p in item.prompts], batch[0].params)
+        except Exception:  # noqa: BLE001 - one bad request must not fail the others
+            for item in batch:
+                self._run_alone(item)
+            return
+        start = 0
+        for item in batch:
+            item.completions = completions[start:start + len(item.prompts)]
+            start += len(item.prompts)
+
+    def _run_alone(self, item: _Request) -> None:
+        try:
+            item.completions = self.inner.generate(item.prompts, item.params)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's own thread
+            item.error = exc
