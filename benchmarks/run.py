@@ -17,7 +17,8 @@ What runs (``get_action`` on the demo CartPole DQN unless said otherwise):
 4. many agents: RSS per deployed agent and throughput spread round-robin over all of them
 5. dynamic batching on larger policies (256x256 MLP, CNN) at 64 connections, off/on/auto
 6. the panel's table with many agents: first build and one status change, in the kernel
-7. LLM tokens/s over HTTP against in-process, from ``benchmarks/llm.py`` when present
+7. LLM tokens/s over HTTP against in-process (``benchmarks/llm.py``), and generate batching
+   on and off with 8 concurrent clients (``benchmarks/llm_batching.py``)
 
 Figures are medians over ``--repeats`` runs; ratios are taken within this one run. The
 results file records the machine, versions and the command.
@@ -300,6 +301,14 @@ def llm_section(root: Path, settings: Settings) -> dict[str, Any]:
         figures: dict[str, Any] = measure_llm(root, repeats=settings.llm_repeats, **extra)
     except Exception as exc:  # noqa: BLE001 - one section failing must not lose the others
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    from .llm_batching import measure_llm_batching
+
+    try:
+        figures.update(measure_llm_batching(
+            root, clients=8, requests_each=2 if settings.quick else 4,
+            rounds=1 if settings.quick else 3, **extra))
+    except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
+        figures["llm_batch_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     return figures
 
 
@@ -512,6 +521,9 @@ def targets(r: dict[str, Any]) -> list[list[str]]:
     ttft = r["llm"].get("llm_http_first_chunk_extra_ms")
     rows.append(["LLM first streamed chunk within 50 ms of in-process TTFT", f"+{ttft} ms",
                  _verdict(None if ttft is None else ttft <= 50)])
+    gain = r["llm"].get("llm_batch_on_over_off")
+    rows.append(["LLM generate batching, 8 clients: tokens/s on / off", str(gain),
+                 "reported" if gain is not None else "n/a"])
     overhead = r.get("metrics", {}).get("paired_overhead_pct")
     rows.append(["metrics cost <= 3% of get_action req/s", f"{overhead} %",
                  _verdict(None if overhead is None else overhead <= 3)])
