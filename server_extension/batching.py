@@ -34,14 +34,14 @@ Example::
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .gathering import Gatherer, Pending
 from .runtimes.base import AgentKind, Runtime
 
 # Settings of the deployer's ``batching`` option.
@@ -57,13 +57,10 @@ AUTO_MAX_BATCH_COST = 1.0
 
 
 @dataclass
-class _Request:
+class _Request(Pending):
     obs: np.ndarray
     mask: np.ndarray | None
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # set instead of a result: this caller runs the next batch
     action: Any = None
-    error: BaseException | None = None
 
 
 def _group_key(obs: np.ndarray, mask: np.ndarray | None) -> tuple[Any, ...]:
@@ -84,9 +81,7 @@ class BatchingRuntime(Runtime):
         self.inner = inner
         self.kind: AgentKind = inner.kind
         self.max_batch = max(1, max_batch)
-        self._lock = threading.Lock()
-        self._queue: list[_Request] = []
-        self._running = False
+        self._gatherer = Gatherer(self._pick, self._run)
         self.batches = 0
         self.batched_requests = 0
 
@@ -114,17 +109,7 @@ class BatchingRuntime(Runtime):
                                          action_mask=action_mask,
                                          env_defined_actions=env_defined_actions)
         request = _Request(obs, action_mask)
-        with self._lock:
-            self._queue.append(request)
-            lead = not self._running
-            self._running = True
-        if not lead:
-            request.done.wait()
-            lead = request.lead
-        if lead:
-            self._lead()
-        if request.error is not None:
-            raise request.error
+        self._gatherer.wait_for(request)
         return request.action, None
 
     def predict(self, inputs: Any) -> Any:
@@ -149,35 +134,22 @@ class BatchingRuntime(Runtime):
 
     # -- gathering ----------------------------------------------------------------------
 
-    def _lead(self) -> None:
-        """Run one batch from the queue's head, then pass the lead on (or stand down)."""
-        with self._lock:
-            first = self._queue[0]
-            key = _group_key(first.obs, first.mask)
-            batch: list[_Request] = []
-            rows = 0
-            rest: list[_Request] = []
-            for item in self._queue:
-                fits = (_group_key(item.obs, item.mask) == key
-                        and rows + item.obs.shape[0] <= max(self.max_batch, first.obs.shape[0]))
-                if fits:
-                    batch.append(item)
-                    rows += item.obs.shape[0]
-                else:
-                    rest.append(item)
-            self._queue = rest
-        try:
-            self._run(batch)
-        finally:
-            with self._lock:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.done.set()
-                else:
-                    self._running = False
-            for item in batch:
-                item.done.set()
+    def _pick(self, queue: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+        """The head of the queue and every request that can share its forward."""
+        first = queue[0]
+        key = _group_key(first.obs, first.mask)
+        batch: list[_Request] = []
+        rows = 0
+        rest: list[_Request] = []
+        for item in queue:
+            fits = (_group_key(item.obs, item.mask) == key
+                    and rows + item.obs.shape[0] <= max(self.max_batch, first.obs.shape[0]))
+            if fits:
+                batch.append(item)
+                rows += item.obs.shape[0]
+            else:
+                rest.append(item)
+        return batch, rest
 
     def _run(self, batch: list[_Request]) -> None:
         if len(batch) == 1:

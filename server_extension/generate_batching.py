@@ -6,15 +6,16 @@ and on a CPU or GPU a step over several rows costs far less than that many steps
 :class:`GenerateBatchingRuntime` gathers the requests that arrive while a call is running
 and sends them as the next call, then hands each caller its own completions.
 
-Like :mod:`server_extension.batching` there is no timer: a lone request runs at once and
-batches grow only as requests pile up behind a running one. Requests are batched together
+Like :mod:`server_extension.batching` it gathers with :mod:`server_extension.gathering`: no
+timer, a lone request runs at once and batches grow only as requests pile up behind a
+running one. Requests are batched together
 only when their decoding settings are the same (``Sampling``: max_new_tokens, do_sample,
 temperature, top_p) and when the batch leaves every prompt the same room to reply as it
 would have alone (the context limit applies to the longest prompt of a batch). If a
 batched call fails, each request is run alone, so a caller only ever sees its own error.
 
 Greedy completions equal the unbatched ones (left padding with an attention mask; checked
-on the demo model in ``tests/test_generate_batching.py``). Sampled ones are random anyway.
+on the demo model in ``tests/test_runtime_llm.py``). Sampled ones are random anyway.
 
 ``generate_stream`` is not batched: a stream is one prompt whose pieces go out as they are
 produced. Everything but ``generate`` goes to the wrapped runtime unchanged.
@@ -22,25 +23,22 @@ produced. Everything but ``generate`` goes to the wrapped runtime unchanged.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .gathering import Gatherer, Pending
 from .runtimes.base import AgentKind, Runtime
 from .runtimes.llm import LLMRuntime, Sampling
 
 
 @dataclass
-class _Request:
+class _Request(Pending):
     prompts: list[str]
     sampling: Sampling
     params: dict[str, Any]
     longest: int  # tokens in its longest prompt
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # set instead of a result: this caller runs the next batch
     completions: list[str] | None = None
-    error: BaseException | None = None
 
 
 class GenerateBatchingRuntime(Runtime):
@@ -53,9 +51,7 @@ class GenerateBatchingRuntime(Runtime):
         self.inner = inner
         self.kind: AgentKind = inner.kind
         self.max_prompts = max(1, max_prompts)
-        self._lock = threading.Lock()
-        self._queue: list[_Request] = []
-        self._running = False
+        self._gatherer = Gatherer(self._pick, self._run)
         self.batches = 0
         self.batched_requests = 0
 
@@ -101,17 +97,7 @@ class GenerateBatchingRuntime(Runtime):
         except Exception:  # noqa: BLE001 - let the model refuse it with its own message
             return self.inner.generate(prompts, params)
         request = _Request(list(prompts), Sampling.from_params(params), params, longest)
-        with self._lock:
-            self._queue.append(request)
-            lead = not self._running
-            self._running = True
-        if not lead:
-            request.done.wait()
-            lead = request.lead
-        if lead:
-            self._lead()
-        if request.error is not None:
-            raise request.error
+        self._gatherer.wait_for(request)
         assert request.completions is not None
         return request.completions
 
@@ -128,33 +114,20 @@ class GenerateBatchingRuntime(Runtime):
         room = self._room(max(longest, item.longest))
         return room is None or room >= first.sampling.max_new_tokens
 
-    def _lead(self) -> None:
-        """Run one batch from the queue's head, then pass the lead on (or stand down)."""
-        with self._lock:
-            first = self._queue[0]
-            batch: list[_Request] = [first]
-            prompts, longest = len(first.prompts), first.longest
-            rest: list[_Request] = []
-            for item in self._queue[1:]:
-                if self._fits(first, item, prompts, longest):
-                    batch.append(item)
-                    prompts += len(item.prompts)
-                    longest = max(longest, item.longest)
-                else:
-                    rest.append(item)
-            self._queue = rest
-        try:
-            self._run(batch)
-        finally:
-            with self._lock:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.done.set()
-                else:
-                    self._running = False
-            for item in batch:
-                item.done.set()
+    def _pick(self, queue: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+        """The head of the queue and the requests that can join it."""
+        first = queue[0]
+        batch: list[_Request] = [first]
+        prompts, longest = len(first.prompts), first.longest
+        rest: list[_Request] = []
+        for item in queue[1:]:
+            if self._fits(first, item, prompts, longest):
+                batch.append(item)
+                prompts += len(item.prompts)
+                longest = max(longest, item.longest)
+            else:
+                rest.append(item)
+        return batch, rest
 
     def _run(self, batch: list[_Request]) -> None:
         if len(batch) == 1:

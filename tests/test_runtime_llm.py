@@ -335,9 +335,9 @@ def _queue_behind_a_running_call(wrapper: GenerateBatchingRuntime, inner: LLMRun
             futures = [pool.submit(wrapper.generate, prompts, params)
                        for prompts, params in calls]
             deadline = time.monotonic() + 30
-            while len(wrapper._queue) < len(calls) - 1 and time.monotonic() < deadline:
+            while wrapper._gatherer.waiting < len(calls) - 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
-            assert len(wrapper._queue) == len(calls) - 1
+            assert wrapper._gatherer.waiting == len(calls) - 1
         return [f.exception(timeout=60) or f.result() for f in futures]
 
 

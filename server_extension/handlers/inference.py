@@ -215,10 +215,12 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 400, f"Agent {live.name!r} is a {kind.algo} agent and does not answer "
                 f"{self.route}; use {right} instead.")
 
-    async def run(self, live: LiveDeployment, fn: Callable[[], dict[str, Any]]) -> None:
-        """Run ``fn`` on a worker thread and answer its dict, mapping errors to the contract."""
+    async def run(self, live: LiveDeployment, fn: Callable[[], dict[str, Any]], *,
+                  inline: bool = False) -> None:
+        """Run ``fn`` on a worker thread (on the loop when ``inline``) and answer its dict,
+        mapping errors to the contract."""
         try:
-            result = await self.deployer.call(fn)
+            result = fn() if inline else await self.deployer.call(fn)
         except RequestError as exc:
             raise InferenceError(400, str(exc)) from exc
         except RequestTimeout as exc:
@@ -286,15 +288,9 @@ class GetActionHandler(InferenceHandler):
             return answer
 
         obs = body["obs"]
-        if live.inline_obs_chars and isinstance(obs, str) and len(obs) <= live.inline_obs_chars:
-            # Opt-in (inline.py): small enough, and measured fast enough, to act on the loop.
-            try:
-                result = act()
-            except RequestError as exc:
-                raise InferenceError(400, str(exc)) from exc
-            self.finish(json.dumps(result))
-            return
-        await self.run(live, act)
+        # Opt-in (inline.py): small enough, and measured fast enough, to act on the loop.
+        inline = isinstance(obs, str) and 0 < len(obs) <= live.inline_obs_chars
+        await self.run(live, act, inline=inline)
 
 
 class PredictHandler(InferenceHandler):
