@@ -35,14 +35,14 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .gathering import Gatherer, Pending
-from .runtimes.base import AgentKind, Runtime
+from .runtimes.base import Runtime, WrappedRuntime
 
 # Settings of the deployer's ``batching`` option.
 MODES = ("auto", "on", "off")
@@ -69,7 +69,7 @@ def _group_key(obs: np.ndarray, mask: np.ndarray | None) -> tuple[Any, ...]:
     return (obs.shape[1:], obs.dtype.str, mask_key)
 
 
-class BatchingRuntime(Runtime):
+class BatchingRuntime(WrappedRuntime):
     """Wraps a ``get_action`` runtime so concurrent calls run as one batched call.
 
     Everything but ``get_action`` (``probe``, ``close``, the other routes) goes to the
@@ -78,8 +78,7 @@ class BatchingRuntime(Runtime):
     """
 
     def __init__(self, inner: Runtime, *, max_batch: int = 64) -> None:
-        self.inner = inner
-        self.kind: AgentKind = inner.kind
+        super().__init__(inner)
         self.max_batch = max(1, max_batch)
         self._gatherer = Gatherer(self._pick, self._run)
         self.batches = 0
@@ -111,26 +110,6 @@ class BatchingRuntime(Runtime):
         request = _Request(obs, action_mask)
         self._gatherer.wait_for(request)
         return request.action, None
-
-    def predict(self, inputs: Any) -> Any:
-        """Not batched: passed through."""
-        return self.inner.predict(inputs)
-
-    def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
-        """Not batched: passed through."""
-        return self.inner.generate(prompts, params)
-
-    def stream(self, prompt: str, params: dict[str, Any], cancelled: Any) -> Iterator[str]:
-        """Not batched: passed through."""
-        return self.inner.stream(prompt, params, cancelled)
-
-    def probe(self) -> None:
-        """The wrapped runtime's probe (called alone, never batched)."""
-        self.inner.probe()
-
-    def close(self) -> None:
-        """Close the wrapped runtime."""
-        self.inner.close()
 
     # -- gathering ----------------------------------------------------------------------
 

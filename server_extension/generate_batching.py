@@ -23,12 +23,11 @@ produced. Everything but ``generate`` goes to the wrapped runtime unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .gathering import Gatherer, Pending
-from .runtimes.base import AgentKind, Runtime
+from .runtimes.base import WrappedRuntime
 from .runtimes.llm import LLMRuntime, Sampling
 
 
@@ -41,15 +40,15 @@ class _Request(Pending):
     completions: list[str] | None = None
 
 
-class GenerateBatchingRuntime(Runtime):
+class GenerateBatchingRuntime(WrappedRuntime):
     """Wraps an :class:`LLMRuntime` so concurrent ``generate`` calls run as one batch.
 
     ``batches`` and ``batched_requests`` count what was gathered, for tests and benchmarks.
     """
 
     def __init__(self, inner: LLMRuntime, *, max_prompts: int = 32) -> None:
-        self.inner = inner
-        self.kind: AgentKind = inner.kind
+        super().__init__(inner)
+        self.inner: LLMRuntime = inner
         self.max_prompts = max(1, max_prompts)
         self._gatherer = Gatherer(self._pick, self._run)
         self.batches = 0
@@ -73,18 +72,6 @@ class GenerateBatchingRuntime(Runtime):
     def check_prompt(self, prompt: str) -> int:
         """See :meth:`LLMRuntime.check_prompt`."""
         return self.inner.check_prompt(prompt)
-
-    def stream(self, prompt: str, params: dict[str, Any], cancelled: Any) -> Iterator[str]:
-        """Not batched: passed through."""
-        return self.inner.stream(prompt, params, cancelled)
-
-    def probe(self) -> None:
-        """The wrapped runtime's probe (alone, never batched)."""
-        self.inner.probe()
-
-    def close(self) -> None:
-        """Close the wrapped runtime."""
-        self.inner.close()
 
     # -- generate -------------------------------------------------------------------------
 

@@ -99,6 +99,47 @@ class Runtime:
         """Release what the model holds (memory, threads). Called once, after the last use."""
 
 
+class WrappedRuntime(Runtime):
+    """A runtime that passes every route to ``inner``; subclasses change the routes they wrap
+    (the batchers in ``server_extension/batching.py`` and ``generate_batching.py``)."""
+
+    def __init__(self, inner: Runtime) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+
+    def get_action(
+        self,
+        obs: Any,
+        *,
+        hidden_state: Any = None,
+        action_mask: Any = None,
+        env_defined_actions: Any = None,
+    ) -> tuple[Any, Any]:
+        """The wrapped runtime's answer."""
+        return self.inner.get_action(obs, hidden_state=hidden_state, action_mask=action_mask,
+                                     env_defined_actions=env_defined_actions)
+
+    def predict(self, inputs: Any) -> Any:
+        """The wrapped runtime's answer."""
+        return self.inner.predict(inputs)
+
+    def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
+        """The wrapped runtime's answer."""
+        return self.inner.generate(prompts, params)
+
+    def stream(self, prompt: str, params: dict[str, Any], cancelled: Any) -> Iterator[str]:
+        """The wrapped runtime's stream."""
+        return self.inner.stream(prompt, params, cancelled)
+
+    def probe(self) -> None:
+        """The wrapped runtime's probe (called alone, never batched)."""
+        self.inner.probe()
+
+    def close(self) -> None:
+        """Close the wrapped runtime."""
+        self.inner.close()
+
+
 def as_batch(value: Any, what: str, *, dtype: type = np.float32, ndim: int | None = None,
              width: int | None = None) -> np.ndarray:
     """Check a decoded wire array and return it as ``dtype``; :class:`RequestError` if unfit.
