@@ -21,18 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import have_wrk, run_wrk
+from benchmarks.policies import DEMO, body_for
 from benchmarks.servers import WorkbenchServer
-
-
-def _body() -> str:
-    import base64
-    import io
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((1, 4), dtype=np.float32), allow_pickle=False)
-    return json.dumps({"obs": base64.b64encode(buf.getvalue()).decode(), "batch_size": 1})
 
 
 def measure(experiments: Path, *, rounds: int, seconds: float,
@@ -51,7 +41,7 @@ def measure(experiments: Path, *, rounds: int, seconds: float,
         for server in servers.values():  # both start side by side
             server.wait()
         agents = {label: s.deploy("cartpole", "cartpole-dqn") for label, s in servers.items()}
-        body = _body()
+        body = body_for(DEMO)
         for agent in agents.values():  # warm-up: first requests import and allocate
             run_wrk(agent["endpoint"] + "/get_action", body, key=agent["api_key"],
                     connections=connections, seconds=1)

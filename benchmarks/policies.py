@@ -73,3 +73,12 @@ def sample_obs(name: str) -> np.ndarray:
     if name == CNN:
         return np.random.default_rng(0).integers(0, 256, (1, *CNN_SHAPE), dtype=np.uint8)
     return np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)
+
+
+def body_for(name: str) -> str:
+    """The JSON body the Arena client sends for one observation of ``name``."""
+    import json
+
+    from server_extension.serde import encode_tree
+
+    return json.dumps({"obs": encode_tree(sample_obs(name)), "batch_size": 1})

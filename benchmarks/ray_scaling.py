@@ -31,16 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import run_wrk
-from benchmarks.policies import CNN, DEMO, ensure_workspace, sample_obs
+from benchmarks.policies import CNN, DEMO, body_for, ensure_workspace, sample_obs
 from benchmarks.servers import WorkbenchServer
 from server_extension.ray_backend import APP_PREFIX, start_local_ray
-from server_extension.serde import encode_tree
 
 DEPLOY_TIMEOUT = 300.0
-
-
-def _body(experiment: str) -> str:
-    return json.dumps({"obs": encode_tree(sample_obs(experiment)), "batch_size": 1})
 
 
 def _deploy(server: WorkbenchServer, name: str, experiment: str,
@@ -54,9 +49,9 @@ def _deploy(server: WorkbenchServer, name: str, experiment: str,
 
 def _load(agent: dict[str, Any], experiment: str, connections: int, seconds: float) -> Any:
     # A short warm-up first: the first calls pay for lazy initialisation on both paths.
-    run_wrk(agent["endpoint"] + "/get_action", _body(experiment), key=agent["api_key"],
+    run_wrk(agent["endpoint"] + "/get_action", body_for(experiment), key=agent["api_key"],
             connections=connections, seconds=1)
-    return run_wrk(agent["endpoint"] + "/get_action", _body(experiment), key=agent["api_key"],
+    return run_wrk(agent["endpoint"] + "/get_action", body_for(experiment), key=agent["api_key"],
                    connections=connections, seconds=seconds)
 
 

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from . import inprocess
 from .loadgen import LoadResult, have_wrk, run_wrk
-from .policies import CNN, DEMO, MLP, ensure_workspace, sample_obs
+from .policies import CNN, DEMO, MLP, body_for, ensure_workspace
 from .servers import MinimalServer, RayServer, WorkbenchServer, have_ray, rss_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,13 +84,6 @@ def fresh_root(source: Path, root: Path) -> Path:
     """A server root of its own (registry, runtime files) with a copy of the experiments."""
     shutil.copytree(source / "experiments", root / "experiments")
     return root
-
-
-def body_for(name: str) -> str:
-    """The JSON body the Arena client sends for one observation of ``name``."""
-    from server_extension.serde import encode_tree
-
-    return json.dumps({"obs": encode_tree(sample_obs(name)), "batch_size": 1})
 
 
 def median_load(runs: list[LoadResult]) -> dict[str, Any]:

@@ -201,9 +201,10 @@ class WorkbenchServer(_Child):
 class MinimalServer(_Child):
     """(b): the one-route Tornado app."""
 
-    def __init__(self, root: Path, experiment: str, log_dir: Path) -> None:
-        super().__init__(log_dir / f"minimal-{experiment}.log")
-        self.root, self.experiment = root, experiment
+    def __init__(self, root: Path, experiment: str, log_dir: Path, *,
+                 threaded: bool = False) -> None:
+        super().__init__(log_dir / f"minimal-{experiment}{'-threaded' if threaded else ''}.log")
+        self.root, self.experiment, self.threaded = root, experiment, threaded
         self.key = secrets.token_hex(16)
 
     @property
@@ -215,7 +216,7 @@ class MinimalServer(_Child):
         """Start and wait for READY."""
         self._spawn([sys.executable, "-m", "benchmarks.minimal_server", "--root",
                      str(self.root), "--experiment", self.experiment, "--port", str(self.port),
-                     "--key", self.key], {})
+                     "--key", self.key, *(["--threaded"] if self.threaded else [])], {})
         self._wait(lambda: "READY" in self.log(), timeout, "minimal server")
         return self
 

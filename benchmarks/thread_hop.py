@@ -10,59 +10,39 @@ ways, alternating rounds in one run, at 16 connections on the demo CartPole agen
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
-import os
 import statistics
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .loadgen import run_wrk
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _body() -> str:
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((1, 4), np.float32), allow_pickle=False)
-    return json.dumps({"obs": base64.b64encode(buf.getvalue()).decode(), "batch_size": 1})
+from .policies import DEMO, body_for
+from .servers import REPO, MinimalServer
 
 
 def measure(workspace: Path, *, rounds: int = 4, seconds: float = 5.0,
             connections: int = 16) -> dict[str, Any]:
     """Median req/s of the minimal app inline and threaded, and their ratio."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
-    body = _body()
+    body = body_for(DEMO)
     rps: dict[str, list[float]] = {"inline": [], "threaded": []}
-    try:
-        for label, port, extra in (("inline", 9301, []), ("threaded", 9302, ["--threaded"])):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.minimal_server", "--root", str(workspace),
-                 "--port", str(port), "--key", "k", *extra],
-                cwd=REPO, stdout=subprocess.PIPE, env=env, text=True)
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "READY":
-                raise RuntimeError(f"minimal server ({label}) did not start")
-            servers[label] = (proc, port)
-        urls = {label: f"http://127.0.0.1:{port}/get_action" for label, (_, port) in
-                servers.items()}
-        for url in urls.values():  # warm-up
-            run_wrk(url, body, key="k", connections=connections, seconds=1)
-        for i in range(rounds):
-            # Alternate the order so drift on a shared machine hits both alike.
-            for label in ("inline", "threaded") if i % 2 == 0 else ("threaded", "inline"):
-                run = run_wrk(urls[label], body, key="k", connections=connections,
-                              seconds=seconds)
-                rps[label].append(run.rps)
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
+    with tempfile.TemporaryDirectory(prefix="awb-thread-hop-") as logs:
+        servers = {label: MinimalServer(workspace, DEMO, Path(logs),
+                                        threaded=label == "threaded") for label in rps}
+        try:
+            for server in servers.values():
+                server.start()
+            for server in servers.values():  # warm-up
+                run_wrk(server.url, body, key=server.key, connections=connections, seconds=1)
+            for i in range(rounds):
+                # Alternate the order so drift on a shared machine hits both alike.
+                for label in ("inline", "threaded") if i % 2 == 0 else ("threaded", "inline"):
+                    server = servers[label]
+                    rps[label].append(run_wrk(server.url, body, key=server.key,
+                                              connections=connections, seconds=seconds).rps)
+        finally:
+            for server in servers.values():
+                server.stop()
     inline, threaded = statistics.median(rps["inline"]), statistics.median(rps["threaded"])
     return {"connections": connections, "rps_inline": rps["inline"],
             "rps_threaded": rps["threaded"], "median_inline": round(inline, 1),

@@ -265,19 +265,19 @@ def build_demo(
                 if name == "cartpole-dqn" and report["evaluation_seeds_mean"] < CARTPOLE_BAR:
                     say(f"warning: cartpole-dqn's best checkpoint averages "
                         f"{report['evaluation_seeds_mean']:.1f}, below {CARTPOLE_BAR:.0f}")
-        latent: list[str] = []
+        advanced: list[str] = []
         if not quick:
             # Advanced Training: LatentPPO decoding through the saved Iris classifier (trained
             # too when missing). Quick mode leaves it out: test workspaces stay Classic RL only.
             from .latent_demo import build_latent_demo
 
             say("training iris-latent-ppo: LatentPPO with the iris-classifier decoder")
-            latent = build_latent_demo(root, progress=say)
+            advanced = build_latent_demo(root, progress=say)
             # Advanced Training's LLM pair (full model and LoRA adapter), so the main job's
             # workspace has a chat agent for the playground.
             from .llm_demo import build_llm_demo
 
             say("training tiny-chat-sft and tiny-chat-lora: tokenizer, SFT, LoRA")
-            latent += build_llm_demo(root, progress=say)
+            advanced += build_llm_demo(root, progress=say)
     say(f"demo built in {time.perf_counter() - started:.1f} s")
-    return [run.name for run in runs] + latent
+    return [run.name for run in runs] + advanced
