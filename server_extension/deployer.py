@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -295,6 +296,52 @@ class Deployer:
             raise RequestTimeout(
                 f"The model did not answer within {self.request_timeout:g} s."
             ) from exc
+
+    async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
+        """Call the public runtime method ``method`` of ``live`` with JSON-able ``args``.
+
+        This is the one way handlers reach a model besides :meth:`call`: where the runtime
+        lives in a worker process the call is relayed there, so arguments and results must be
+        plain JSON values (str, numbers, lists, dicts). :class:`RequestError` raised by the
+        runtime comes back as itself (a 400), :class:`RequestTimeout` past the request timeout.
+        """
+        if method.startswith("_"):
+            raise ValueError(f"{method!r} is not a public runtime method")
+        return await self.call(getattr(live.runtime, method), *args)
+
+    async def stream(self, live: LiveDeployment, method: str, *args: Any) -> AsyncIterator[str]:
+        """Iterate the text pieces of the runtime's streaming ``method`` as they come.
+
+        The method is called as ``method(*args, cancelled)`` with a ``threading.Event`` that
+        is set when the consumer stops iterating (``aclose()``, a closed connection), so the
+        model stops at its next token. Exceptions of the runtime are raised to the consumer.
+        """
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+        done = object()
+        produce_fn = getattr(live.runtime, method)
+
+        def produce() -> None:
+            try:
+                for piece in produce_fn(*args, cancelled):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, done)
+
+        self.submit(produce)
+        try:
+            while True:
+                item = await pieces.get()
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
 
     # -- health -------------------------------------------------------------------------
 
