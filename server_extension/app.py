@@ -21,6 +21,7 @@ from .ray_backend import RayBackend
 from .registry import Registry
 from .sessions import SessionStore
 from .store import ExperimentStore, default_root
+from .worker.serving import Limits
 
 
 class AgentsWorkbenchApp(ExtensionApp):
@@ -39,9 +40,12 @@ class AgentsWorkbenchApp(ExtensionApp):
         return str(default_root())
 
     device = Unicode("cpu", help="Torch device for runtimes: 'cpu' or 'cuda'.").tag(config=True)
-    worker_threads = Int(4, help="Threads that run inference off the event loop.").tag(config=True)
+    worker_threads = Int(
+        4, help="Threads that run an agent's calls in its worker (under isolation='thread': "
+        "the server's threads for all agents).").tag(config=True)
     torch_threads = Int(
-        0, help="torch.set_num_threads for the server process; 0 leaves torch's default."
+        0, help="torch.set_num_threads for each agent's worker (for the server process under "
+        "isolation='thread'); 0 leaves torch's default."
     ).tag(config=True)
     health_check_interval = Float(
         30.0, help="Seconds between health probes of deployed agents; 0 turns them off."
@@ -67,6 +71,37 @@ class AgentsWorkbenchApp(ExtensionApp):
         "many ms at load (and requests of at most 8 float32 rows). About doubles what a core "
         "serves for demo-sized MLPs; the price is that such a call can no longer time out "
         "(a hang would stall the server). 0 (the default) keeps every call on a thread."
+    ).tag(config=True)
+    isolation = Enum(
+        ["process", "thread"], "process",
+        help="Where local agents' models run. 'process' (the default): each agent in a worker "
+        "process this server supervises, so a checkpoint that crashes, hangs or eats memory "
+        "costs only its agent. 'thread': inside this server on worker threads (no isolation; "
+        "for debugging a runtime with a debugger, or the inline path).",
+    ).tag(config=True)
+    load_timeout = Float(
+        120.0, help="Seconds a worker may take to load and probe a checkpoint before the agent "
+        "is Failed and the worker stopped.",
+    ).tag(config=True)
+    worker_memory_mb = Float(
+        4096.0, help="Memory one agent's worker may use, in MiB (its heap is capped at this and "
+        "its resident size watched); past it the call fails or the worker is stopped with the "
+        "reason. 0: no limit.",
+    ).tag(config=True)
+    max_concurrent_calls = Int(
+        64, help="Calls one agent holds at once (in its worker or queued for it); more are "
+        "answered 429 with Retry-After.",
+    ).tag(config=True)
+    max_batch_rows = Int(
+        65536, help="Rows (leading-axis length) one get_action or predict call may carry "
+        "(400 above).",
+    ).tag(config=True)
+    max_array_mb = Float(
+        256.0, help="Bytes the arrays of one call may decode to, in MiB (400 above).",
+    ).tag(config=True)
+    worker_restart_limit = Int(
+        3, help="Times an agent's worker is restarted after dying within two minutes before "
+        "the agent is left Failed.",
     ).tag(config=True)
     metrics_enabled = Bool(
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
@@ -98,7 +133,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
-        if self.torch_threads > 0:
+        if self.torch_threads > 0 and self.isolation == "thread":
             import torch
 
             torch.set_num_threads(self.torch_threads)
@@ -122,6 +157,14 @@ class AgentsWorkbenchApp(ExtensionApp):
             inline_below_ms=self.inline_below_ms,
             backend=self.backend,
             backends={"ray": self.ray_backend.load},
+            isolation=self.isolation,
+            load_timeout=self.load_timeout,
+            worker_memory_mb=self.worker_memory_mb,
+            max_concurrent_calls=self.max_concurrent_calls,
+            limits=Limits(max_rows=self.max_batch_rows,
+                          max_array_bytes=int(self.max_array_mb * 1024 * 1024)),
+            torch_threads=self.torch_threads,
+            restart_limit=self.worker_restart_limit,
         )
         self.metrics: MetricsStore | None = None
         if self.metrics_enabled:

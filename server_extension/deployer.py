@@ -26,11 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tornado.ioloop import PeriodicCallback
@@ -39,8 +43,18 @@ from . import batching
 from .batching import MODES as BATCHING_MODES
 from .inline import inline_limit
 from .registry import AgentRecord, Registry
-from .runtimes import Runtime, RuntimeLoadError, load_runtime, warm_loader
+from .runtimes import AgentKind, RequestError, Runtime, RuntimeLoadError, load_runtime, warm_loader
 from .store import ExperimentStore, StoreError
+from .worker import serving
+from .worker.supervisor import (
+    WorkerBusy,
+    WorkerCallError,
+    WorkerDied,
+    WorkerProcess,
+    WorkerTimeout,
+    rss_bytes,
+    warm_template,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("agents_workbench.deployer")
@@ -48,6 +62,34 @@ log = logging.getLogger("agents_workbench.deployer")
 
 class RequestTimeout(TimeoutError):
     """A runtime call that ran past the configured request timeout."""
+
+
+class AgentUnavailable(RuntimeError):
+    """The agent's worker died during the call (answered 503; the agent restarts or fails)."""
+
+
+class AgentBusy(RuntimeError):
+    """The agent holds as many calls as it may (answered 429 with Retry-After)."""
+
+
+class WorkerRuntime(Runtime):
+    """Stands in the server for a runtime that lives in a worker process.
+
+    Only ``kind`` and ``close`` are used here: calls go through :meth:`Deployer.relay`,
+    :meth:`Deployer.invoke` and :meth:`Deployer.stream`, which send them to the worker.
+    """
+
+    def __init__(self, kind: AgentKind, worker: WorkerProcess) -> None:
+        self.kind = kind
+        self.worker = worker
+
+    def probe(self) -> None:
+        """Not callable in the server; the deployer probes through the worker."""
+        raise RuntimeError("probe a worker runtime through Deployer.invoke(live, 'probe')")
+
+    def close(self) -> None:
+        """Stop the worker process (its memory goes back to the machine)."""
+        self.worker.close()
 
 
 @dataclass
@@ -90,6 +132,14 @@ class Deployer:
         backend: str = "local",
         backends: dict[str, Callable[..., Runtime]] | None = None,
         inline_below_ms: float = 0.0,
+        isolation: str = "thread",
+        load_timeout: float = 120.0,
+        worker_memory_mb: float = 4096.0,
+        max_concurrent_calls: int = 64,
+        limits: serving.Limits | None = None,
+        torch_threads: int = 0,
+        restart_limit: int = 3,
+        restart_window: float = 120.0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -115,12 +165,35 @@ class Deployer:
         # Experiments whose loader module has been imported (or is being) by warm().
         self._warmed: set[str] = set()
         self._health: PeriodicCallback | None = None
+        # Worker processes (isolation="process"): see server_extension/worker/.
+        if isolation not in ("process", "thread"):
+            raise ValueError(f"isolation must be 'process' or 'thread', not {isolation!r}")
+        # A loader handed in by the caller runs in this process: it cannot cross a fork.
+        self.isolation = isolation if loader is load_runtime else "thread"
+        self.load_timeout = load_timeout
+        self.worker_memory_mb = worker_memory_mb
+        self.max_concurrent_calls = max_concurrent_calls
+        self.limits = limits or serving.Limits()
+        self.torch_threads = torch_threads
+        self.worker_threads = worker_threads
+        self.restart_limit = restart_limit
+        self.restart_window = restart_window
+        self._worker_set: set[WorkerProcess] = set()
+        self._deaths: dict[str, deque[float]] = {}
+        self._restarts: dict[str, int] = {}
+        self._log_dir: Path | None = None
+        self._sweeper: PeriodicCallback | None = None
 
     # -- start and stop -----------------------------------------------------------------
 
     def start(self) -> None:
         """Bring back agents that were connected when the server last stopped (or crashed)."""
-        for record in self.registry.list():
+        records = self.registry.list()
+        for record in records:
+            if record.connected and record.status == "Failed":
+                # Its last load or worker failed: loading it again at every start would be
+                # a crash loop. It keeps its reason and waits for Retry (Connect).
+                continue
             if record.connected:
                 self._begin_connect(record.name)
             else:
@@ -133,6 +206,29 @@ class Deployer:
                 self._spawn_health_check, self.health_check_interval * 1000
             )
             self._health.start()
+        if self.isolation == "process":
+            self._sweeper = PeriodicCallback(self._sweep, 200)
+            self._sweeper.start()
+            self._loaders.submit(self._warm_template)
+
+    def _warm_template(self) -> None:
+        # Only a workspace that has experiments pays for the template (seconds of imports,
+        # a few hundred MiB): that is where a Connect can come.
+        try:
+            frameworks = sorted({e.info.framework for e in self.store.list()})
+        except Exception as exc:  # noqa: BLE001 - a broken store is reported by its listing
+            log.debug("Not warming workers: %s", exc)
+            return
+        if frameworks:
+            warm_template(frameworks)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._worker_set):
+            if worker.reason is not None:
+                self._worker_set.discard(worker)  # closed or died: nothing left to watch
+            else:
+                worker.sweep(now)
 
     async def stop(self) -> None:
         """Stop health checks, drop runtimes and shut the pools down. Registry rows stay."""
@@ -140,11 +236,18 @@ class Deployer:
             self._health.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.stop()
         for live in list(self._live.values()):
             self._close_runtime(live.runtime)
         self._live.clear()
+        for worker in list(self._worker_set):
+            worker.close()
+        self._worker_set.clear()
         self._workers.shutdown(wait=False, cancel_futures=True)
         self._loaders.shutdown(wait=False, cancel_futures=True)
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -155,6 +258,7 @@ class Deployer:
     def connect(self, name: str) -> AgentRecord:
         """Mark the agent Pending and start loading it; returns without waiting for the load."""
         self.registry.get(name)
+        self._deaths.pop(name, None)  # a user's Connect (or Retry) starts the count afresh
         return self._begin_connect(name)
 
     def _begin_connect(self, name: str) -> AgentRecord:
@@ -172,11 +276,14 @@ class Deployer:
         started = time.perf_counter()
         try:
             record = self.registry.get(name)
-            runtime = await asyncio.wrap_future(
-                self._loaders.submit(self._load_and_probe, record)
-            )
             inline_chars = 0
-            if self.inline_below_ms > 0:
+            if self._in_worker(record):
+                runtime: Runtime = await self._load_in_worker(record)
+            else:
+                runtime = await asyncio.wrap_future(
+                    self._loaders.submit(self._load_and_probe, record)
+                )
+            if self.inline_below_ms > 0 and not isinstance(runtime, WorkerRuntime):
                 inline_chars = await asyncio.wrap_future(
                     self._loaders.submit(inline_limit, runtime, self.inline_below_ms))
         except Exception as exc:  # noqa: BLE001 - any load failure becomes the agent's reason
@@ -201,6 +308,90 @@ class Deployer:
             runtime=runtime, inline_obs_chars=inline_chars,
         )
         log.info("Agent %s deployed in %.3f s", name, time.perf_counter() - started)
+
+    def _in_worker(self, record: AgentRecord) -> bool:
+        return (self.isolation == "process"
+                and record.options.get("backend", self.backend) == "local")
+
+    async def _load_in_worker(self, record: AgentRecord) -> WorkerRuntime:
+        """Start a worker for ``record``, load and probe its checkpoint there."""
+        experiment = await asyncio.wrap_future(
+            self._loaders.submit(self.store.get, record.experiment))
+        experiment.checkpoint(record.checkpoint_step)  # StoreError names what is missing
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="agents-workbench-workers-"))
+        settings = {
+            "root": str(self.store.root), "experiment": record.experiment,
+            "framework": experiment.info.framework, "step": record.checkpoint_step,
+            "device": self.device, "options": dict(record.options), "batching": self.batching,
+            "threads": self.worker_threads, "torch_threads": self.torch_threads,
+            "memory_mb": self.worker_memory_mb, "max_rows": self.limits.max_rows,
+            "max_array_bytes": self.limits.max_array_bytes,
+        }
+        worker = WorkerProcess(record.name, settings, self._log_dir,
+                               on_exit=self._worker_exited,
+                               max_calls=self.max_concurrent_calls,
+                               memory_mb=self.worker_memory_mb)
+        self._worker_set.add(worker)
+        try:
+            await worker.start()
+            answer, _ = await worker.call(
+                {"op": "load"}, timeout=self.load_timeout,
+                late=f"the checkpoint did not load within {self.load_timeout:g} s and its "
+                "worker was stopped (AgentsWorkbenchApp.load_timeout)")
+        except WorkerDied as exc:
+            worker.close()
+            raise RuntimeLoadError(f"The worker died while loading the checkpoint: {exc}") \
+                from exc
+        except WorkerCallError as exc:
+            worker.close()
+            text = str(exc) if exc.kind in ("load", "memory") else f"Loading failed: {exc}"
+            raise RuntimeLoadError(text) from exc
+        except BaseException:
+            worker.close()
+            raise
+        return WorkerRuntime(AgentKind(**answer["result"]["kind"]), worker)
+
+    def _worker_exited(self, worker: WorkerProcess) -> None:
+        """A worker died on its own (crash, signal, memory, a call past its deadline)."""
+        self._worker_set.discard(worker)
+        name = worker.name
+        live = self._live.get(name)
+        if live is None or getattr(live.runtime, "worker", None) is not worker:
+            return  # it died while loading: _load_in_worker reports it
+        self._live.pop(name, None)
+        reason = worker.reason or "the worker stopped"
+        log.warning("Agent %s: %s", name, reason)
+        now = time.monotonic()
+        deaths = self._deaths.setdefault(name, deque())
+        deaths.append(now)
+        while deaths and now - deaths[0] > self.restart_window:
+            deaths.popleft()
+        if len(deaths) > self.restart_limit:
+            self._set_if_exists(name, status="Failed", error=(
+                f"Its worker died {len(deaths)} times within {self.restart_window:g} s, so it "
+                f"is not restarted again; the last time: {reason}. Fix the cause, then Retry."))
+            return
+        self._restarts[name] = self._restarts.get(name, 0) + 1
+        generation = self._generation.get(name, 0) + 1
+        self._generation[name] = generation
+        self._set_if_exists(name, status="Pending", error=f"Restarting its worker: {reason}")
+        self._spawn(self._load(name, generation))
+
+    def worker_info(self, name: str) -> dict[str, Any] | None:
+        """The agent's worker process as the traffic view shows it, or ``None`` (not live, or
+        served in this process)."""
+        live = self._live.get(name)
+        worker = getattr(live.runtime, "worker", None) if live is not None else None
+        if worker is None or worker.pid is None:
+            return None
+        rss = rss_bytes(worker.pid)
+        return {
+            "pid": worker.pid, "rss_mb": round(rss / 2**20, 1),
+            "peak_rss_mb": round(max(rss, worker.peak_rss) / 2**20, 1),
+            "memory_limit_mb": self.worker_memory_mb, "restarts": self._restarts.get(name, 0),
+            "started_at": worker.started_at, "calls_in_flight": worker.in_flight,
+        }
 
     def _load_and_probe(self, record: AgentRecord) -> Runtime:
         experiment = self.store.get(record.experiment)
@@ -237,6 +428,9 @@ class Deployer:
         agents imports nothing. Failures are left for Connect to report with the agent.
         """
         if record.options.get("backend", self.backend) != "local":
+            return
+        if self.isolation == "process":
+            self._loaders.submit(self._warm_template)
             return
         warmed = self._warmed
         if record.experiment in warmed:
@@ -297,44 +491,102 @@ class Deployer:
                 f"The model did not answer within {self.request_timeout:g} s."
             ) from exc
 
-    async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
-        """Call the public runtime method ``method`` of ``live`` with JSON-able ``args``.
+    async def relay(self, live: LiveDeployment, route: str, body: bytes) -> tuple[int, bytes, int]:
+        """Answer ``route`` (get_action, predict) for a raw request body: (status, JSON, rows).
 
-        This is the one way handlers reach a model besides :meth:`call`: where the runtime
-        lives in a worker process the call is relayed there, so arguments and results must be
-        plain JSON values (str, numbers, lists, dicts). :class:`RequestError` raised by the
-        runtime comes back as itself (a 400), :class:`RequestTimeout` past the request timeout.
+        The body is decoded, checked against the limits, answered and encoded where the model
+        is: in its worker, or on a worker thread here.
         """
-        if method.startswith("_"):
-            raise ValueError(f"{method!r} is not a public runtime method")
-        return await self.call(getattr(live.runtime, method), *args)
+        runtime = live.runtime
+        if isinstance(runtime, WorkerRuntime):
+            answer, payload = await self._worker_call(
+                runtime, {"op": "relay", "route": route}, body)
+            return int(answer["status"]), payload, int(answer.get("rows") or 0)
+        return await self.call(serving.relay, runtime, route, body, self.limits)
 
-    async def stream(self, live: LiveDeployment, method: str, *args: Any) -> AsyncIterator[str]:
-        """Iterate the text pieces of the runtime's streaming ``method`` as they come.
+    async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
+        """Call the runtime method or serving operation ``method`` with JSON-able ``args``.
+
+        ``method`` is a public method of the runtime or a name in ``worker.serving.OPS``.
+        Where the runtime lives in a worker process the call is relayed there, so arguments
+        and results are plain JSON values. :class:`RequestError` raised by the runtime comes
+        back as itself (a 400), :class:`RequestTimeout` past the request timeout,
+        :class:`AgentUnavailable` when the worker died, :class:`AgentBusy` when it is full.
+        """
+        runtime = live.runtime
+        if isinstance(runtime, WorkerRuntime):
+            answer, _ = await self._worker_call(
+                runtime, {"op": "invoke", "name": method, "args": list(args)})
+            return answer.get("result")
+        return await self.call(serving.resolve(runtime, method), *args)
+
+    async def _worker_call(self, runtime: WorkerRuntime, header: dict[str, Any],
+                           body: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        try:
+            return await runtime.worker.call(header, body, timeout=self.request_timeout)
+        except WorkerTimeout as exc:
+            raise RequestTimeout(
+                f"The model did not answer within {self.request_timeout:g} s; its worker was "
+                "stopped and restarts (AgentsWorkbenchApp.request_timeout).") from exc
+        except WorkerDied as exc:
+            raise AgentUnavailable(
+                f"The agent's worker died during the call ({exc}); it restarts, retry in a "
+                "moment.") from exc
+        except WorkerBusy as exc:
+            raise AgentBusy(
+                f"The agent is serving {self.max_concurrent_calls} calls already "
+                "(AgentsWorkbenchApp.max_concurrent_calls); retry shortly.") from exc
+        except WorkerCallError as exc:
+            if exc.kind in ("request", "memory"):
+                raise RequestError(str(exc)) from exc
+            raise
+
+    async def stream(self, live: LiveDeployment, method: str, *args: Any,
+                     ) -> AsyncGenerator[str, None]:
+        """Iterate the text pieces of the streaming ``method`` as they come.
 
         The method is called as ``method(*args, cancelled)`` with a ``threading.Event`` that
         is set when the consumer stops iterating (``aclose()``, a closed connection), so the
-        model stops at its next token. Exceptions of the runtime are raised to the consumer.
+        model stops at its next token. Errors of the runtime are raised to the consumer.
         """
+        runtime = live.runtime
+        if isinstance(runtime, WorkerRuntime):
+            pieces = runtime.worker.stream({"name": method, "args": list(args)},
+                                           timeout=self.request_timeout)
+            try:
+                async for piece in pieces:
+                    yield piece
+            except WorkerTimeout as exc:
+                raise RequestTimeout(str(exc)) from exc
+            except WorkerDied as exc:
+                raise AgentUnavailable(f"The agent's worker died during the stream ({exc}).") \
+                    from exc
+            except WorkerCallError as exc:
+                if exc.kind in ("request", "memory"):
+                    raise RequestError(str(exc)) from exc
+                raise
+            finally:
+                await pieces.aclose()
+            return
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
         done = object()
-        produce_fn = getattr(live.runtime, method)
+        produce_fn = serving.resolve(runtime, method)
 
         def produce() -> None:
             try:
                 for piece in produce_fn(*args, cancelled):
-                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer
-                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
-                loop.call_soon_threadsafe(pieces.put_nowait, done)
+                loop.call_soon_threadsafe(queue.put_nowait, done)
 
         self.submit(produce)
         try:
             while True:
-                item = await pieces.get()
+                item = await queue.get()
                 if item is done:
                     return
                 if isinstance(item, Exception):
@@ -352,7 +604,9 @@ class Deployer:
         """Probe every live runtime once; demote or fail the ones that do not answer."""
         for name, live in list(self._live.items()):
             try:
-                await self.call(live.runtime.probe)
+                await self.invoke(live, "probe")
+            except AgentUnavailable:
+                continue  # its worker died: _worker_exited restarts or fails it
             except Exception as exc:  # noqa: BLE001 - any probe failure counts
                 if self._live.get(name) is not live:
                     continue

@@ -32,7 +32,7 @@ async def call(jp_fetch: Any, method: str, *parts: str, body: Any = None,
 
 
 async def wait_status(jp_fetch: Any, name: str, wanted: tuple[str, ...] = ("Deployed", "Failed"),
-                      timeout: float = 30.0) -> dict[str, Any]:
+                      timeout: float = 90.0) -> dict[str, Any]:
     """Poll the agent until its status is in ``wanted``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

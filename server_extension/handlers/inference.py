@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -22,10 +21,10 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from ..deployer import LiveDeployment, RequestTimeout
+from ..deployer import AgentBusy, AgentUnavailable, LiveDeployment, RequestTimeout
 from ..metrics import DeploymentMetrics, MetricsStore, clip
 from ..runtimes.base import RequestError
-from ..serde import batch_size, decode_tree, encode_tree
+from ..worker import serving
 from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query
 
 log = logging.getLogger("agents_workbench.inference")
@@ -74,8 +73,14 @@ def bearer_key(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitabl
     return wrapped
 
 
+@web.stream_request_body
 class InferenceHandler(ServicesMixin, web.RequestHandler):
-    """Shared parsing, auth and error shape for every inference route."""
+    """Shared parsing, auth and error shape for every inference route.
+
+    Bodies are streamed in (``stream_request_body``) so that one larger than ``max_body_mb``
+    is refused from its ``Content-Length`` before any of it is read into memory; the verb
+    sees ``self.request.body`` whole, as usual.
+    """
 
     route = ""
     # Filled in while the request runs and recorded into the agent's metrics in on_finish.
@@ -84,6 +89,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     _tokens = 0
     _error_text: str | None = None
     _response_text: str | None = None
+    _chunks: list[bytes] | None = None
 
     def check_xsrf_cookie(self) -> None:
         """No XSRF check: these routes ignore cookies and accept only Bearer keys."""
@@ -98,11 +104,21 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 "'Authorization: Bearer <key>' header."))
             return
         limit = int(self.settings.get(MAX_BODY_BYTES, 32 * 1024 * 1024))
-        length = int(self.request.headers.get("Content-Length") or len(self.request.body or b""))
+        declared = self.request.headers.get("Content-Length", "")
+        length = int(declared) if declared.isdigit() else 0
         if length > limit:
             self.fail(InferenceError(
-                413, f"Request body is {length} bytes; this server accepts at most {limit}. "
-                "Send a smaller batch."))
+                413, f"Request body is {length} bytes; this server accepts at most {limit} "
+                "(AgentsWorkbenchApp.max_body_mb). Send a smaller batch."))
+            return
+        # A chunked body has no Content-Length: the connection enforces the same limit.
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        self._chunks = []
+
+    def data_received(self, chunk: bytes) -> None:
+        """Collect the body as it arrives (see the class docstring)."""
+        if self._chunks is not None:
+            self._chunks.append(chunk)
 
     def _log(self) -> None:
         # Successful calls are counted in the agent's own metrics (and its Prometheus series);
@@ -218,22 +234,42 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     async def run(self, live: LiveDeployment, fn: Callable[[], dict[str, Any]], *,
                   inline: bool = False) -> None:
         """Run ``fn`` on a worker thread (on the loop when ``inline``) and answer its dict,
-        mapping errors to the contract."""
-        try:
-            result = fn() if inline else await self.deployer.call(fn)
-        except RequestError as exc:
-            raise InferenceError(400, str(exc)) from exc
-        except RequestTimeout as exc:
-            raise InferenceError(504, str(exc)) from exc
+        mapping errors to the contract. Only for runtimes served in this process."""
+        result = fn() if inline else await self.deployer.call(fn)
         if isinstance(result.get("batch_size"), int):
             self._batch = result["batch_size"]
         self.finish(json.dumps(result))
 
+    async def relay(self, live: LiveDeployment) -> None:
+        """Answer this route from the agent's model (in its worker) with the raw body."""
+        status, payload, rows = await self.deployer.relay(live, self.route,
+                                                          self.request.body or b"")
+        self._batch = rows or None
+        if status != 200:
+            try:
+                message = json.loads(payload).get("error", "")
+            except ValueError:
+                message = ""
+            self._error_text = str(message) or f"HTTP {status}"
+        self.set_status(status)
+        self.finish(payload)
+
     async def _execute_verb(self, verb: Callable[[], Awaitable[None]]) -> None:
+        if self._chunks is not None:
+            self.request.body = b"".join(self._chunks)
+            self._chunks = None
         try:
             await verb()
         except InferenceError as exc:
             self.fail(exc)
+        except RequestError as exc:
+            self.fail(InferenceError(400, str(exc)))
+        except RequestTimeout as exc:
+            self.fail(InferenceError(504, str(exc)))
+        except AgentUnavailable as exc:
+            self.fail(InferenceError(503, str(exc), {"Retry-After": "1"}))
+        except AgentBusy as exc:
+            self.fail(InferenceError(429, str(exc), {"Retry-After": "1"}))
         except Exception:
             log.exception("Inference route %s of %s failed", self.route, self.path_kwargs)
             self.fail(InferenceError(
@@ -264,33 +300,28 @@ class GetActionHandler(InferenceHandler):
 
     @bearer_key
     async def post(self, live: LiveDeployment) -> None:
-        """Decode, act on a worker thread, encode."""
+        """Relay the body to the agent's model, which decodes, acts and encodes."""
         self.check_route(live)
+        if live.inline_obs_chars:
+            await self._inline_or_thread(live)
+            return
+        await self.relay(live)
+
+    async def _inline_or_thread(self, live: LiveDeployment) -> None:
+        # The opt-in inline path (inline.py), for runtimes served in this process only.
         body = self.body()
-        if body.get("obs") is None:
-            raise InferenceError(
-                400, "obs is required: base64 .npy observations with a batch axis.")
-        if isinstance(body.get("batch_size"), int):
-            self._batch = body["batch_size"]
+        obs = body.get("obs")
         runtime = live.runtime
-
-        def act() -> dict[str, Any]:
-            action, hidden = runtime.get_action(
-                decode_tree(body["obs"], "obs"),
-                hidden_state=decode_tree(body.get("hidden_state"), "hidden_state"),
-                action_mask=decode_tree(body.get("action_mask"), "action_mask"),
-                env_defined_actions=decode_tree(
-                    body.get("env_defined_actions"), "env_defined_actions"),
-            )
-            answer: dict[str, Any] = {"action": encode_tree(action), "success": True}
-            if runtime.kind.recurrent:
-                answer["hidden_state"] = encode_tree(hidden)
-            return answer
-
-        obs = body["obs"]
-        # Opt-in (inline.py): small enough, and measured fast enough, to act on the loop.
-        inline = isinstance(obs, str) and 0 < len(obs) <= live.inline_obs_chars
-        await self.run(live, act, inline=inline)
+        limits = self.deployer.limits
+        raw = self.request.body or b""
+        if isinstance(obs, str) and 0 < len(obs) <= live.inline_obs_chars:
+            status, payload, rows = serving.relay(runtime, "get_action", raw, limits)
+        else:
+            status, payload, rows = await self.deployer.call(
+                serving.relay, runtime, "get_action", raw, limits)
+        self._batch = rows or None
+        self.set_status(status)
+        self.finish(payload)
 
 
 class PredictHandler(InferenceHandler):
@@ -300,22 +331,9 @@ class PredictHandler(InferenceHandler):
 
     @bearer_key
     async def post(self, live: LiveDeployment) -> None:
-        """Decode inputs, predict on a worker thread, encode results."""
+        """Relay the body to the agent's model, which decodes, predicts and encodes."""
         self.check_route(live)
-        body = self.body()
-        if body.get("inputs") is None:
-            raise InferenceError(400, "inputs is required: a base64 .npy array with a batch axis.")
-        runtime = live.runtime
-
-        def predict() -> dict[str, Any]:
-            inputs = decode_tree(body["inputs"], "inputs")
-            started = time.perf_counter()
-            results = runtime.predict(inputs)
-            elapsed = (time.perf_counter() - started) * 1000
-            return {"results": encode_tree(results), "batch_size": batch_size(inputs),
-                    "inference_time_ms": round(elapsed, 3), "success": True}
-
-        await self.run(live, predict)
+        await self.relay(live)
 
 
 class UnknownRouteHandler(InferenceHandler):

@@ -8,19 +8,17 @@ the event loop as it is produced and stops the model when the client goes away.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+import logging
 import math
 import re
 import secrets
-import threading
-import time
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 
 from ..deployer import LiveDeployment
-from ..runtimes.base import RequestError, Runtime
 from .base import SESSIONS
 from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
 
@@ -96,13 +94,11 @@ class LLMHandler(InferenceHandler):
         """The server's :class:`~server_extension.sessions.SessionStore`."""
         return self.settings[SESSIONS]
 
-    def conversation(self, runtime: Runtime, agent: str, session_id: str | None,
-                     prompt: str) -> str:
-        """The model input for ``prompt`` as the next user turn of ``session_id``."""
-        history = (self.sessions.messages(agent, session_id) or []) if session_id else []
-        turns = [*history, {"role": "user", "content": prompt}]
-        formatter = getattr(runtime, "format_chat", None)
-        return formatter(turns) if formatter else prompt
+    async def history(self, agent: str, session_id: str | None) -> list[dict[str, str]]:
+        """The earlier turns of ``session_id`` (none for a new conversation)."""
+        if not session_id:
+            return []
+        return list(await self.deployer.call(self.sessions.messages, agent, session_id) or [])
 
 
 class GenerateHandler(LLMHandler):
@@ -125,45 +121,40 @@ class GenerateHandler(LLMHandler):
         session_id = validate_session_id(body.get("session_id"))
         if session_id is not None and len(prompts) != 1:
             raise InferenceError(400, "session_id continues one conversation: send one prompt.")
-        runtime, agent = live.runtime, live.name
-
-        def work() -> dict[str, Any]:
-            inputs = [self.conversation(runtime, agent, session_id, p) for p in prompts]
-            started = time.perf_counter()
-            completions = runtime.generate(inputs, params)
-            elapsed = time.perf_counter() - started
-            counter = getattr(runtime, "count_tokens", None)
-            tokens = sum(counter(c) for c in completions) if counter else 0
-            self._tokens = tokens  # read back on the loop by on_finish, after this returns
-            for prompt, completion in zip(prompts, completions, strict=True):
-                self.sessions.append(agent, session_id or new_session_id(), [
-                    {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": completion}])
-            return {
-                "results": [{"prompt": p, "completion": c}
-                            for p, c in zip(prompts, completions, strict=True)],
-                "batch_size": len(prompts),
-                "inference_time_ms": round(elapsed * 1000, 3),
-                "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else 0.0,
-                "success": True,
-            }
-
-        await self.run(live, work)
+        agent = live.name
+        conversations = [[*await self.history(agent, session_id), {"role": "user", "content": p}]
+                         for p in prompts]
+        done = await self.deployer.invoke(live, "generate_turns", conversations, params)
+        completions = [str(c) for c in done["completions"]]
+        elapsed, tokens = float(done["elapsed"]), int(done["tokens"])
+        self._tokens = tokens
+        self._batch = len(prompts)
+        for prompt, completion in zip(prompts, completions, strict=True):
+            await self.deployer.call(self.sessions.append, agent, session_id or new_session_id(), [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": completion}])
+        self.finish(json.dumps({
+            "results": [{"prompt": p, "completion": c}
+                        for p, c in zip(prompts, completions, strict=True)],
+            "batch_size": len(prompts),
+            "inference_time_ms": round(elapsed * 1000, 3),
+            "tokens_per_second": round(tokens / elapsed, 3) if elapsed > 0 else 0.0,
+            "success": True,
+        }))
 
 
-_DONE = object()
+log = logging.getLogger("agents_workbench.inference")
 
 
 class GenerateStreamHandler(LLMHandler):
     """``POST generate_stream``: plain-text chunks as the model produces them."""
 
     route = "generate_stream"
-    _cancelled: threading.Event | None = None
+    _closed = False
 
     def on_connection_close(self) -> None:
-        """The client went away: stop the model at its next token."""
-        if self._cancelled is not None:
-            self._cancelled.set()
+        """The client went away: the next piece's flush fails, which stops the model."""
+        self._closed = True
 
     @bearer_key
     async def post(self, live: LiveDeployment) -> None:
@@ -173,54 +164,31 @@ class GenerateStreamHandler(LLMHandler):
         prompt = check_prompt_text(body.get("prompt"))
         params = validate_params(body.get("params"))
         session_id = validate_session_id(body.get("session_id")) or new_session_id()
-        runtime, agent = live.runtime, live.name
-        model_input = await self.deployer.call(
-            self.conversation, runtime, agent, session_id, prompt)
-        checker = getattr(runtime, "check_prompt", None)
-        if checker is not None:
-            try:
-                await self.deployer.call(checker, model_input)
-            except RequestError as exc:
-                raise InferenceError(400, str(exc)) from exc
-
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
-        cancelled = self._cancelled = threading.Event()
-        metered = self._metrics is not None
+        agent = live.name
+        turns = [*await self.history(agent, session_id), {"role": "user", "content": prompt}]
+        model_input = await self.deployer.invoke(live, "stream_input", turns)
         self._batch = 1
-
-        def produce() -> str:
-            produced: list[str] = []
-            try:
-                for piece in runtime.stream(model_input, params, cancelled):
-                    produced.append(piece)
-                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            except Exception as exc:  # noqa: BLE001 - reported in-band to the client
-                loop.call_soon_threadsafe(pieces.put_nowait, exc)
-            finally:
-                counter = getattr(runtime, "count_tokens", None)
-                if counter is not None and metered:
-                    self._tokens = counter("".join(produced))
-                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
-            return "".join(produced)
-
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Session-Id", session_id)
-        future = self.deployer.submit(produce)
-        while True:
-            item = await pieces.get()
-            if item is _DONE:
-                break
-            text = (f"\n[ERROR: generation failed: {item}]" if isinstance(item, Exception)
-                    else item)
-            try:
-                self.write(text)
+        produced: list[str] = []
+        pieces = self.deployer.stream(live, "stream", model_input, params)
+        try:
+            async for piece in pieces:
+                produced.append(piece)
+                self.write(piece)
                 await self.flush()
-            except StreamClosedError:
-                cancelled.set()
-                break
-        completion = await asyncio.wrap_future(future)
-        if not cancelled.is_set():
+        except StreamClosedError:
+            return  # the client went away; closing the iterator stopped the model
+        except Exception as exc:  # noqa: BLE001 - reported in-band: the answer has begun
+            log.warning("Stream of %s failed: %s", agent, exc)
+            with contextlib.suppress(StreamClosedError):
+                self.write(f"\n[ERROR: generation failed: {exc}]")
+        finally:
+            await pieces.aclose()
+        completion = "".join(produced)
+        if self._metrics is not None:
+            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion))
+        if not self._closed:
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": completion}])
