@@ -78,6 +78,13 @@ def headline(summary: dict[str, Any]) -> str:
     ]
     if summary.get("tokens_generated"):
         parts.append(f"{summary['tokens_generated']} tokens generated")
+    worker = summary.get("worker")
+    if worker:
+        restarts = worker.get("restarts", 0)
+        parts.append(
+            f"worker <b>{worker.get('rss_mb', 0):g}</b> MiB"
+            f" (limit {worker.get('memory_limit_mb', 0):g} MiB, pid {worker.get('pid')}, "
+            f"{restarts} restart{'' if restarts == 1 else 's'})")
     return " · ".join(parts)
 
 

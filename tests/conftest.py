@@ -55,8 +55,13 @@ def workspace(tmp_path: Path, demo_experiments: Path) -> Path:
 
 
 @pytest.fixture
-def jp_server_config(workspace: Path) -> dict[str, Any]:
-    """In-process server: the workbench on, no unauthenticated access, fast health checks."""
+def jp_server_config(workspace: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """In-process server: the workbench on, no unauthenticated access, fast health checks.
+
+    Agents run in worker processes, except in tests marked ``in_process``, which inject faults
+    into a loaded runtime object and so need it in the server's own process.
+    """
+    isolation = "thread" if request.node.get_closest_marker("in_process") else "process"
     return {
         "ServerApp": {
             "jpserver_extensions": {"server_extension": True},
@@ -66,6 +71,7 @@ def jp_server_config(workspace: Path) -> dict[str, Any]:
             "root_dir": str(workspace),
             "health_check_interval": 0.5,
             "health_check_failures": 2,
+            "isolation": isolation,
         },
     }
 

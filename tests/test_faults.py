@@ -17,13 +17,20 @@ from tests.test_management_api import call, create, obs_payload, wait_status
 
 
 @pytest.fixture
-def jp_server_config(workspace: Path) -> dict[str, Any]:
-    """Short request timeout and fast health checks, so hangs are noticed within the test."""
+def jp_server_config(workspace: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Short request timeout and fast health checks, so hangs are noticed within the test.
+
+    Tests marked ``in_process`` patch a loaded runtime object, so their agents must be served
+    in the server's own process (``isolation="thread"``); test_workers.py has the same faults
+    as real checkpoints in worker processes.
+    """
+    isolation = "thread" if request.node.get_closest_marker("in_process") else "process"
     return {
         "ServerApp": {"jpserver_extensions": {"server_extension": True},
                       "allow_unauthenticated_access": False},
         "AgentsWorkbenchApp": {"root_dir": str(workspace), "health_check_interval": 0.3,
-                               "health_check_failures": 2, "request_timeout": 0.5},
+                               "health_check_failures": 2, "request_timeout": 0.5,
+                               "isolation": isolation},
     }
 
 
@@ -62,6 +69,7 @@ async def test_broken_checkpoints_fail_one_agent_only(jp_fetch: Any, workspace: 
     assert code == 200
 
 
+@pytest.mark.in_process
 async def test_runtime_that_raises_gives_500_and_is_noticed(jp_fetch: Any,
                                                             jp_serverapp: Any) -> None:
     await create(jp_fetch, "bad")
@@ -91,6 +99,7 @@ async def test_runtime_that_raises_gives_500_and_is_noticed(jp_fetch: Any,
     assert code == 200
 
 
+@pytest.mark.in_process
 async def test_runtime_that_hangs_times_out_and_is_noticed(jp_fetch: Any,
                                                            jp_serverapp: Any) -> None:
     await create(jp_fetch, "slow")

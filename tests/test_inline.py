@@ -21,12 +21,13 @@ from tests.test_management_api import call, create, obs_payload, wait_status
 
 @pytest.fixture
 def jp_server_config(workspace: Path) -> dict[str, Any]:
-    """The workbench with inline serving on for policies measured under 50 ms."""
+    """The workbench with inline serving on for policies measured under 50 ms (only runtimes
+    served in the server's own process can be called on its event loop)."""
     return {
         "ServerApp": {"jpserver_extensions": {"server_extension": True},
                       "allow_unauthenticated_access": False},
         "AgentsWorkbenchApp": {"root_dir": str(workspace), "health_check_interval": 0,
-                               "inline_below_ms": 50.0},
+                               "inline_below_ms": 50.0, "isolation": "thread"},
     }
 
 

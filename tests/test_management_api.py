@@ -206,6 +206,7 @@ async def test_missing_checkpoint_fails_with_reason(jp_fetch: Any, workspace: Pa
     assert "no checkpoint at step" in agent["error"] or "missing" in agent["error"]
 
 
+@pytest.mark.in_process
 async def test_health_check_demotes_then_fails(jp_fetch: Any, jp_serverapp: Any) -> None:
     await create(jp_fetch, "flaky")
     await call(jp_fetch, "POST", "agents", "api", "agents", "flaky", "connect")

@@ -177,6 +177,11 @@ def test_view_helpers_render() -> None:
     assert "12.5</b> req/min" in line
     assert "1.25 ms" in line
     assert "42 tokens" in line
+    assert "worker" not in line  # served in-process: no worker to show
+    line = headline({"worker": {"rss_mb": 412.5, "memory_limit_mb": 4096, "pid": 7,
+                                "restarts": 1}})
+    assert "worker <b>412.5</b> MiB" in line
+    assert "1 restart)" in line
 
 
 # -- through a real server --------------------------------------------------------------------

@@ -212,6 +212,10 @@ class WorkerProcess:
     def _start_blocking(self, frameworks: list[str]) -> None:
         warm_template(frameworks)
         self.proc.start()
+        # multiprocessing polls every child it knows at each start() (from whatever thread
+        # calls it) and joins them at exit. This one is polled by its own reaper only, and
+        # the server must not wait for workers when it exits.
+        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
 
     # -- calls ----------------------------------------------------------------------------
 
