@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 from . import inprocess
 from .loadgen import LoadResult, have_wrk, run_wrk
 from .policies import CNN, DEMO, MLP, body_for, ensure_workspace
-from .servers import MinimalServer, RayServer, WorkbenchServer, have_ray, rss_bytes
+from .servers import MinimalServer, RayServer, WorkbenchServer, have_ray, tree_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONNECTIONS = (1, 16, 64)
@@ -128,6 +128,8 @@ def http_section(root: Path, logs: Path, settings: Settings,
     inline = WorkbenchServer(fresh_root(root, logs / "root-inline"), logs, batching="auto",
                              label="inline", extra=[
                                  "--AgentsWorkbenchApp.health_check_interval=0",
+                                 # inline serving needs the model in the server's process
+                                 "--AgentsWorkbenchApp.isolation=thread",
                                  f"--AgentsWorkbenchApp.inline_below_ms={INLINE_BELOW_MS}"]
                              ).launch()
     minimal = MinimalServer(root, DEMO, logs)
@@ -203,14 +205,16 @@ def connect_section(workbench: WorkbenchServer, settings: Settings,
 def many_section(workbench: WorkbenchServer, settings: Settings,
                  single: dict[str, Any]) -> dict[str, Any]:
     """Deploy ``many`` more copies of the demo agent; memory each and spread throughput."""
-    before = rss_bytes(workbench.pid)
+    # The whole tree: agents live in worker processes, not in the server (PSS splits the
+    # pages that forked workers share with their template).
+    before = tree_memory(workbench.pid)
     agents = []
     started = time.perf_counter()
     for i in range(settings.many):
         agents.append(workbench.deploy(f"many-{i:03d}", DEMO))
     deploy_s = time.perf_counter() - started
     time.sleep(0.5)
-    after = rss_bytes(workbench.pid)
+    after = tree_memory(workbench.pid)
     body = body_for(DEMO)
     targets = [(urlsplit(a["endpoint"]).path.rstrip("/") + "/get_action", a["api_key"])
                for a in agents]
@@ -229,9 +233,11 @@ def many_section(workbench: WorkbenchServer, settings: Settings,
     return {
         "agents": settings.many,
         "deploy_all_s": round(deploy_s, 2),
-        "rss_before_mb": round(before / 2**20, 1),
-        "rss_after_mb": round(after / 2**20, 1),
-        "mb_per_agent": round((after - before) / settings.many / 2**20, 2),
+        "rss_before_mb": before["rss_mb"],
+        "rss_after_mb": after["rss_mb"],
+        "pss_before_mb": before["pss_mb"],
+        "pss_after_mb": after["pss_mb"],
+        "mb_per_agent": round((after["pss_mb"] - before["pss_mb"]) / settings.many, 2),
         "one_agent": one, "spread": spread,
         "spread_over_one": round(spread["rps"] / one["rps"], 2) if one["rps"] else None,
     }

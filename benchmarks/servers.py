@@ -41,6 +41,38 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def tree_memory(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) of ``pid`` and all its descendants, and how many processes.
+
+    RSS counts pages shared between forked workers once per process; PSS splits them, so
+    its sum is what the tree really costs the machine.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, seen = [pid], []
+    while todo:
+        current = todo.pop()
+        seen.append(current)
+        todo.extend(children.get(current, []))
+    rss = pss = 0
+    for proc in seen:
+        try:
+            for line in Path(f"/proc/{proc}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1),
+            "processes": len(seen)}
+
+
 class _Child:
     """A child process started in its own session, stopped with SIGTERM then SIGKILL."""
 

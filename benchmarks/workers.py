@@ -36,42 +36,10 @@ from urllib.parse import urlsplit
 from .loadgen import LoadResult, have_wrk, run_wrk
 from .policies import DEMO, body_for, ensure_workspace
 from .run import fresh_root, machine, say, versions
-from .servers import MinimalServer, WorkbenchServer
+from .servers import MinimalServer, WorkbenchServer, tree_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUIET = ["--AgentsWorkbenchApp.health_check_interval=0"]
-
-
-def tree_memory(pid: int) -> dict[str, float]:
-    """RSS and PSS (MiB) of ``pid`` and all its descendants, and how many processes.
-
-    RSS counts pages shared between forked workers once per process; PSS splits them, so
-    its sum is what the tree really costs the machine.
-    """
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, seen = [pid], []
-    while todo:
-        current = todo.pop()
-        seen.append(current)
-        todo.extend(children.get(current, []))
-    rss = pss = 0
-    for proc in seen:
-        try:
-            for line in Path(f"/proc/{proc}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-        except OSError:
-            continue
-    return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1),
-            "processes": len(seen)}
 
 
 def _median(runs: list[LoadResult]) -> dict[str, Any]:
@@ -288,6 +256,11 @@ def main(argv: list[str] | None = None) -> Path:
     many = args.many or (5 if args.quick else 50)
     root = (args.workspace or Path(__file__).resolve().parent / ".workspace").resolve()
     ensure_workspace(root, say)
+    if not (root / "experiments" / "tiny-chat-sft").exists():
+        from server_extension.llm_demo import build_llm_demo
+
+        say("training the quick tiny chat model (for the memory section)")
+        build_llm_demo(root, quick=True)
     logs = Path(tempfile.mkdtemp(prefix="awb-bench-workers-"))
     results: dict[str, Any] = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

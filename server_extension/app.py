@@ -45,7 +45,8 @@ class AgentsWorkbenchApp(ExtensionApp):
         "the server's threads for all agents).").tag(config=True)
     torch_threads = Int(
         0, help="torch.set_num_threads for each agent's worker (for the server process under "
-        "isolation='thread'); 0 leaves torch's default."
+        "isolation='thread'); 0: half the machine's cores in each worker (torch's default "
+        "in the server under isolation='thread')."
     ).tag(config=True)
     health_check_interval = Float(
         30.0, help="Seconds between health probes of deployed agents; 0 turns them off."

@@ -7,10 +7,18 @@ Lifecycle (see the inference contract)::
     Deployed --health probe fails--> Pending --fails again--> Failed (runtime dropped)
     any --disconnect--> Undeployed
 
+Where models run: with ``isolation="process"`` (the server's default) each local agent is
+loaded, probed and served in a worker process of its own (``server_extension/worker/``); the
+deployer starts it, relays calls to it (:meth:`relay`, :meth:`invoke`, :meth:`stream`),
+restarts it when it dies while serving and fails the agent when it dies while loading or too
+often. With ``isolation="thread"`` (and for the Ray backend, whose models live in Ray) the
+runtime is loaded here and called on a worker thread pool.
+
 Threading: every public method is called on the Tornado event loop and returns quickly.
-Loading and probing run on a small loader pool, inference on a worker pool; results come back
-to the loop through ``asyncio.wrap_future``. ``_live`` and ``_generation`` are only touched on
-the loop, so they need no lock. A runtime may be called by several workers at once.
+Loading and probing in-process run on a small loader pool, inference on a worker pool;
+results come back to the loop through ``asyncio.wrap_future``. ``_live`` and ``_generation``
+are only touched on the loop, so they need no lock. A runtime may be called by several
+threads at once.
 
 Example::
 

@@ -43,12 +43,12 @@ class MetricsSummaryHandler(ObservabilityHandler):
     def get(self, name: str) -> None:
         """The agent's summary; zeros when it has served nothing yet."""
         self.record(name)
-        # The worker process serving the agent (None when not live or served in-process).
-        worker = self.deployer.worker_info(name)
         store = self.metrics_store
         if store is None:
-            self.reply({"agent": name, "metrics_enabled": False, "worker": worker})
+            self.reply({"agent": name, "metrics_enabled": False})
             return
+        # The worker process serving the agent (None when not live or served in-process).
+        worker = self.deployer.worker_info(name)
         metrics = store.get(name)
         summary: dict[str, Any] = (
             metrics.summary() if metrics is not None else store.empty_summary(name))

@@ -229,11 +229,12 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
     # Ctrl-C in the server's terminal reaches the whole process group; the worker leaves
     # with the server (end of file on its socket), not on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threads = int(settings.get("torch_threads") or 0)
-    if threads > 0:
-        import torch
+    # Half the cores by default: one busy agent then leaves the rest to the server's event
+    # loop and the other agents (torch would otherwise take every core in every worker).
+    threads = int(settings.get("torch_threads") or 0) or max(1, (os.cpu_count() or 2) // 2)
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     _limit_memory(float(settings.get("memory_mb") or 0))
     sock.setblocking(True)
     Worker(sock, settings).serve()
