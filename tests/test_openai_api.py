@@ -115,8 +115,7 @@ def test_models_lists_the_agent_as_the_one_model(client: openai.OpenAI) -> None:
 ])
 def test_chat_answers_as_the_model_does_in_process(client: openai.OpenAI, reference: LLMRuntime,
                                                    messages: list[dict[str, Any]]) -> None:
-    answer = client.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
-                                            **GREEDY)
+    answer = client.chat.completions.create(model=MODEL, messages=messages, **GREEDY)
     flat = [{"role": "system" if m["role"] == "developer" else m["role"],
              "content": m["content"] if isinstance(m["content"], str)
              else "".join(p["text"] for p in m["content"])} for m in messages]
