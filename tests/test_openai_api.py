@@ -7,6 +7,7 @@ them exact, so a wrong chat template, token count, stop cut or finish reason fai
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -343,6 +344,16 @@ def test_metrics_and_request_log_count_openai_routes(
     log = json.dumps(server.api("GET", f"agents/{MODEL}/requests").json())
     assert "v1/chat/completions" in log
     assert agent["api_key"] not in log
+
+
+def test_a_tokenizer_without_template_gets_the_demo_chat_format(reference: LLMRuntime) -> None:
+    """The demo tokenizer's template is the demo format, so dropping it changes nothing."""
+    tokenizer = copy.deepcopy(reference.tokenizer)
+    tokenizer.chat_template = None
+    bare = LLMRuntime(reference.model, tokenizer, algo="SFT", device="cpu")
+    assert bare.chat_prompt(QUESTION) == reference.chat_prompt(QUESTION)
+    assert bare.chat_prompt(QUESTION).startswith("<|user|>\nWhat is the capital")
+    assert bare.format_chat(QUESTION).startswith("User: ")  # the Arena routes keep theirs
 
 
 # -- batching ----------------------------------------------------------------------------------
