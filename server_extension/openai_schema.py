@@ -102,8 +102,9 @@ def parse_completion(body: dict[str, Any], *, model_id: str) -> Request:
             or not all(isinstance(p, str) for p in prompts)):
         raise _bad("prompt", "prompt must be a string or a non-empty list of strings (token "
                    "id prompts are not supported).")
-    if len(prompts) > MAX_PROMPTS:
-        raise _bad("prompt", f"Send at most {MAX_PROMPTS} prompts per request.")
+    if len(prompts) * request.n > MAX_PROMPTS:
+        raise _bad("prompt", f"Ask for at most {MAX_PROMPTS} completions per request (prompts "
+                   f"times n); this one asks for {len(prompts) * request.n}.")
     if any(not p.strip() for p in prompts):
         raise _bad("prompt", "prompt is empty; send some text.")
     if request.stream and len(prompts) > 1:

@@ -87,3 +87,9 @@ def test_completion_prompts_are_text(prompt: Any) -> None:
     with pytest.raises(OpenAIError) as info:
         parse_completion({"model": "m", "prompt": prompt}, model_id="m")
     assert info.value.param == "prompt"
+
+
+def test_prompts_times_n_is_bounded() -> None:
+    parse_completion({"model": "m", "prompt": ["a"] * 4, "n": 16}, model_id="m")
+    with pytest.raises(OpenAIError, match="at most 64 completions"):
+        parse_completion({"model": "m", "prompt": ["a"] * 5, "n": 16}, model_id="m")
