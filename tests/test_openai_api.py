@@ -29,7 +29,7 @@ from server_extension.llm_demo import SFT_EXPERIMENT, one_torch_thread
 from server_extension.runtimes import load_runtime
 from server_extension.runtimes.llm import LLMRuntime
 from server_extension.store import ExperimentStore
-from tests.servers import ServerProcess, start_server
+from tests.servers import ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -163,6 +163,21 @@ def test_stream_is_server_sent_events_ending_in_done(agent: dict[str, Any]) -> N
     assert all(line.startswith("data: ") for line in events)
     assert events[-1] == "data: [DONE]"
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_request(
+        served: tuple[ServerProcess, dict[str, Any]], client: openai.OpenAI) -> None:
+    server, agent = served
+    with requests.post(agent["endpoint"] + "/v1/completions", stream=True, timeout=60,
+                       headers={"Authorization": f"Bearer {agent['api_key']}"},
+                       json={"model": MODEL, "prompt": "Hello", "stream": True,
+                             "max_tokens": 4096}) as response:
+        assert response.status_code == 200
+        assert next(response.iter_lines()).startswith(b"data: ")
+    # The answer is recorded (in_flight back to 0) and the model serves the next caller.
+    wait_until(lambda: server.api("GET", f"agents/{MODEL}/metrics").json()["in_flight"] == 0,
+               timeout=30, what="the abandoned stream to end")
+    assert client.chat.completions.create(model=MODEL, messages=QUESTION, **GREEDY).choices
 
 
 def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
