@@ -1,4 +1,5 @@
-"""Deployment code for an agent's expanded row: Python client, CLI (curl) and Manual HTTP.
+"""Deployment code for an agent's expanded row: Python client, CLI (curl) and Manual HTTP, and
+for LLM agents an OpenAI client (their ``/v1`` routes).
 
 Pure functions of the endpoint and the experiment: no widgets and no key. Snippets read the
 key from the ``ARENA_API_KEY`` environment variable (the variable the Arena client itself
@@ -31,6 +32,7 @@ from .client import ExperimentInfo
 Kind = Literal["gym", "recurrent", "parallel", "turn_based", "llm", "supervised"]
 KEY_ENV = "ARENA_API_KEY"
 TITLES = ("Python client", "CLI", "Manual HTTP")
+OPENAI_TITLE = "OpenAI client"  # a fourth tab, LLM agents only
 LLM_FRAMEWORKS = ("transformers", "peft", "huggingface", "hf", "llm")
 
 
@@ -67,13 +69,16 @@ def build_snippets(endpoint: str, experiment: ExperimentInfo | None) -> dict[str
     env_id = experiment.environment if experiment else None
     dataset = experiment.dataset if experiment else None
     width = input_width(experiment)
-    return {
+    snippets = {
         "Python client": Snippet("Python client", "python",
                                  python_client(endpoint, kind, env_id, dataset, width)),
         "CLI": Snippet("CLI", "bash", cli(endpoint, kind, env_id)),
         "Manual HTTP": Snippet("Manual HTTP", "python",
                                manual_http(endpoint, kind, env_id, width)),
     }
+    if kind == "llm":
+        snippets[OPENAI_TITLE] = Snippet(OPENAI_TITLE, "python", openai_client(endpoint))
+    return snippets
 
 
 def input_width(experiment: ExperimentInfo | None) -> int:
@@ -454,3 +459,42 @@ def manual_http(endpoint: str, kind: Kind, environment: str | None = None,
     else:
         body = _HTTP_SUPERVISED.format(**fields)
     return head + "\n" + body
+
+
+# -- OpenAI client (LLM agents) ----------------------------------------------------------------
+
+_OPENAI_CLIENT = '''\
+import os
+
+from openai import OpenAI
+
+# The key is read from the environment: export {key_env}=<the key above>
+client = OpenAI(base_url="{endpoint}/v1", api_key=os.environ["{key_env}"])
+MODEL = "{model}"  # the agent's name is its model id (client.models.list() shows it)
+
+reply = client.chat.completions.create(
+    model=MODEL,
+    messages=[{{"role": "user", "content": "Hello! What can you help me with?"}}],
+    max_tokens=100,
+    temperature=0.7,
+)
+print(reply.choices[0].message.content)
+
+# Or stream the tokens as they are generated:
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=[{{"role": "user", "content": "Tell me a very short story."}}],
+    max_tokens=100,
+    stream=True,
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+print()
+'''
+
+
+def openai_client(endpoint: str) -> str:
+    """The official ``openai`` package on the agent's ``/v1`` routes (chat, then streamed)."""
+    model = endpoint.rstrip("/").rsplit("/", 1)[-1]
+    return _OPENAI_CLIENT.format(endpoint=endpoint, key_env=KEY_ENV, model=model)

@@ -10,19 +10,23 @@ Like :mod:`server_extension.batching` it gathers with :mod:`server_extension.gat
 timer, a lone request runs at once and batches grow only as requests pile up behind a
 running one. Requests are batched together
 only when their decoding settings are the same (``Sampling``: max_new_tokens, do_sample,
-temperature, top_p) and when the batch leaves every prompt the same room to reply as it
+temperature, top_p, stop strings), never when sampling with a seed (a batch changes the
+draws), and when the batch leaves every prompt the same room to reply as it
 would have alone (the context limit applies to the longest prompt of a batch). If a
 batched call fails, each request is run alone, so a caller only ever sees its own error.
 
 Greedy completions equal the unbatched ones (left padding with an attention mask; checked
 on the demo model in ``tests/test_runtime_llm.py``). Sampled ones are random anyway.
 
+What is batched is the runtime's ``complete`` (``generate`` with finish reasons and token
+counts), so Arena ``generate`` and OpenAI chat/completions requests share calls.
 ``generate_stream`` is not batched: a stream is one prompt whose pieces go out as they are
-produced. Everything but ``generate`` goes to the wrapped runtime unchanged.
+produced. Everything else goes to the wrapped runtime unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +41,7 @@ class _Request(Pending):
     sampling: Sampling
     params: dict[str, Any]
     longest: int  # tokens in its longest prompt
-    completions: list[str] | None = None
+    result: dict[str, Any] | None = None  # what LLMRuntime.complete returns for its prompts
 
 
 class GenerateBatchingRuntime(WrappedRuntime):
@@ -73,20 +77,36 @@ class GenerateBatchingRuntime(WrappedRuntime):
         """See :meth:`LLMRuntime.check_prompt`."""
         return self.inner.check_prompt(prompt)
 
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """See :meth:`LLMRuntime.chat_prompt`."""
+        return self.inner.chat_prompt(messages)
+
+    def stream_completion(self, prompt: str, params: dict[str, Any],
+                          cancelled: Any) -> Iterator[str]:
+        """See :meth:`LLMRuntime.stream_completion` (not batched, like ``stream``)."""
+        return self.inner.stream_completion(prompt, params, cancelled)
+
     # -- generate -------------------------------------------------------------------------
 
     def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
         """The completions of ``prompts``, computed in a batch shared with concurrent calls."""
+        return [c["text"] for c in self.complete(prompts, params)["choices"]]
+
+    def complete(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`LLMRuntime.complete`, in a batch shared with concurrent calls."""
         if not prompts:
-            return []
+            return {"choices": [], "prompt_tokens": []}
+        sampling = Sampling.from_params(params)
+        if sampling.seed is not None:
+            return self.inner.complete(prompts, params)
         try:
             longest = max(self.inner.count_tokens(p) for p in prompts)
         except Exception:  # noqa: BLE001 - let the model refuse it with its own message
-            return self.inner.generate(prompts, params)
-        request = _Request(list(prompts), Sampling.from_params(params), params, longest)
+            return self.inner.complete(prompts, params)
+        request = _Request(list(prompts), sampling, params, longest)
         self._gatherer.wait_for(request)
-        assert request.completions is not None
-        return request.completions
+        assert request.result is not None
+        return request.result
 
     def _room(self, longest: int) -> int | None:
         """Tokens left to reply after a batch whose longest prompt is ``longest`` tokens."""
@@ -123,7 +143,7 @@ class GenerateBatchingRuntime(WrappedRuntime):
         self.batches += 1
         self.batched_requests += len(batch)
         try:
-            completions = self.inner.generate(
+            result = self.inner.complete(
                 [p for item in batch for p in item.prompts], batch[0].params)
         except Exception:  # noqa: BLE001 - one bad request must not fail the others
             for item in batch:
@@ -131,11 +151,12 @@ class GenerateBatchingRuntime(WrappedRuntime):
             return
         start = 0
         for item in batch:
-            item.completions = completions[start:start + len(item.prompts)]
-            start += len(item.prompts)
+            end = start + len(item.prompts)
+            item.result = {key: result[key][start:end] for key in ("choices", "prompt_tokens")}
+            start = end
 
     def _run_alone(self, item: _Request) -> None:
         try:
-            item.completions = self.inner.generate(item.prompts, item.params)
+            item.result = self.inner.complete(item.prompts, item.params)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's own thread
             item.error = exc

@@ -51,7 +51,8 @@ log = logging.getLogger("agents_workbench.ray")
 APP_PREFIX = "awb-"
 # Methods the replica dispatches; anything else is refused (the handle is not a free RPC).
 _RUNTIME_CALLS = frozenset(
-    {"get_action", "predict", "generate", "format_chat", "count_tokens", "check_prompt"}
+    {"get_action", "predict", "generate", "format_chat", "count_tokens", "check_prompt",
+     "chat_prompt", "complete"}
 )
 # Ray 2.60's raylet gives its Python agents a fixed few seconds to come up and aborts the
 # start otherwise ("Timed out waiting for file .../metrics_agent_port"); on a busy small
@@ -128,6 +129,11 @@ class AgentReplica:
     def stream(self, prompt: str, params: dict[str, Any]) -> Iterator[str]:
         """Text pieces of one completion; Serve stops iterating when the caller cancels."""
         yield from self._runtime().stream(prompt, params, threading.Event())
+
+    def stream_completion(self, prompt: str, params: dict[str, Any]) -> Iterator[str]:
+        """The OpenAI routes' stream events (see ``LLMRuntime.stream_completion``)."""
+        yield from self._runtime().stream_completion(  # type: ignore[attr-defined]
+            prompt, params, threading.Event())
 
     def probe(self) -> int:
         """One sample request through the runtime; the replica's pid (which one answered)."""
@@ -269,7 +275,11 @@ class RayRuntime(Runtime):
 
     def stream(self, prompt: str, params: dict[str, Any], cancelled: Any) -> Iterator[str]:
         """Pieces as a replica produces them; cancels the replica's work once ``cancelled``."""
-        response = self._stream_handle.stream.remote(prompt, params)
+        return self._stream("stream", prompt, params, cancelled)
+
+    def _stream(self, method: str, prompt: str, params: dict[str, Any],
+                cancelled: Any) -> Iterator[str]:
+        response = getattr(self._stream_handle, method).remote(prompt, params)
         try:
             for piece in response:
                 if cancelled.is_set():
@@ -318,6 +328,21 @@ class RayLLMRuntime(RayRuntime):
         """400 (RequestError) when ``prompt`` does not fit the model's context."""
         count: int = self._call("check_prompt", prompt)
         return count
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The OpenAI routes' model input (``LLMRuntime.chat_prompt``) from the replica."""
+        text: str = self._call("chat_prompt", messages)
+        return text
+
+    def complete(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
+        """``LLMRuntime.complete`` on a replica."""
+        result: dict[str, Any] = self._call("complete", prompts, params)
+        return result
+
+    def stream_completion(self, prompt: str, params: dict[str, Any],
+                          cancelled: Any) -> Iterator[str]:
+        """``LLMRuntime.stream_completion``'s events as a replica produces them."""
+        return self._stream("stream_completion", prompt, params, cancelled)
 
 
 class RayBackend:

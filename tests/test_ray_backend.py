@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import psutil
 import pytest
 from agilerl.arena.exceptions import ArenaInferenceError
@@ -186,6 +187,18 @@ def test_llm_and_supervised_agents_on_ray(tmp_path: Path, advanced_experiments: 
             headers={"Authorization": f"Bearer {chat['api_key']}"})
         assert too_long.status_code == 400
         assert "tokens" in too_long.json()["error"]
+        # The OpenAI API of the same agent, served by the replica (test_openai_api.py: the rest).
+        question = [{"role": "user", "content": "what is the capital of France?"}]
+        greedy_chat: dict[str, Any] = {"model": "chat", "messages": question, "temperature": 0,
+                                       "max_tokens": 20}
+        with openai.OpenAI(base_url=chat["endpoint"] + "/v1", api_key=chat["api_key"],
+                           max_retries=0) as oai:
+            whole = oai.chat.completions.create(**greedy_chat)
+            chunks = list(oai.chat.completions.create(**greedy_chat, stream=True))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == whole.choices[0].message.content
+        assert whole.usage is not None
+        assert whole.usage.completion_tokens > 0
 
         with Agent(iris["endpoint"], api_key=iris["api_key"]) as client:
             results, meta = client.predict(

@@ -18,6 +18,7 @@ concurrent generations only slow each other down, and the tokenizer is not threa
 from __future__ import annotations
 
 import copy
+import json
 import os
 import queue
 import threading
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store import Checkpoint, Experiment
+from . import completions
 from .base import AgentKind, RequestError, Runtime, RuntimeLoadError
 
 # Read by huggingface_hub when it is first imported: the server must never reach the Hub.
@@ -67,26 +69,34 @@ def quiet_loading() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Decoding settings taken from a request's (already validated) params."""
+    """Decoding settings taken from a request's (already validated) params.
+
+    ``stop`` and ``seed`` come only from the OpenAI routes; the Arena contract has neither.
+    """
 
     max_new_tokens: int
     do_sample: bool
     temperature: float
     top_p: float
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Sampling:
-        """Read ``max_new_tokens``, ``temperature``, ``top_p`` and ``do_sample``.
+        """Read ``max_new_tokens``, ``temperature``, ``top_p``, ``do_sample``, ``stop``, ``seed``.
 
-        Temperature 0 or ``do_sample=False`` means greedy decoding.
+        Temperature 0 or ``do_sample=False`` means greedy decoding (and ``seed`` is moot).
         """
         temperature = float(params.get("temperature", 1.0))
         do_sample = bool(params.get("do_sample", True)) and temperature > 0
+        seed = params.get("seed")
         return cls(
             max_new_tokens=max(1, int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))),
             do_sample=do_sample,
             temperature=temperature,
             top_p=float(params.get("top_p", 1.0)),
+            stop=tuple(str(s) for s in params.get("stop") or () if s),
+            seed=int(seed) if seed is not None and do_sample else None,
         )
 
 
@@ -150,6 +160,24 @@ class LLMRuntime(Runtime):
         lines = [f"{_FALLBACK_ROLES.get(m['role'], m['role'].title())}: {m['content']}"
                  for m in messages]
         return "\n".join([*lines, "Assistant:"])
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Like :meth:`format_chat`, but a tokenizer without a chat template gets the demo chat
+        model's turn format (``<|role|>\\n...<|end|>``) instead of a plain transcript: what the
+        OpenAI routes promise (the Arena routes keep :meth:`format_chat`)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.format_chat(messages)
+        self.format_chat(messages)  # the same checks of the messages
+        from jinja2 import TemplateError
+
+        from ..llm_demo import CHAT_TEMPLATE
+
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:
+            raise RequestError(f"The chat format refused the messages: {exc}") from exc
+        return str(text)
 
     def count_tokens(self, prompt: str) -> int:
         """How many tokens ``prompt`` takes, counted the way :meth:`generate` encodes it."""
@@ -222,20 +250,48 @@ class LLMRuntime(Runtime):
 
     def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
         """One completion per prompt (the new text only), generated as one batch."""
+        return [c["text"] for c in self.complete(prompts, params)["choices"]]
+
+    def complete(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`generate` with the details the OpenAI routes report, as plain JSON.
+
+        Returns ``{"choices": [{"text", "finish_reason", "completion_tokens"}, ...],
+        "prompt_tokens": [...]}``, one of each per prompt. ``finish_reason`` is ``"stop"`` (an
+        end-of-turn token, or one of ``params["stop"]``, which is cut from the text) or
+        ``"length"`` (``max_new_tokens`` or the context ran out). With ``params["seed"]`` a
+        sampled reply is repeatable: the seed is set under the model's lock right before
+        generating (the batcher runs seeded requests alone, since a batch changes the draws).
+        """
         import torch
+        from transformers import StoppingCriteriaList
 
         if not prompts:
-            return []
+            return {"choices": [], "prompt_tokens": []}
         sampling = Sampling.from_params(params)
         enc, room = self._encode(list(prompts))
+        width = enc["input_ids"].shape[1]
+        extra: dict[str, Any] = {}
+        if sampling.stop:
+            extra["stopping_criteria"] = StoppingCriteriaList(
+                [completions.stop_criteria(self.tokenizer, sampling.stop, width)])
         with self._lock:
             self._check_open()
             config = self._generation_config(sampling, room)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
             with torch.inference_mode():
-                out = self.model.generate(**enc, generation_config=config)
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
+                out = self.model.generate(**enc, generation_config=config, **extra)
+            new_tokens = out[:, width:]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [str(t) for t in texts]
+        eos = completions.eos_ids(config, self.tokenizer)
+        choices = []
+        for ids, text in zip(new_tokens.tolist(), texts, strict=True):
+            cut, stopped = completions.cut_at_stop(str(text), sampling.stop)
+            count, finish = completions.row_outcome(
+                ids, eos=eos, pad=self.tokenizer.pad_token_id, stopped=stopped)
+            choices.append({"text": cut, "finish_reason": finish, "completion_tokens": count})
+        return {"choices": choices,
+                "prompt_tokens": [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()]}
 
     def stream(
         self, prompt: str, params: dict[str, Any], cancelled: Any
@@ -255,19 +311,72 @@ class LLMRuntime(Runtime):
             config = self._generation_config(sampling, room)
         return self._stream(enc, config, cancelled)
 
+    def stream_completion(
+        self, prompt: str, params: dict[str, Any], cancelled: Any
+    ) -> Generator[str, None, None]:
+        """:meth:`stream` for the OpenAI routes: JSON events as strings, in this order.
+
+        ``{"prompt_tokens": n}`` once the prompt is accepted, ``{"text": piece}`` as the reply
+        grows (never text a stop string of ``params["stop"]`` cuts: a piece that may start
+        one is held back until the next shows), and last ``{"finish_reason", "completion_tokens"}``
+        as :meth:`complete` reports them. A bad prompt raises :class:`RequestError` before the
+        first event.
+        """
+        sampling = Sampling.from_params(params)
+        enc, room = self._encode([prompt])
+        with self._lock:
+            self._check_open()
+            config = self._generation_config(sampling, room)
+        return self._stream_events(enc, config, sampling, cancelled)
+
+    def _stream_events(
+        self, enc: dict[str, Any], config: Any, sampling: Sampling, cancelled: Any
+    ) -> Generator[str, None, None]:
+        eos = completions.eos_ids(config, self.tokenizer)
+        streamer = completions.counting_streamer(self.tokenizer, eos, timeout=_STREAM_POLL_S)
+        yield json.dumps({"prompt_tokens": int(enc["input_ids"].shape[1])})
+        stops, held, stopped = sampling.stop, "", False
+        # The model stops itself at a stop string, as in complete(), so the token count
+        # matches; the few pieces after it are read and dropped.
+        extra = ([completions.stop_criteria(self.tokenizer, stops, enc["input_ids"].shape[1])]
+                 if stops else [])
+        pieces = self._stream(enc, config, cancelled, streamer=streamer, seed=sampling.seed,
+                              criteria=extra)
+        try:
+            for piece in pieces:
+                if stopped:
+                    continue
+                held += piece
+                if stops:
+                    held, stopped = completions.cut_at_stop(held, stops)
+                    keep = 0 if stopped else completions.held_back(held, stops)
+                    ready, held = held[:len(held) - keep], held[len(held) - keep:]
+                else:
+                    ready, held = held, ""
+                if ready:
+                    yield json.dumps({"text": ready})
+        finally:
+            pieces.close()  # stops the model at its next token when the consumer left early
+        if held:
+            yield json.dumps({"text": held})
+        finish = completions.STOP if stopped or streamer.saw_eos else completions.LENGTH
+        yield json.dumps({"finish_reason": finish, "completion_tokens": streamer.generated})
+
     def _stream(
-        self, enc: dict[str, Any], config: Any, cancelled: Any
+        self, enc: dict[str, Any], config: Any, cancelled: Any, *, streamer: Any = None,
+        seed: int | None = None, criteria: list[Any] | None = None,
     ) -> Generator[str, None, None]:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         # A queue-polling timeout lets the loop notice cancellation while another request
         # still holds the model.
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=_STREAM_POLL_S
-        )
+        if streamer is None:
+            streamer = TextIteratorStreamer(
+                self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                timeout=_STREAM_POLL_S)
         abandoned = threading.Event()
-        criteria = StoppingCriteriaList([_cancel_criteria(cancelled, abandoned)])
+        stopping = StoppingCriteriaList([_cancel_criteria(cancelled, abandoned), *(criteria or [])])
         failures: list[BaseException] = []
 
         def work() -> None:
@@ -277,8 +386,10 @@ class LLMRuntime(Runtime):
                     if cancelled.is_set() or abandoned.is_set():
                         streamer.end()
                         return
+                    if seed is not None:
+                        torch.manual_seed(seed)
                     self.model.generate(**enc, generation_config=config, streamer=streamer,
-                                        stopping_criteria=criteria)
+                                        stopping_criteria=stopping)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
                 failures.append(exc)
                 streamer.end()
