@@ -291,3 +291,37 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_two_llm_agents_connected_at_once_both_deploy(tmp_path: Path,
+                                                      advanced_experiments: Path) -> None:
+    """Loading transformers models from two threads of one process is not safe; in two
+    worker processes it is."""
+    root = copy_workspace(tmp_path / "llm", advanced_experiments)
+    srv = ServerProcess(root, extra_args=["--AgentsWorkbenchApp.load_timeout=120",
+                                          "--AgentsWorkbenchApp.health_check_interval=0"]).start()
+    try:
+        for name, experiment in (("sft", "tiny-chat-sft"), ("lora", "tiny-chat-lora")):
+            created = srv.api("POST", "agents", json={"name": name, "experiment": experiment,
+                                                       "checkpoint": "best"})
+            assert created.status_code == 201, created.text
+        for name in ("sft", "lora"):  # back to back: both load at the same moment
+            assert srv.api("POST", f"agents/{name}/connect").status_code == 200
+        agents = {name: srv.wait_status(name, timeout=120) for name in ("sft", "lora")}
+        pids = set()
+        for name, agent in agents.items():
+            assert agent["status"] == "Deployed", agent
+            answer = requests.post(
+                agent["endpoint"] + "/generate",
+                json={"prompts": ["What is the capital of France?"],
+                      "params": {"max_new_tokens": 8, "do_sample": False}},
+                headers={"Authorization": f"Bearer {agent['api_key']}"}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["results"][0]["completion"]
+            pids.add(srv.api("GET", f"agents/{name}/metrics").json()["worker"]["pid"])
+        assert len(pids) == 2
+        # Disconnecting gives the model's memory back: its worker process is gone.
+        assert srv.api("POST", "agents/sft/disconnect").status_code == 200
+        wait_until(lambda: sum(_alive(p) for p in pids) == 1, 10, "the sft worker to exit")
+    finally:
+        srv.stop()

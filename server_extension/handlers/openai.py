@@ -41,7 +41,7 @@ from ..openai_schema import (
     usage,
 )
 from ..runtimes.base import RequestError
-from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard, log
+from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
 
 # Status -> OpenAI's error type and code for errors raised by the shared inference code
 # (authentication, unknown agent, body limits) rather than by this module.
@@ -86,13 +86,15 @@ class OpenAIHandler(InferenceHandler):
         self.finish(json.dumps(OpenAIError(status_code, message, kind=kind).to_json()))
 
     async def _execute_verb(self, verb: Any) -> None:
-        try:
-            await verb()
-        except (InferenceError, OpenAIError) as exc:
-            self.fail_openai(_as_openai(exc))
-        except Exception as exc:  # noqa: BLE001 - logged, answered without internals
-            log.exception("OpenAI route %s of %s failed", self.route, self.path_kwargs)
-            self.fail_openai(_as_openai(exc))
+        # The shared path reads the body in and maps the contract's errors (timeouts, a dead
+        # worker, ...) through self.fail, which answers in OpenAI's shape.
+        async def run() -> None:
+            try:
+                await verb()
+            except OpenAIError as exc:
+                self.fail_openai(exc)
+
+        await super()._execute_verb(run)
 
     def check_llm(self, live: LiveDeployment) -> None:
         """404 unless the agent is an LLM: only those speak the OpenAI API."""
