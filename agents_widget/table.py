@@ -47,9 +47,14 @@ def grid_template(tab: Tab) -> str:
 
 
 def status_html(agent: AgentInfo) -> str:
-    """A coloured status pill; a Failed row also shows its reason."""
+    """A coloured status pill; a Failed row also shows its reason, and a Pending one whose
+    worker is restarting says why."""
     pill = f"<span class='awb-pill awb-pill-{agent.status}'>{agent.status}</span>"
-    if agent.status == "Pending":
+    if agent.status == "Pending" and agent.error:
+        # The worker died while serving and is being restarted (deployer._worker_exited).
+        pill += (" <span class='awb-hint' title='" + html.escape(agent.error, quote=True)
+                 + "'>restarting…</span>")
+    elif agent.status == "Pending":
         pill += " <span class='awb-hint'>loading…</span>"
     if agent.status == "Failed" and agent.error:
         pill += f"<div class='awb-reason'>{html.escape(agent.error)}</div>"

@@ -325,3 +325,15 @@ def test_two_llm_agents_connected_at_once_both_deploy(tmp_path: Path,
         wait_until(lambda: sum(_alive(p) for p in pids) == 1, 10, "the sft worker to exit")
     finally:
         srv.stop()
+
+
+def test_the_panel_says_a_pending_agent_is_restarting_and_why() -> None:
+    from agents_widget.client import AgentInfo
+    from agents_widget.table import status_html
+
+    fresh = status_html(AgentInfo(name="a", tab="classic", experiment="e", status="Pending"))
+    assert "loading" in fresh
+    again = status_html(AgentInfo(name="a", tab="classic", experiment="e", status="Pending",
+                                  error="Restarting its worker: the worker crashed (SIGSEGV)"))
+    assert "restarting" in again
+    assert "SIGSEGV" in again  # the reason, as the hint's tooltip

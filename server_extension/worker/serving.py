@@ -33,7 +33,7 @@ class Limits:
 
     def check(self, tree: Any, what: str) -> None:
         """:class:`RequestError` naming the limit and its setting when ``tree`` exceeds one."""
-        rows = batch_size(tree) if tree is not None else 0
+        rows = _rows(tree)
         if rows > self.max_rows:
             raise RequestError(
                 f"{what} has {rows} rows; this server takes at most {self.max_rows} per call "
@@ -44,6 +44,15 @@ class Limits:
                 f"{what} decodes to {nbytes} bytes; this server takes at most "
                 f"{self.max_array_bytes} per call (AgentsWorkbenchApp.max_array_mb). "
                 "Send a smaller batch.")
+
+
+def _rows(tree: Any) -> int:
+    # An empty list or dict has no rows; the runtime then says what it expected.
+    while isinstance(tree, (dict, tuple, list)):
+        if not tree:
+            return 0
+        tree = next(iter(tree.values())) if isinstance(tree, dict) else tree[0]
+    return batch_size(tree) if tree is not None else 0
 
 
 def _nbytes(tree: Any) -> int:
@@ -93,7 +102,7 @@ def get_action(runtime: Runtime, raw: bytes, limits: Limits) -> tuple[dict[str, 
     answer: dict[str, Any] = {"action": encode_tree(action), "success": True}
     if runtime.kind.recurrent:
         answer["hidden_state"] = encode_tree(hidden)
-    return answer, batch_size(obs)
+    return answer, _rows(obs)
 
 
 def predict(runtime: Runtime, raw: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
@@ -105,7 +114,7 @@ def predict(runtime: Runtime, raw: bytes, limits: Limits) -> tuple[dict[str, Any
     started = time.perf_counter()
     results = runtime.predict(inputs)
     elapsed = (time.perf_counter() - started) * 1000
-    rows = batch_size(inputs)
+    rows = _rows(inputs)
     return ({"results": encode_tree(results), "batch_size": rows,
              "inference_time_ms": round(elapsed, 3), "success": True}, rows)
 
