@@ -19,6 +19,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from ..callers import visible_owner
 from ..deployer import LiveDeployment
 from ..runtimes.base import RequestError, Runtime
 from .base import SESSIONS
@@ -96,6 +97,17 @@ class LLMHandler(InferenceHandler):
         """The server's :class:`~server_extension.sessions.SessionStore`."""
         return self.settings[SESSIONS]
 
+    def session_owner(self, agent: str) -> str | None:
+        """Whose sessions this caller sees on ``agent`` (``None``: all; see callers.py)."""
+        return visible_owner(self.caller, self.registry.get(agent).options.get("memory_scope"))
+
+    def claim(self, agent: str, session_id: str | None) -> None:
+        """403 when ``session_id`` is another caller's session under user memory scope."""
+        if session_id and self.sessions.taken(agent, session_id, self.session_owner(agent)):
+            raise InferenceError(
+                403, f"Session {session_id!r} belongs to another caller of this agent; "
+                "start a new session (another session_id).")
+
     def conversation(self, runtime: Runtime, agent: str, session_id: str | None,
                      prompt: str) -> str:
         """The model input for ``prompt`` as the next user turn of ``session_id``."""
@@ -126,6 +138,8 @@ class GenerateHandler(LLMHandler):
         if session_id is not None and len(prompts) != 1:
             raise InferenceError(400, "session_id continues one conversation: send one prompt.")
         runtime, agent = live.runtime, live.name
+        self.claim(agent, session_id)
+        owner = self.caller.owner
 
         def work() -> dict[str, Any]:
             inputs = [self.conversation(runtime, agent, session_id, p) for p in prompts]
@@ -138,7 +152,7 @@ class GenerateHandler(LLMHandler):
             for prompt, completion in zip(prompts, completions, strict=True):
                 self.sessions.append(agent, session_id or new_session_id(), [
                     {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": completion}])
+                    {"role": "assistant", "content": completion}], owner)
             return {
                 "results": [{"prompt": p, "completion": c}
                             for p, c in zip(prompts, completions, strict=True)],
@@ -174,6 +188,7 @@ class GenerateStreamHandler(LLMHandler):
         params = validate_params(body.get("params"))
         session_id = validate_session_id(body.get("session_id")) or new_session_id()
         runtime, agent = live.runtime, live.name
+        self.claim(agent, session_id)
         model_input = await self.deployer.call(
             self.conversation, runtime, agent, session_id, prompt)
         checker = getattr(runtime, "check_prompt", None)
@@ -223,7 +238,7 @@ class GenerateStreamHandler(LLMHandler):
         if not cancelled.is_set():
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}])
+                {"role": "assistant", "content": completion}], self.caller.owner)
             self.finish()
 
 
@@ -236,7 +251,8 @@ class SessionsHandler(LLMHandler):
     async def get(self, live: LiveDeployment) -> None:
         """List sessions."""
         self.check_route(live)
-        sessions = await self.deployer.call(self.sessions.summaries, live.name)
+        sessions = await self.deployer.call(
+            self.sessions.summaries, live.name, self.session_owner(live.name))
         self.finish(json.dumps({"sessions": sessions, "success": True}))
 
 
@@ -249,7 +265,8 @@ class SessionHandler(LLMHandler):
     async def get(self, live: LiveDeployment, session_id: str) -> None:
         """One session with its messages; 404 if unknown."""
         self.check_route(live)
-        found = await self.deployer.call(self.sessions.get, live.name, session_id)
+        found = await self.deployer.call(
+            self.sessions.get, live.name, session_id, self.session_owner(live.name))
         if found is None:
             raise InferenceError(404, f"No session {session_id!r} for this agent.")
         self.finish(json.dumps(found))
@@ -258,7 +275,8 @@ class SessionHandler(LLMHandler):
     async def delete(self, live: LiveDeployment, session_id: str) -> None:
         """Delete a session: 204, or 404 when there was nothing to delete."""
         self.check_route(live)
-        if not await self.deployer.call(self.sessions.delete, live.name, session_id):
+        if not await self.deployer.call(
+                self.sessions.delete, live.name, session_id, self.session_owner(live.name)):
             raise InferenceError(404, f"No session {session_id!r} for this agent.")
         self.set_status(204)
         self.finish()
