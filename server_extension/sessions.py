@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS sessions (
 # Files written before sessions had owners get the column in place; their sessions count as
 # the deployment key's (visible to it and under organization scope).
 _ADD_OWNER = "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT 'deployment'"
-_MINE = " AND (? IS NULL OR owner = ?)"
 TITLE_CHARS = 60
 
 
@@ -76,7 +75,7 @@ class SessionStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT session_id, created_at, last_updated, title FROM sessions"
-                " WHERE agent = ?" + _MINE + " ORDER BY last_updated DESC",
+                " WHERE agent = ? AND (? IS NULL OR owner = ?) ORDER BY last_updated DESC",
                 (agent, owner, owner)).fetchall()
         return [{"session_id": r[0], "created_at": _iso(r[1]), "last_updated": _iso(r[2]),
                  "title": r[3]} for r in rows]
@@ -86,7 +85,8 @@ class SessionStore:
         """The session's messages, or ``None`` if it does not exist (for ``owner``)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?" + _MINE,
+                "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?"
+                " AND (? IS NULL OR owner = ?)",
                 (agent, session_id, owner, owner)).fetchone()
         return None if row is None else list(json.loads(row[0]))
 
@@ -96,7 +96,7 @@ class SessionStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT created_at, last_updated, title, messages FROM sessions"
-                " WHERE agent = ? AND session_id = ?" + _MINE,
+                " WHERE agent = ? AND session_id = ? AND (? IS NULL OR owner = ?)",
                 (agent, session_id, owner, owner)).fetchone()
         if row is None:
             return None
@@ -147,7 +147,8 @@ class SessionStore:
         """Delete one session (``owner``'s only, if given); ``False`` if there was none."""
         with self._lock:
             cur = self._db.execute(
-                "DELETE FROM sessions WHERE agent = ? AND session_id = ?" + _MINE,
+                "DELETE FROM sessions WHERE agent = ? AND session_id = ?"
+                " AND (? IS NULL OR owner = ?)",
                 (agent, session_id, owner, owner))
         return cur.rowcount > 0
 

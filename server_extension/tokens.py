@@ -39,7 +39,7 @@ from .registry import (
     touch_token,
 )
 
-TOKEN_PREFIX = "arena_pat_"
+TOKEN_PREFIX = "arena_pat_"  # noqa: S105 - the public form of a token, not a secret
 MAX_NAME_CHARS = 100
 # Seconds between two writes of a token's last-used time by one server.
 TOUCH_EVERY = 60.0

@@ -101,12 +101,13 @@ class LLMHandler(InferenceHandler):
         """Whose sessions this caller sees on ``agent`` (``None``: all; see callers.py)."""
         return visible_owner(self.caller, self.registry.get(agent).options.get("memory_scope"))
 
-    def claim(self, agent: str, session_id: str | None) -> None:
-        """403 when ``session_id`` is another caller's session under user memory scope."""
+    def claim(self, agent: str, session_id: str | None) -> str | None:
+        """``session_id``, or 403 when it is another caller's session (user memory scope)."""
         if session_id and self.sessions.taken(agent, session_id, self.session_owner(agent)):
             raise InferenceError(
                 403, f"Session {session_id!r} belongs to another caller of this agent; "
                 "start a new session (another session_id).")
+        return session_id
 
     def conversation(self, runtime: Runtime, agent: str, session_id: str | None,
                      prompt: str) -> str:
@@ -186,9 +187,9 @@ class GenerateStreamHandler(LLMHandler):
         body = self.body()
         prompt = check_prompt_text(body.get("prompt"))
         params = validate_params(body.get("params"))
-        session_id = validate_session_id(body.get("session_id")) or new_session_id()
         runtime, agent = live.runtime, live.name
-        self.claim(agent, session_id)
+        session_id = self.claim(agent, validate_session_id(body.get("session_id"))
+                                ) or new_session_id()
         model_input = await self.deployer.call(
             self.conversation, runtime, agent, session_id, prompt)
         checker = getattr(runtime, "check_prompt", None)
