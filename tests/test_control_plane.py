@@ -219,7 +219,7 @@ def test_organization_scope_shares_sessions(server: ServerProcess, token: str,
                                "list", "tiny-chat-lora"))
 
 
-def test_sdk_walkthrough(server: ServerProcess, token: str, home: Path) -> None:
+def test_walk_through_the_sdk(server: ServerProcess, token: str, home: Path) -> None:
     done = run_code(server, home, token, SDK_WALK.replace("@URL@", server.url))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -244,11 +244,23 @@ def test_sdk_walkthrough(server: ServerProcess, token: str, home: Path) -> None:
 
 
 SDK_WALK = '''
-import json, pathlib
+import json, pathlib, time
 import gymnasium as gym
 from agilerl.arena.client import ArenaClient
 
 client = ArenaClient()
+
+
+def deployed(name):
+    """Wait, as a user would with 'arena agent list', until the agent is Deployed."""
+    for _ in range(1200):
+        rows = client.list_inference_deployments(name=name)
+        if rows and rows[0]["status"] == "Deployed":
+            return rows
+        time.sleep(0.1)
+    raise TimeoutError(name)
+
+
 out = {"projects": client.list_projects()}
 out["experiments"] = [e["name"] for e in client.list_experiments("classic")]
 out["checkpoint_keys"] = sorted(set().union(*client.list_checkpoints("cartpole-ppo")))
@@ -257,7 +269,7 @@ body, ctype, _ = client.preview_experiment_metrics_csv(
 out["csv"], out["csv_type"] = body.decode(), ctype
 out["metric_names"] = client.list_experiment_metric_names("cartpole-ppo")
 out["deployed"] = client.deploy_agent("cartpole-ppo")
-out["listed"] = client.list_inference_deployments(name="cartpole-ppo")
+out["listed"] = deployed("cartpole-ppo")
 
 # A stale cached URL (an old deployment) answers 404 at /status: the SDK refetches it once.
 cache = pathlib.Path.home() / ".arena" / "inference.json"
@@ -271,6 +283,7 @@ obs, info = gym.make("CartPole-v1").reset(seed=0)
 agent.get_action(obs, info=info)
 
 client.deploy_agent("tiny-chat-sft")  # idempotent: the same agent if it exists
+deployed("tiny-chat-sft")
 chat = client.open_inference_agent("tiny-chat-sft")
 out["completion"] = chat.generate("What is the capital of France?",
                                   session_id="sdk-session-1").results[0].completion

@@ -45,8 +45,9 @@ from .base import ServicesMixin, endpoint_url
 PREFIX = "/agents/arena"
 CLI = PREFIX + "/api/cli/v1"
 # How long deploy waits for the agent to leave Pending, so `arena agent deploy X` followed at
-# once by `arena agent generate` finds it Deployed (loads take about a second).
-DEPLOY_WAIT_S = 30.0
+# once by `arena agent generate` usually finds it Deployed (a warm load takes about a second).
+# Well under the client's 30 s request timeout: a slow first load answers Pending instead.
+DEPLOY_WAIT_S = 10.0
 _STEP_RE = re.compile(r"^(?:step_?)?(\d+)$")
 
 
