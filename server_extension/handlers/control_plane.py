@@ -164,7 +164,11 @@ class CapabilitiesHandler(ControlPlaneHandler):
     @allow_unauthenticated
     def get(self) -> None:
         """404, which the client reads as "no optional features"."""
+        # Public on purpose: the CLI's --help dies on a 401 here (and sends no secret data).
         self.reply({"error": "This server offers no optional Arena features."}, status=404)
+
+
+CapabilitiesHandler.get.auth_decision = "public"  # type: ignore[attr-defined]
 
 
 class ProjectsHandler(ControlPlaneHandler):
