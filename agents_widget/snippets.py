@@ -69,14 +69,14 @@ def build_snippets(endpoint: str, experiment: ExperimentInfo | None) -> dict[str
     env_id = experiment.environment if experiment else None
     dataset = experiment.dataset if experiment else None
     width = input_width(experiment)
+    keep = kept_entries(experiment)
     return {
         "Arena client": Snippet("Arena client", "python",
                                 python_client(name, kind, env_id, dataset, width,
-                                              base_url=control_plane_url(endpoint))),
-        "Arena CLI": Snippet("Arena CLI", "bash",
-                             cli(endpoint, kind, env_id, dataset, width)),
+                                              base_url=control_plane_url(endpoint), keep=keep)),
+        "Arena CLI": Snippet("Arena CLI", "bash", cli(endpoint, kind, env_id, width, keep=keep)),
         "Manual HTTP": Snippet("Manual HTTP", "python",
-                               manual_http(endpoint, kind, env_id, width)),
+                               manual_http(endpoint, kind, env_id, width, keep=keep)),
     }
 
 
@@ -135,6 +135,30 @@ def _gym_id(environment: str | None) -> str:
     return environment or "YOUR-ENV-ID"
 
 
+def kept_entries(experiment: ExperimentInfo | None) -> list[int] | None:
+    """The observation entries a gym agent was trained on, when its experiment keeps only
+    some (``extra.env.observation.keep``, e.g. the recurrent demo's CartPole without
+    velocities); ``None`` when it sees the whole observation."""
+    env = (experiment.extra if experiment is not None else {}).get("env")
+    rule = env.get("observation") if isinstance(env, Mapping) else None
+    keep = rule.get("keep") if isinstance(rule, Mapping) else None
+    if isinstance(keep, list) and keep and all(isinstance(i, int) for i in keep):
+        return keep
+    return None
+
+
+def _gym_setup(environment: str | None, keep: list[int] | None) -> str:
+    make = f'gym.make("{_gym_id(environment)}")'
+    if keep is None:
+        return f"env = {make}"
+    return textwrap.dedent(f'''\
+        # The agent was trained on observation entries {keep} only (its experiment.json).
+        KEEP = {keep}
+        env = gym.wrappers.TransformObservation(
+            {make}, lambda obs: obs[KEEP],
+            gym.spaces.Box(-float("inf"), float("inf"), (len(KEEP),)))''')
+
+
 # -- Python client -----------------------------------------------------------------------------
 
 _CLIENT_HEAD = '''\
@@ -148,7 +172,7 @@ agent = client.open_inference_agent("{name}")
 '''
 
 _GYM_LOOP = '''\
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 episode_return, done = 0.0, False
 while not done:
@@ -160,7 +184,7 @@ print("episode return:", episode_return)
 '''
 
 _RECURRENT_LOOP = '''\
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 hidden_state = None  # None on an episode's first step: the agent starts from zeros
 episode_return, done = 0.0, False
@@ -232,7 +256,8 @@ print("prediction:", prediction, f"({{meta.inference_time_ms:.1f}} ms)")
 
 def python_client(name: str, kind: Kind, environment: str | None = None,
                   dataset: str | None = None, n_inputs: int = 4, *,
-                  base_url: str = "<server URL>/agents/arena") -> str:
+                  base_url: str = "<server URL>/agents/arena",
+                  keep: list[int] | None = None) -> str:
     """The Arena client (``ArenaClient().open_inference_agent(name)``) in a loop fitting
     ``kind``."""
     def head(imports: str = "") -> str:
@@ -240,8 +265,8 @@ def python_client(name: str, kind: Kind, environment: str | None = None,
                                    base_url=base_url,
                                    imports=imports + "\n" if imports else "")
 
-    fields = {"env_id": _gym_id(environment), "dataset": dataset or "your data set",
-              "n_features": n_inputs}
+    fields = {"env_setup": _gym_setup(environment, keep),
+              "dataset": dataset or "your data set", "n_features": n_inputs}
     if kind in ("gym", "recurrent"):
         loop = _GYM_LOOP if kind == "gym" else _RECURRENT_LOOP
         return head("import gymnasium as gym\n") + "\n" + loop.format(**fields)
@@ -282,13 +307,15 @@ agent = ArenaClient().open_inference_agent("{name}")
 '''
 
 _SDK_GYM = '''\
-obs, info = gym.make("{env_id}").reset(seed=0)
+{env_setup}
+obs, info = env.reset(seed=0)
 action, _ = agent.get_action(obs, info=info)
 print("action:", action)
 '''
 
 _SDK_RECURRENT = '''\
-obs, info = gym.make("{env_id}").reset(seed=0)
+{env_setup}
+obs, info = env.reset(seed=0)
 # hidden_state=None on an episode's first step; pass the returned one into the next call.
 action, hidden_state = agent.get_action(obs, hidden_state=None, info=info)
 print("action:", action)
@@ -320,7 +347,7 @@ print("prediction:", prediction)
 
 
 def cli(endpoint: str, kind: Kind, environment: str | None = None,
-        dataset: str | None = None, n_inputs: int = 4) -> str:
+        n_inputs: int = 4, *, keep: list[int] | None = None) -> str:
     """``arena agent ...`` for the agent at ``endpoint``: generate and sessions for LLMs; for
     the other kinds, bind the agent and make the SDK call the CLI has no command for."""
     name = agent_name(endpoint)
@@ -328,7 +355,7 @@ def cli(endpoint: str, kind: Kind, environment: str | None = None,
                             base_url=control_plane_url(endpoint))
     if kind == "llm":
         return head + "\n" + _CLI_LLM
-    fields = {"env_id": _gym_id(environment), "n_inputs": n_inputs}
+    fields = {"env_setup": _gym_setup(environment, keep), "n_inputs": n_inputs}
     if kind in ("gym", "recurrent"):
         imports, route = "import gymnasium as gym\n", "get_action"
         body = (_SDK_GYM if kind == "gym" else _SDK_RECURRENT).format(**fields)
@@ -380,7 +407,7 @@ def deserialize(data):
 _HTTP_GYM = '''\
 import gymnasium as gym
 
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 response = requests.post(
     "{endpoint}/get_action",
@@ -397,7 +424,7 @@ obs, reward, terminated, truncated, info = env.step(action)
 _HTTP_RECURRENT = '''\
 import gymnasium as gym
 
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 hidden_state = None  # null on an episode's first step: the agent starts from zeros
 for _ in range(3):
@@ -469,10 +496,11 @@ print("prediction:", deserialize(response.json()["results"]))
 
 
 def manual_http(endpoint: str, kind: Kind, environment: str | None = None,
-                n_inputs: int = 4) -> str:
+                n_inputs: int = 4, *, keep: list[int] | None = None) -> str:
     """``requests.post`` on the full URL (endpoint + route) with a numpy serialize helper."""
     head = _SERDE.format(key_env=KEY_ENV)
-    fields: Mapping[str, str | int] = {"endpoint": endpoint, "env_id": _gym_id(environment),
+    fields: Mapping[str, str | int] = {"endpoint": endpoint,
+                                       "env_setup": _gym_setup(environment, keep),
                                        "n_inputs": n_inputs}
     if kind == "gym":
         body = _HTTP_GYM.format(**fields)

@@ -132,6 +132,9 @@ def experiment(**fields: Any) -> ExperimentInfo:
 @pytest.mark.parametrize(("fields", "kind", "must_have"), [
     ({}, "gym", ["gym.make(\"CartPole-v1\")", "agent.get_action(obs"]),
     ({"recurrent": True}, "recurrent", ["hidden_state=hidden_state", "hidden_state = None"]),
+    ({"recurrent": True, "extra": {"env": {"kind": "gymnasium", "id": "CartPole-v1",
+                                           "observation": {"keep": [0, 2]}}}},
+     "recurrent", ["KEEP = [0, 2]", "TransformObservation", "hidden_state=hidden_state"]),
     ({"multi_agent": True, "environment": "simple_spread_v3"}, "parallel",
      ["parallel_env(", "action_mask", "env_defined_actions", "while env.agents"]),
     ({"multi_agent": True, "environment": "tictactoe_v3"}, "turn_based",
