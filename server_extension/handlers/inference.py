@@ -1,7 +1,8 @@
 """Inference API under ``<base_url>agents/d/<name>/``: the Arena inference contract.
 
 These handlers are deliberately *not* Jupyter handlers. They never read the Jupyter cookie or
-token, only ``Authorization: Bearer <deployment key>``, so a browser's ambient Jupyter session
+token, only ``Authorization: Bearer <deployment key or workspace access token>`` (tokens.py;
+the caller is kept for session scoping, callers.py), so a browser's ambient Jupyter session
 cannot reach them and switching off Tornado's XSRF check is safe. For jupyter_server's
 "every verb has an auth decision" check they carry ``@allow_unauthenticated`` (Jupyter auth
 does not apply) together with our own ``@bearer_key`` or ``@public`` decision.
