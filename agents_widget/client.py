@@ -397,6 +397,20 @@ class WorkbenchClient:
                              json={"enabled": bool(enabled)})
         return bool(body.get("payload_capture"))
 
+    # -- access tokens (for the Arena SDK and CLI; see tokens_view.py) -----------------------
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The workspace's access tokens: id, name, created_at, last_used_at (no secrets)."""
+        return list(self._request("GET", "tokens").get("tokens", []))
+
+    def create_token(self, name: str) -> dict[str, Any]:
+        """Mint a token; the answer's ``token`` is its secret, returned this once only."""
+        return dict(self._request("POST", "tokens", json={"name": name}))
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token: every request carrying it is refused from now on."""
+        self._request("DELETE", f"tokens/{token_id}")
+
 
 _STATUS_HINTS = {
     400: "The server refused the request (HTTP 400): check the name (1-100 letters, digits, "

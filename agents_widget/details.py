@@ -19,7 +19,7 @@ import ipywidgets as widgets
 from .client import AgentInfo, ExperimentInfo, WorkbenchClient
 from .clipboard import CopyButton, SecretField, TextProvider
 from .metrics_view import MetricsView
-from .snippets import KEY_ENV, build_snippets, snippet_kind
+from .snippets import BASE_URL_ENV, KEY_ENV, build_snippets, snippet_kind
 from .viewkit import close_tree, gap
 
 
@@ -73,9 +73,11 @@ class DeploymentDetails(widgets.VBox):
             pages.append(widgets.VBox([copy, view]))
         self.code_tabs = widgets.Tab(pages, titles=tuple(self.snippets))
         hint = widgets.HTML(
-            f"<span class='awb-hint'>The snippets read the key from <code>{KEY_ENV}</code>: "
-            f"<code>export {KEY_ENV}=…</code> with the key copied above (it is never written "
-            "into this notebook).</span>")
+            f"<span class='awb-hint'>The snippets read the credential from "
+            f"<code>{KEY_ENV}</code>: create an access token with <b>Access tokens</b> at the "
+            f"top of the panel and <code>export {KEY_ENV}=…</code> (the Arena client and CLI "
+            f"also need <code>{BASE_URL_ENV}</code>, shown in their tab). Manual HTTP also "
+            "takes the key above. Neither is ever written into this notebook.</span>")
 
         rows: list[widgets.Widget] = [
             gap(widgets.HBox([_label("API key"), self.secret, self.rotate_button],

@@ -42,6 +42,7 @@ from .details import DeploymentDetails
 from .poller import StatusPoller
 from .state import TAB_LABELS, TABS, PanelState, chevron_visible, toggle_connects
 from .table import AgentRow, AgentTable, RowActions
+from .tokens_view import AccessTokens
 from .viewkit import close_tree, gap, stylesheet
 from .wizard import CreateRequest, NewAgentWizard
 
@@ -88,9 +89,14 @@ class AgentsPanel(widgets.VBox):
                                          button_style="primary", disabled=True,
                                          tooltip="Loading experiments…")
         self.gate_hint = widgets.HTML()
+        # Built on first click: most sessions never open it, and the panel's build stays lean.
+        self.tokens_button = widgets.Button(description="Access tokens", icon="key",
+                                            tooltip="Tokens for the Arena SDK and CLI")
+        self.tokens_area = widgets.VBox(layout=widgets.Layout(width="100%"))
+        self.tokens_button.on_click(lambda _b: self.toggle_tokens())
         topbar = gap(widgets.HBox([
             widgets.VBox([self.title, self.subtitle], layout=widgets.Layout(flex="1 1 auto")),
-            self.gate_hint, self.refresh_button, self.new_button,
+            self.gate_hint, self.tokens_button, self.refresh_button, self.new_button,
         ], layout=widgets.Layout(width="100%")), 8)
         topbar.add_class("awb-topbar")
         self.notice = widgets.HTML()
@@ -116,7 +122,7 @@ class AgentsPanel(widgets.VBox):
         self.new_button.on_click(lambda _b: self.open_wizard())
         self.retry_button.on_click(lambda _b: self.retry_discovery())
 
-        super().__init__([stylesheet(), topbar, self.notice, self.body],
+        super().__init__([stylesheet(), topbar, self.notice, self.tokens_area, self.body],
                          layout=widgets.Layout(width="100%", padding="4px"))
         self.add_class("awb-panel")
 
@@ -494,6 +500,18 @@ class AgentsPanel(widgets.VBox):
         with _polling_lock:
             if self.client is not None and _polling.get(self.client.url) is self:
                 del _polling[self.client.url]
+
+    def toggle_tokens(self) -> AccessTokens | None:
+        """Open the Access tokens section (built now), or close it; the open one or ``None``."""
+        with self._lock:
+            for old in self.tokens_area.children:
+                close_tree(old)
+            if self.tokens_area.children or self.client is None:
+                self.tokens_area.children = ()
+                return None
+            section = AccessTokens(self.client)
+            self.tokens_area.children = (section,)
+            return section
 
     def close(self) -> None:
         """Stop polling, close the client and every widget of the panel."""

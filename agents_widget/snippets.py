@@ -1,37 +1,37 @@
-"""Deployment code for an agent's expanded row: Python client, CLI (curl) and Manual HTTP, and
-for LLM agents an OpenAI client (their ``/v1`` routes).
+"""Deployment code for an agent's expanded row, in the hosted Agents page's three tabs:
+Arena client (``ArenaClient`` from the Arena SDK), Arena CLI (``arena agent ...``) and Manual
+HTTP (``requests``), and for LLM agents a fourth, OpenAI client (their ``/v1`` routes).
 
-Pure functions of the endpoint and the experiment: no widgets and no key. Snippets read the
-key from the ``ARENA_API_KEY`` environment variable (the variable the Arena client itself
-falls back to), so the key is never written into the page, the notebook or a shell history.
-Example::
+Pure functions of the endpoint and the experiment: no widgets and no secret. The Arena client
+and CLI find the workspace through ``ARENA_BASE_URL`` (the server's ``agents/arena`` control
+plane) and authenticate with ``ARENA_API_KEY``, a workspace access token; Manual HTTP sends
+``ARENA_API_KEY`` too (a token, or the agent's own key). So no secret is ever written into the
+page, the notebook or a shell history. Example::
 
     code = build_snippets("http://127.0.0.1:8888/agents/d/cartpole", experiment)
-    code["Python client"].code      # runnable once ARENA_API_KEY is set
+    code["Arena client"].code      # runnable once ARENA_BASE_URL and ARENA_API_KEY are set
 
-Which loop the Python client snippet shows follows the experiment: a gym loop; a recurrent
+Which loop the Arena client snippet shows follows the experiment: a gym loop; a recurrent
 loop threading ``hidden_state``; PettingZoo loops with per-agent dicts, action masks and
-environment-defined actions; ``generate`` for LLMs; ``predict`` for supervised models.
+environment-defined actions; ``generate`` for LLMs; ``predict`` for supervised models. The
+CLI has commands for LLM agents only (``generate``, ``sessions``); for the others the Arena
+CLI tab binds the agent and adds the one SDK call the CLI lacks.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import io
-import json
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
 from .client import ExperimentInfo
 
 Kind = Literal["gym", "recurrent", "parallel", "turn_based", "llm", "supervised"]
 KEY_ENV = "ARENA_API_KEY"
-TITLES = ("Python client", "CLI", "Manual HTTP")
+BASE_URL_ENV = "ARENA_BASE_URL"
+TITLES = ("Arena client", "Arena CLI", "Manual HTTP")
+DEPLOYMENT_PATH = "/agents/d/"
 OPENAI_TITLE = "OpenAI client"  # a fourth tab, LLM agents only
 LLM_FRAMEWORKS = ("transformers", "peft", "huggingface", "hf", "llm")
 
@@ -65,20 +65,34 @@ def snippet_kind(experiment: ExperimentInfo | None) -> Kind:
 def build_snippets(endpoint: str, experiment: ExperimentInfo | None) -> dict[str, Snippet]:
     """The three snippet tabs for an agent served at ``endpoint``."""
     endpoint = endpoint.rstrip("/")
+    name = agent_name(endpoint)
     kind = snippet_kind(experiment)
     env_id = experiment.environment if experiment else None
     dataset = experiment.dataset if experiment else None
     width = input_width(experiment)
+    keep = kept_entries(experiment)
     snippets = {
-        "Python client": Snippet("Python client", "python",
-                                 python_client(endpoint, kind, env_id, dataset, width)),
-        "CLI": Snippet("CLI", "bash", cli(endpoint, kind, env_id)),
+        "Arena client": Snippet("Arena client", "python",
+                                python_client(name, kind, env_id, dataset, width,
+                                              base_url=control_plane_url(endpoint), keep=keep)),
+        "Arena CLI": Snippet("Arena CLI", "bash", cli(endpoint, kind, env_id, width, keep=keep)),
         "Manual HTTP": Snippet("Manual HTTP", "python",
-                               manual_http(endpoint, kind, env_id, width)),
+                               manual_http(endpoint, kind, env_id, width, keep=keep)),
     }
     if kind == "llm":
         snippets[OPENAI_TITLE] = Snippet(OPENAI_TITLE, "python", openai_client(endpoint))
     return snippets
+
+
+def agent_name(endpoint: str) -> str:
+    """The deployment name in an inference URL (``.../agents/d/<name>``)."""
+    return endpoint.rstrip("/").rpartition("/")[2]
+
+
+def control_plane_url(endpoint: str) -> str:
+    """``ARENA_BASE_URL`` for the server serving ``endpoint``: its ``agents/arena`` prefix."""
+    base, found, _ = endpoint.rstrip("/").rpartition(DEPLOYMENT_PATH)
+    return f"{base}/agents/arena" if found else "<server URL>/agents/arena"
 
 
 def input_width(experiment: ExperimentInfo | None) -> int:
@@ -125,46 +139,44 @@ def _gym_id(environment: str | None) -> str:
     return environment or "YOUR-ENV-ID"
 
 
-@functools.lru_cache(maxsize=32)
-def _sample_observation(environment: str) -> str | None:
-    """base64 ``.npy`` of the environment's first observation (seed 0), batch axis added."""
-    try:
-        import gymnasium as gym
-
-        if environment not in gym.registry:
-            return None
-        env = gym.make(environment)
-        try:
-            obs, _ = env.reset(seed=0)
-        finally:
-            env.close()
-    except Exception:  # noqa: BLE001 - a sample is a nicety; the snippet falls back to a hint
-        return None
-    if not isinstance(obs, np.ndarray):
-        return None
-    return encode_array(obs)
+def kept_entries(experiment: ExperimentInfo | None) -> list[int] | None:
+    """The observation entries a gym agent was trained on, when its experiment keeps only
+    some (``extra.env.observation.keep``, e.g. the recurrent demo's CartPole without
+    velocities); ``None`` when it sees the whole observation."""
+    env = (experiment.extra if experiment is not None else {}).get("env")
+    rule = env.get("observation") if isinstance(env, Mapping) else None
+    keep = rule.get("keep") if isinstance(rule, Mapping) else None
+    if isinstance(keep, list) and keep and all(isinstance(i, int) for i in keep):
+        return keep
+    return None
 
 
-def encode_array(array: Any) -> str:
-    """base64 of ``np.save`` with a leading batch axis of 1, as the inference API expects."""
-    buf = io.BytesIO()
-    np.save(buf, np.expand_dims(np.asarray(array), 0), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def _gym_setup(environment: str | None, keep: list[int] | None) -> str:
+    make = f'gym.make("{_gym_id(environment)}")'
+    if keep is None:
+        return f"env = {make}"
+    return textwrap.dedent(f'''\
+        # The agent was trained on observation entries {keep} only (its experiment.json).
+        KEEP = {keep}
+        env = gym.wrappers.TransformObservation(
+            {make}, lambda obs: obs[KEEP],
+            gym.spaces.Box(-float("inf"), float("inf"), (len(KEEP),)))''')
 
 
 # -- Python client -----------------------------------------------------------------------------
 
 _CLIENT_HEAD = '''\
-import os
+{imports}from agilerl.arena.client import ArenaClient
 
-{imports}from agilerl.arena.inference import Agent
-
-# The key is read from the environment: export {key_env}=<the key above>
-agent = Agent("{endpoint}", api_key=os.environ["{key_env}"])
+# ArenaClient reads the server and the credential from the environment:
+#   export {base_env}="{base_url}"
+#   export {key_env}=<an access token from the Agents panel's Access tokens section>
+client = ArenaClient()
+agent = client.open_inference_agent("{name}")
 '''
 
 _GYM_LOOP = '''\
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 episode_return, done = 0.0, False
 while not done:
@@ -176,7 +188,7 @@ print("episode return:", episode_return)
 '''
 
 _RECURRENT_LOOP = '''\
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 hidden_state = None  # None on an episode's first step: the agent starts from zeros
 episode_return, done = 0.0, False
@@ -246,14 +258,19 @@ print("prediction:", prediction, f"({{meta.inference_time_ms:.1f}} ms)")
 '''
 
 
-def python_client(endpoint: str, kind: Kind, environment: str | None = None,
-                  dataset: str | None = None, n_inputs: int = 4) -> str:
-    """The Arena client (``agilerl.arena.inference.Agent``) in a loop fitting ``kind``."""
+def python_client(name: str, kind: Kind, environment: str | None = None,
+                  dataset: str | None = None, n_inputs: int = 4, *,
+                  base_url: str = "<server URL>/agents/arena",
+                  keep: list[int] | None = None) -> str:
+    """The Arena client (``ArenaClient().open_inference_agent(name)``) in a loop fitting
+    ``kind``."""
     def head(imports: str = "") -> str:
-        return _CLIENT_HEAD.format(endpoint=endpoint, key_env=KEY_ENV, imports=imports)
+        return _CLIENT_HEAD.format(name=name, key_env=KEY_ENV, base_env=BASE_URL_ENV,
+                                   base_url=base_url,
+                                   imports=imports + "\n" if imports else "")
 
-    fields = {"env_id": _gym_id(environment), "dataset": dataset or "your data set",
-              "n_features": n_inputs}
+    fields = {"env_setup": _gym_setup(environment, keep),
+              "dataset": dataset or "your data set", "n_features": n_inputs}
     if kind in ("gym", "recurrent"):
         loop = _GYM_LOOP if kind == "gym" else _RECURRENT_LOOP
         return head("import gymnasium as gym\n") + "\n" + loop.format(**fields)
@@ -266,54 +283,95 @@ def python_client(endpoint: str, kind: Kind, environment: str | None = None,
     return head("import numpy as np\n") + "\n" + _SUPERVISED_CALLS.format(**fields)
 
 
-# -- CLI ---------------------------------------------------------------------------------------
+# -- Arena CLI ---------------------------------------------------------------------------------
+
+_CLI_HEAD = '''\
+# The Arena CLI (pip install agilerl-arena) talks to this server's control plane:
+export {base_env}="{base_url}"
+# and authenticates with an access token (Access tokens section of the Agents panel):
+#   export {key_env}=<your token>
+
+arena agent list --name {name}    # status and inference URL
+arena agent run {name}            # make it the active agent
+'''
+
+_CLI_LLM = '''\
+arena agent generate --prompt "Hello! What can you help me with?"
+# The CLI keeps one session per agent: the next prompt continues the conversation.
+arena agent generate --prompt "Say that again in one sentence."
+arena agent sessions list
+'''
+
+_SDK_CALL_HEAD = '''\
+# The CLI has no command for {route}; the same credentials serve the SDK:
+python - <<'PY'
+{imports}from agilerl.arena.client import ArenaClient
+
+agent = ArenaClient().open_inference_agent("{name}")
+'''
+
+_SDK_GYM = '''\
+{env_setup}
+obs, info = env.reset(seed=0)
+action, _ = agent.get_action(obs, info=info)
+print("action:", action)
+'''
+
+_SDK_RECURRENT = '''\
+{env_setup}
+obs, info = env.reset(seed=0)
+# hidden_state=None on an episode's first step; pass the returned one into the next call.
+action, hidden_state = agent.get_action(obs, hidden_state=None, info=info)
+print("action:", action)
+'''
+
+_SDK_PARALLEL = '''\
+{setup}
+observations, infos = env.reset(seed=0)
+actions, _ = agent.get_action(observations)
+print("actions:", actions)
+'''
+
+_SDK_TURN_BASED = '''\
+{setup}
+env.reset(seed=0)
+agent_id = env.agent_selection
+observation, *_ = env.last()
+obs = np.asarray(observation["observation"], dtype=np.float32).reshape(-1)
+actions, _ = agent.get_action(
+    {{agent_id: obs}}, info={{"action_mask": {{agent_id: observation["action_mask"]}}}}
+)
+print("move:", actions[agent_id])
+'''
+
+_SDK_SUPERVISED = '''\
+prediction, meta = agent.predict(np.zeros({n_inputs}, dtype=np.float32))
+print("prediction:", prediction)
+'''
 
 
-def cli(endpoint: str, kind: Kind, environment: str | None = None) -> str:
-    """A curl command for the route that fits ``kind``, with a real observation when known."""
-    lines = [
-        "# Set the key first: export " + KEY_ENV + "=<the key above>",
-        f'ENDPOINT="{endpoint}"',
-        "",
-        "# What the deployment serves (no key needed):",
-        'curl -sS "$ENDPOINT/status"; echo',
-        "",
-    ]
+def cli(endpoint: str, kind: Kind, environment: str | None = None,
+        n_inputs: int = 4, *, keep: list[int] | None = None) -> str:
+    """``arena agent ...`` for the agent at ``endpoint``: generate and sessions for LLMs; for
+    the other kinds, bind the agent and make the SDK call the CLI has no command for."""
+    name = agent_name(endpoint)
+    head = _CLI_HEAD.format(base_env=BASE_URL_ENV, key_env=KEY_ENV, name=name,
+                            base_url=control_plane_url(endpoint))
     if kind == "llm":
-        body: dict[str, Any] = {
-            "prompts": ["Hello! What can you help me with?"],
-            "params": {"max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9,
-                       "do_sample": True},
-        }
-        route, note = "generate", "# Generate a completion:"
-    elif kind == "supervised":
-        body = {"inputs": "<base64 of np.save(one batch of inputs)>"}
-        route, note = "predict", "# Predict (inputs: base64 of np.save with a batch axis):"
+        return head + "\n" + _CLI_LLM
+    fields = {"env_setup": _gym_setup(environment, keep), "n_inputs": n_inputs}
+    if kind in ("gym", "recurrent"):
+        imports, route = "import gymnasium as gym\n", "get_action"
+        body = (_SDK_GYM if kind == "gym" else _SDK_RECURRENT).format(**fields)
+    elif kind in ("parallel", "turn_based"):
+        imports, route = "import numpy as np\n", "get_action"
+        template = _SDK_PARALLEL if kind == "parallel" else _SDK_TURN_BASED
+        body = template.format(setup=_pettingzoo_setup(environment, kind), **fields)
     else:
-        sample = _sample_observation(environment) if kind == "gym" and environment else None
-        if sample is not None:
-            body = {"obs": sample, "batch_size": 1}
-            note = (f"# One action for {environment}'s first observation (seed 0), sent as "
-                    "base64 of np.save with a batch axis of 1:")
-        elif kind in ("parallel", "turn_based"):
-            body = {"obs": {"<agent_id>": "<base64 of np.save(obs with a batch axis)>"},
-                    "batch_size": 1}
-            note = "# One action per agent (obs: a dict of base64 np.save arrays per agent):"
-        else:
-            body = {"obs": "<base64 of np.save(obs with a batch axis of 1)>", "batch_size": 1}
-            note = "# One action (obs: base64 of np.save with a batch axis of 1):"
-        if kind == "recurrent":
-            body["hidden_state"] = None  # null on an episode's first step
-        route = "get_action"
-    lines += [
-        note,
-        f'curl -sS -X POST "$ENDPOINT/{route}" \\',
-        f'  -H "Authorization: Bearer ${KEY_ENV}" \\',
-        '  -H "Content-Type: application/json" \\',
-        f"  -d '{json.dumps(body)}'",
-        "echo",
-    ]
-    return "\n".join(lines) + "\n"
+        imports, route = "import numpy as np\n", "predict"
+        body = _SDK_SUPERVISED.format(**fields)
+    call = _SDK_CALL_HEAD.format(route=route, name=name, imports=imports + "\n")
+    return head + "\n" + call + body + "PY\n"
 
 
 # -- Manual HTTP -------------------------------------------------------------------------------
@@ -353,7 +411,7 @@ def deserialize(data):
 _HTTP_GYM = '''\
 import gymnasium as gym
 
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 response = requests.post(
     "{endpoint}/get_action",
@@ -370,7 +428,7 @@ obs, reward, terminated, truncated, info = env.step(action)
 _HTTP_RECURRENT = '''\
 import gymnasium as gym
 
-env = gym.make("{env_id}")
+{env_setup}
 obs, info = env.reset(seed=0)
 hidden_state = None  # null on an episode's first step: the agent starts from zeros
 for _ in range(3):
@@ -442,10 +500,11 @@ print("prediction:", deserialize(response.json()["results"]))
 
 
 def manual_http(endpoint: str, kind: Kind, environment: str | None = None,
-                n_inputs: int = 4) -> str:
+                n_inputs: int = 4, *, keep: list[int] | None = None) -> str:
     """``requests.post`` on the full URL (endpoint + route) with a numpy serialize helper."""
     head = _SERDE.format(key_env=KEY_ENV)
-    fields: Mapping[str, str | int] = {"endpoint": endpoint, "env_id": _gym_id(environment),
+    fields: Mapping[str, str | int] = {"endpoint": endpoint,
+                                       "env_setup": _gym_setup(environment, keep),
                                        "n_inputs": n_inputs}
     if kind == "gym":
         body = _HTTP_GYM.format(**fields)

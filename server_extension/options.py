@@ -44,6 +44,13 @@ def _decoder(value: Any, experiment: Experiment) -> Any:
     return ref.to_json()
 
 
+def _memory_scope(value: Any, experiment: Experiment) -> Any:
+    if value not in MEMORY_SCOPES:
+        raise OptionError(
+            f"options.memory_scope must be one of {list(MEMORY_SCOPES)}, got {value!r}.")
+    return value
+
+
 def _replica_count(key: str) -> Callable[[Any, Experiment], Any]:
     def check(value: Any, experiment: Experiment) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
@@ -76,12 +83,16 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 # Replica options (ray backend): a fixed count, or autoscaling bounds with replicas as start.
 SCALE_KEYS: tuple[str, ...] = ("replicas", "min_replicas", "max_replicas")
 MAX_REPLICAS = 64
+# Whose chat sessions an LLM agent keeps apart: each access token its own ("user", the
+# default) or one shared set for the workspace ("organization"). See sessions.py.
+MEMORY_SCOPES: tuple[str, ...] = ("user", "organization")
 
 # option name -> checker returning the value to store
 CHECKERS: dict[str, Callable[[Any, Experiment], Any]] = {
     "backend": _backend,
     **{key: _replica_count(key) for key in SCALE_KEYS},
     "decoder": _decoder,
+    "memory_scope": _memory_scope,
 }
 
 

@@ -252,3 +252,75 @@ class Registry:
         key = new_api_key()
         self.update(name, api_key=key)
         return key
+
+
+# -- access tokens (schema 3) ------------------------------------------------------------------
+# Kept apart from the agent tables and methods above: tokens belong to the workspace, not to
+# an agent. Only a token's SHA-256 is stored; server_extension/tokens.py mints and checks them.
+
+MIGRATIONS.append(
+    """
+    CREATE TABLE access_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    )
+    """
+)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One access token as stored: never the secret itself."""
+
+    id: str
+    name: str
+    created_at: float
+    last_used_at: float | None = None
+
+
+def _token(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(id=row["id"], name=row["name"], created_at=row["created_at"],
+                       last_used_at=row["last_used_at"])
+
+
+def add_token(registry: Registry, record: TokenRecord, secret_sha256: str) -> TokenRecord:
+    """Store a new token under its hash."""
+    with registry._tx() as db:
+        db.execute(
+            "INSERT INTO access_tokens (id, name, secret_sha256, created_at) VALUES (?, ?, ?, ?)",
+            (record.id, record.name, secret_sha256, record.created_at))
+    return record
+
+
+def list_tokens(registry: Registry) -> list[TokenRecord]:
+    """Every token, oldest first."""
+    with registry._lock:
+        rows = registry._db.execute(
+            "SELECT id, name, created_at, last_used_at FROM access_tokens"
+            " ORDER BY created_at, id").fetchall()
+    return [_token(r) for r in rows]
+
+
+def token_by_hash(registry: Registry, secret_sha256: str) -> TokenRecord | None:
+    """The token whose secret hashes to ``secret_sha256``, or ``None`` (revoked or never minted)."""
+    with registry._lock:
+        row = registry._db.execute(
+            "SELECT id, name, created_at, last_used_at FROM access_tokens"
+            " WHERE secret_sha256 = ?", (secret_sha256,)).fetchone()
+    return None if row is None else _token(row)
+
+
+def touch_token(registry: Registry, token_id: str, when: float) -> None:
+    """Record that the token was used at ``when``."""
+    with registry._tx() as db:
+        db.execute("UPDATE access_tokens SET last_used_at = ? WHERE id = ?", (when, token_id))
+
+
+def delete_token(registry: Registry, token_id: str) -> bool:
+    """Revoke a token; ``False`` if there was none with that id."""
+    with registry._tx() as db:
+        cur = db.execute("DELETE FROM access_tokens WHERE id = ?", (token_id,))
+    return cur.rowcount > 0

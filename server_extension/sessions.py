@@ -3,6 +3,11 @@
 A session belongs to one agent and holds its messages (``[{role, content}]``) as JSON. The file
 (``<root>/sessions.sqlite3``) is owner-only like the registry; it holds users' conversations.
 
+Each session records who started it (``owner``: ``token:<id>`` for a workspace access token,
+``deployment`` for the agent's key; see callers.py). Readers pass ``owner`` to see only that
+caller's sessions, or ``None`` to see every session of the agent (the deployment key, and
+agents whose memory scope is ``organization``).
+
 Thread-safety: one connection behind a lock; each method is one short transaction.
 
 Example::
@@ -34,6 +39,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (agent, session_id)
 )
 """
+# Files written before sessions had owners get the column in place; their sessions count as
+# the deployment key's (visible to it and under organization scope).
+_ADD_OWNER = "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT 'deployment'"
 TITLE_CHARS = 60
 
 
@@ -53,43 +61,63 @@ class SessionStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "owner" not in columns:
+            self._db.execute(_ADD_OWNER)
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._db.close()
 
-    def summaries(self, agent: str) -> list[dict[str, Any]]:
-        """Summaries of the agent's sessions, most recently updated first."""
+    def summaries(self, agent: str, owner: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of the agent's sessions (``owner``'s only, if given), newest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT session_id, created_at, last_updated, title FROM sessions"
-                " WHERE agent = ? ORDER BY last_updated DESC", (agent,)).fetchall()
+                " WHERE agent = ? AND (? IS NULL OR owner = ?) ORDER BY last_updated DESC",
+                (agent, owner, owner)).fetchall()
         return [{"session_id": r[0], "created_at": _iso(r[1]), "last_updated": _iso(r[2]),
                  "title": r[3]} for r in rows]
 
-    def messages(self, agent: str, session_id: str) -> list[dict[str, str]] | None:
-        """The session's messages, or ``None`` if it does not exist."""
+    def messages(self, agent: str, session_id: str,
+                 owner: str | None = None) -> list[dict[str, str]] | None:
+        """The session's messages, or ``None`` if it does not exist (for ``owner``)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?",
-                (agent, session_id)).fetchone()
+                "SELECT messages FROM sessions WHERE agent = ? AND session_id = ?"
+                " AND (? IS NULL OR owner = ?)",
+                (agent, session_id, owner, owner)).fetchone()
         return None if row is None else list(json.loads(row[0]))
 
-    def get(self, agent: str, session_id: str) -> dict[str, Any] | None:
-        """The session with its messages (contract shape), or ``None``."""
+    def get(self, agent: str, session_id: str,
+            owner: str | None = None) -> dict[str, Any] | None:
+        """The session with its messages (contract shape), or ``None`` (for ``owner``)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT created_at, last_updated, title, messages FROM sessions"
-                " WHERE agent = ? AND session_id = ?", (agent, session_id)).fetchone()
+                " WHERE agent = ? AND session_id = ? AND (? IS NULL OR owner = ?)",
+                (agent, session_id, owner, owner)).fetchone()
         if row is None:
             return None
         return {"session_id": session_id, "created_at": _iso(row[0]),
                 "last_updated": _iso(row[1]), "title": row[2],
                 "messages": json.loads(row[3]), "success": True}
 
-    def append(self, agent: str, session_id: str, new: list[dict[str, str]]) -> None:
-        """Add messages to a session, creating it (titled by its first message) if new."""
+    def taken(self, agent: str, session_id: str, owner: str | None) -> bool:
+        """Whether ``session_id`` exists but belongs to someone ``owner`` may not read."""
+        if owner is None:
+            return False
+        with self._lock:
+            row = self._db.execute(
+                "SELECT owner FROM sessions WHERE agent = ? AND session_id = ?",
+                (agent, session_id)).fetchone()
+        return row is not None and row[0] != owner
+
+    def append(self, agent: str, session_id: str, new: list[dict[str, str]],
+               owner: str = "deployment") -> None:
+        """Add messages to a session, creating it (titled by its first message, owned by
+        ``owner``) if new."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -101,9 +129,9 @@ class SessionStore:
                     title = (new[0]["content"] if new else "").strip().splitlines()
                     self._db.execute(
                         "INSERT INTO sessions (agent, session_id, title, messages, created_at,"
-                        " last_updated) VALUES (?, ?, ?, ?, ?, ?)",
+                        " last_updated, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (agent, session_id, (title[0] if title else "")[:TITLE_CHARS],
-                         json.dumps(new), now, now))
+                         json.dumps(new), now, now, owner))
                 else:
                     merged = json.loads(row[0]) + new
                     self._db.execute(
@@ -115,11 +143,13 @@ class SessionStore:
                 raise
             self._db.execute("COMMIT")
 
-    def delete(self, agent: str, session_id: str) -> bool:
-        """Delete one session; ``False`` if there was none."""
+    def delete(self, agent: str, session_id: str, owner: str | None = None) -> bool:
+        """Delete one session (``owner``'s only, if given); ``False`` if there was none."""
         with self._lock:
             cur = self._db.execute(
-                "DELETE FROM sessions WHERE agent = ? AND session_id = ?", (agent, session_id))
+                "DELETE FROM sessions WHERE agent = ? AND session_id = ?"
+                " AND (? IS NULL OR owner = ?)",
+                (agent, session_id, owner, owner))
         return cur.rowcount > 0
 
     def delete_agent(self, agent: str) -> None:

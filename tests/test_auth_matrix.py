@@ -174,6 +174,7 @@ def test_every_route_has_an_explicit_auth_decision() -> None:
     from tornado import web
 
     from server_extension.handlers import all_routes
+    from server_extension.handlers.control_plane import ControlPlaneHandler
     from server_extension.handlers.inference import InferenceHandler
 
     checked = 0
@@ -188,6 +189,11 @@ def test_every_route_has_an_explicit_auth_decision() -> None:
                 assert decision in ("bearer", "public"), (pattern, verb)
                 if decision == "public":
                     assert pattern.endswith("/status") or "rest" in pattern, (pattern, verb)
+            elif issubclass(handler, ControlPlaneHandler):
+                decision = getattr(method, "auth_decision", None)
+                assert decision in ("access_token", "public"), (pattern, verb)
+                if decision == "public":
+                    assert pattern.endswith("/capabilities"), (pattern, verb)
             elif verb == "OPTIONS":
                 # Jupyter's CORS preflight, inherited from APIHandler: does nothing, public.
                 assert hasattr(method, "__allow_unauthenticated"), (pattern, verb)
@@ -195,3 +201,56 @@ def test_every_route_has_an_explicit_auth_decision() -> None:
                 # Management verbs: Jupyter's own check that @web.authenticated is present.
                 assert _has_tornado_web_authenticated(method), (pattern, verb)
     assert checked >= 14
+
+
+# (method, path under agents/arena/, JSON body): the Arena control plane.
+CONTROL_PLANE_ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "api/cli/v1/projects", None),
+    ("GET", "api/cli/v1/experiments/list?project=classic", None),
+    ("GET", "api/cli/v1/experiments/jobs/checkpoints?experiment_name=cartpole-dqn", None),
+    ("GET", "api/cli/v1/experiments/metrics?experiment_name=cartpole-dqn", None),
+    ("POST", "api/cli/v1/inference/deploy", {"experiment_name": "cartpole-dqn"}),
+    ("GET", "api/cli/v1/inference/deployments/list", None),
+    ("GET", "api/cli/v1/inference/deployments/one?name=a", None),
+    ("GET", "api/users/current", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CONTROL_PLANE_ROUTES)
+def test_control_plane_takes_access_tokens_only(two_agents: dict[str, Any], method: str,
+                                                path: str, body: Any) -> None:
+    server: ServerProcess = two_agents["server"]
+    url = server.url + "agents/arena/" + path
+    for headers in ({}, {"Authorization": f"Bearer {two_agents['a']}"},
+                    {"Authorization": f"Bearer {server.token}"},
+                    {"Authorization": f"token {server.token}"},
+                    {"Authorization": "Bearer arena_pat_0_forged"}):
+        resp = requests.request(method, url, json=body, headers=headers, timeout=10,
+                                allow_redirects=False)
+        assert resp.status_code == 401, (headers, resp.status_code, resp.text)
+        assert resp.headers["Content-Type"].startswith("application/json")
+    # Jupyter's login cookie is not a credential here either.
+    resp = _cookie_session(server).request(method, url, json=body, timeout=10)
+    assert resp.status_code == 401
+    token = server.api("POST", "tokens", json={"name": f"matrix {method} {path}"}).json()
+    try:
+        resp = requests.request(method, url, json=body, timeout=30,
+                                headers={"Authorization": f"Bearer {token['token']}"})
+        assert resp.status_code == 200, resp.text
+    finally:
+        server.api("DELETE", f"tokens/{token['id']}")
+        if method == "POST":  # the deploy created an agent: leave the server as it was
+            server.api("DELETE", "agents/cartpole-dqn")
+    assert_a_untouched(two_agents)
+
+
+def test_inference_takes_an_access_token_too(two_agents: dict[str, Any]) -> None:
+    server: ServerProcess = two_agents["server"]
+    token = server.api("POST", "tokens", json={"name": "matrix inference"}).json()
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    resp = inference(two_agents, "POST", "get_action", {"obs": None}, headers)
+    assert resp.status_code == 400  # past auth: the missing obs is the complaint
+    assert "obs is required" in resp.json()["error"]
+    server.api("DELETE", f"tokens/{token['id']}")
+    resp = inference(two_agents, "POST", "get_action", {"obs": None}, headers)
+    assert resp.status_code == 401

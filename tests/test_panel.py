@@ -305,7 +305,7 @@ def test_connect_expand_reveal_copy_rotate_disconnect_delete(
     assert key not in saved_state_json()
 
     # Snippets for all three tabs, none holding the key.
-    assert details.code_tabs.titles == ("Python client", "CLI", "Manual HTTP")
+    assert details.code_tabs.titles == ("Arena client", "Arena CLI", "Manual HTTP")
     for snippet in details.snippets.values():
         assert key not in snippet.code
         assert "ARENA_API_KEY" in snippet.code

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from tornado import web
 
-from . import inference, llm, management, observability, openai
+from . import control_plane, inference, llm, management, observability, openai, tokens
 
 
 def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:
     """Route patterns relative to the server's base_url, management first."""
-    return [*management.routes, *observability.routes, *inference.routes, *llm.routes,
-            *openai.routes, *inference.fallback_routes]
+    return [*management.routes, *tokens.routes, *observability.routes, *inference.routes,
+            *llm.routes, *openai.routes, *inference.fallback_routes, *control_plane.routes]
 
 
 def route_first(app: web.Application, handlers: set[type[web.RequestHandler]]) -> bool:

@@ -10,6 +10,7 @@ from tornado import httputil, web
 from ..deployer import Deployer
 from ..registry import KEY_PREFIX, Registry
 from ..store import ExperimentStore
+from ..tokens import TOKEN_PREFIX
 
 # Keys under which the extension app puts its services into the Tornado settings.
 DEPLOYER = "agents_workbench_deployer"
@@ -54,8 +55,8 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
     Jupyter's access log prints ``request.uri`` and scrubs only parameter names that contain
     lower-case ``token``, ``key``, ``auth``...; ``?apiKey=`` or ``?note=awb_...`` would reach
     the log verbatim. Here a value is blanked when its parameter's name (any case, decoded) is
-    in ``names`` or the value holds a deployment key. Parsed arguments stay untouched, so
-    handlers and Jupyter's own auth still see the request as sent.
+    in ``names`` or the value holds a deployment key or an access token. Parsed arguments
+    stay untouched, so handlers and Jupyter's own auth still see the request as sent.
     """
     path, sep, query = request.uri.partition("?") if request.uri else ("", "", "")
     if not sep:
@@ -64,7 +65,8 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
     changed = False
     for i, part in enumerate(parts):
         name, eq, value = part.partition("=")
-        if unquote_plus(name).lower() in names or KEY_PREFIX in unquote_plus(value):
+        decoded = unquote_plus(value)
+        if unquote_plus(name).lower() in names or KEY_PREFIX in decoded or TOKEN_PREFIX in decoded:
             parts[i] = f"{name}{eq}[secret]"
             changed = True
     if changed:

@@ -1,7 +1,8 @@
 """Inference API under ``<base_url>agents/d/<name>/``: the Arena inference contract.
 
 These handlers are deliberately *not* Jupyter handlers. They never read the Jupyter cookie or
-token, only ``Authorization: Bearer <deployment key>``, so a browser's ambient Jupyter session
+token, only ``Authorization: Bearer <deployment key or workspace access token>`` (tokens.py;
+the caller is kept for session scoping, callers.py), so a browser's ambient Jupyter session
 cannot reach them and switching off Tornado's XSRF check is safe. For jupyter_server's
 "every verb has an auth decision" check they carry ``@allow_unauthenticated`` (Jupyter auth
 does not apply) together with our own ``@bearer_key`` or ``@public`` decision.
@@ -21,9 +22,11 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
+from ..callers import DEPLOYMENT_KEY, Caller
 from ..deployer import AgentBusy, AgentUnavailable, LiveDeployment, RequestTimeout
 from ..metrics import DeploymentMetrics, MetricsStore, clip
 from ..runtimes.base import RequestError
+from ..tokens import verify as verify_token
 from ..worker import serving
 from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query
 
@@ -83,6 +86,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     """
 
     route = ""
+    # Who authenticated (set by authenticate): the deployment key or an access token.
+    caller: Caller = DEPLOYMENT_KEY
     # Filled in while the request runs and recorded into the agent's metrics in on_finish.
     _metrics: DeploymentMetrics | None = None
     _batch: int | None = None
@@ -198,18 +203,25 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         return live
 
     def authenticate(self, name: str) -> LiveDeployment:
-        """The live deployment if the request carries its key; 401 otherwise."""
+        """The live deployment if the request carries its key or a workspace access token
+        (recorded as :attr:`caller`); 401 otherwise."""
         header = self.request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise _unauthorized(
-                "Missing deployment key: send 'Authorization: Bearer <key>' with the key shown "
-                "in the agent's expanded row.")
+                "Missing credential: send 'Authorization: Bearer <key>' with the key shown "
+                "in the agent's expanded row, or a workspace access token.")
         live = self.live_or_404(name)
-        if not hmac.compare_digest(given.strip().encode(), live.api_key.encode()):
+        if hmac.compare_digest(given.strip().encode(), live.api_key.encode()):
+            self.caller = DEPLOYMENT_KEY
+            return live
+        token = verify_token(self.registry, given.strip())
+        if token is None:
             raise _unauthorized(
-                "Wrong deployment key for this agent (was it rotated?). Copy the current key "
-                "from the agent's expanded row.")
+                "Wrong deployment key or access token for this agent (rotated or revoked?). "
+                "Copy the current key from the agent's expanded row, or create a token in the "
+                "panel's Access tokens section.")
+        self.caller = Caller(token.id)
         return live
 
     def body(self) -> dict[str, Any]:

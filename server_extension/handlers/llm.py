@@ -18,6 +18,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from ..callers import visible_owner
 from ..deployer import LiveDeployment
 from .base import SESSIONS
 from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
@@ -100,6 +101,18 @@ class LLMHandler(InferenceHandler):
             return []
         return list(await self.deployer.call(self.sessions.messages, agent, session_id) or [])
 
+    def session_owner(self, agent: str) -> str | None:
+        """Whose sessions this caller sees on ``agent`` (``None``: all; see callers.py)."""
+        return visible_owner(self.caller, self.registry.get(agent).options.get("memory_scope"))
+
+    def claim(self, agent: str, session_id: str | None) -> str | None:
+        """``session_id``, or 403 when it is another caller's session (user memory scope)."""
+        if session_id and self.sessions.taken(agent, session_id, self.session_owner(agent)):
+            raise InferenceError(
+                403, f"Session {session_id!r} belongs to another caller of this agent; "
+                "start a new session (another session_id).")
+        return session_id
+
 
 class GenerateHandler(LLMHandler):
     """``POST generate``: batched completions."""
@@ -122,6 +135,8 @@ class GenerateHandler(LLMHandler):
         if session_id is not None and len(prompts) != 1:
             raise InferenceError(400, "session_id continues one conversation: send one prompt.")
         agent = live.name
+        self.claim(agent, session_id)
+        owner = self.caller.owner
         conversations = [[*await self.history(agent, session_id), {"role": "user", "content": p}]
                          for p in prompts]
         done = await self.deployer.invoke(live, "generate_turns", conversations, params)
@@ -132,7 +147,7 @@ class GenerateHandler(LLMHandler):
         for prompt, completion in zip(prompts, completions, strict=True):
             await self.deployer.call(self.sessions.append, agent, session_id or new_session_id(), [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}])
+                {"role": "assistant", "content": completion}], owner)
         self.finish(json.dumps({
             "results": [{"prompt": p, "completion": c}
                         for p, c in zip(prompts, completions, strict=True)],
@@ -163,8 +178,9 @@ class GenerateStreamHandler(LLMHandler):
         body = self.body()
         prompt = check_prompt_text(body.get("prompt"))
         params = validate_params(body.get("params"))
-        session_id = validate_session_id(body.get("session_id")) or new_session_id()
         agent = live.name
+        session_id = self.claim(agent, validate_session_id(body.get("session_id"))
+                                ) or new_session_id()
         turns = [*await self.history(agent, session_id), {"role": "user", "content": prompt}]
         model_input = await self.deployer.invoke(live, "stream_input", turns)
         self._batch = 1
@@ -191,7 +207,7 @@ class GenerateStreamHandler(LLMHandler):
         if not self._closed:
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}])
+                {"role": "assistant", "content": completion}], self.caller.owner)
             self.finish()
 
 
@@ -204,7 +220,8 @@ class SessionsHandler(LLMHandler):
     async def get(self, live: LiveDeployment) -> None:
         """List sessions."""
         self.check_route(live)
-        sessions = await self.deployer.call(self.sessions.summaries, live.name)
+        sessions = await self.deployer.call(
+            self.sessions.summaries, live.name, self.session_owner(live.name))
         self.finish(json.dumps({"sessions": sessions, "success": True}))
 
 
@@ -217,7 +234,8 @@ class SessionHandler(LLMHandler):
     async def get(self, live: LiveDeployment, session_id: str) -> None:
         """One session with its messages; 404 if unknown."""
         self.check_route(live)
-        found = await self.deployer.call(self.sessions.get, live.name, session_id)
+        found = await self.deployer.call(
+            self.sessions.get, live.name, session_id, self.session_owner(live.name))
         if found is None:
             raise InferenceError(404, f"No session {session_id!r} for this agent.")
         self.finish(json.dumps(found))
@@ -226,7 +244,8 @@ class SessionHandler(LLMHandler):
     async def delete(self, live: LiveDeployment, session_id: str) -> None:
         """Delete a session: 204, or 404 when there was nothing to delete."""
         self.check_route(live)
-        if not await self.deployer.call(self.sessions.delete, live.name, session_id):
+        if not await self.deployer.call(
+                self.sessions.delete, live.name, session_id, self.session_owner(live.name)):
             raise InferenceError(404, f"No session {session_id!r} for this agent.")
         self.set_status(204)
         self.finish()
