@@ -18,6 +18,7 @@ REGISTRY = "agents_workbench_registry"
 MAX_BODY_BYTES = "agents_workbench_max_body_bytes"
 SESSIONS = "agents_workbench_sessions"
 METRICS = "agents_workbench_metrics"  # a MetricsStore, absent when metrics are off
+SERVING = "agents_workbench_serving"  # the workspace's ServingLease (workspace.py)
 
 
 class ServicesMixin:
@@ -43,6 +44,11 @@ class ServicesMixin:
 
 def endpoint_url(handler: web.RequestHandler, name: str) -> str:
     """The full inference base URL of agent ``name`` as this request's client reaches it."""
+    lease = handler.settings.get(SERVING)
+    elsewhere = lease.holder_url() if lease is not None else None
+    if elsewhere:
+        # Another server on this workspace loads the agents: its endpoint is the one to use.
+        return f"{elsewhere.rstrip('/')}/agents/d/{name}"
     base_url = handler.settings.get("base_url", "/")
     request = handler.request
     return f"{request.protocol}://{request.host}{base_url.rstrip('/')}/agents/d/{name}"
@@ -69,3 +75,10 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
             changed = True
     if changed:
         request.uri = f"{path}?{'&'.join(parts)}"
+
+
+def serving_elsewhere(settings: dict[str, Any]) -> str:
+    """A sentence naming the server that loads this workspace's agents, when it is another."""
+    lease = settings.get(SERVING)
+    url = lease.holder_url() if lease is not None else None
+    return f" On this workspace agents are served by the server at {url}." if url else ""

@@ -26,7 +26,7 @@ from ..deployer import LiveDeployment, RequestTimeout
 from ..metrics import DeploymentMetrics, MetricsStore, clip
 from ..runtimes.base import RequestError
 from ..serde import batch_size, decode_tree, encode_tree
-from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query
+from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query, serving_elsewhere
 
 log = logging.getLogger("agents_workbench.inference")
 
@@ -178,7 +178,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             raise InferenceError(
                 404, f"No deployed agent at agents/d/{name}: it does not exist, is not "
                 "connected, or is still loading. Connect it in the Agents panel and wait for "
-                "status Deployed.")
+                f"status Deployed.{serving_elsewhere(self.settings)}")
         return live
 
     def authenticate(self, name: str) -> LiveDeployment:
@@ -190,7 +190,14 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 "Missing deployment key: send 'Authorization: Bearer <key>' with the key shown "
                 "in the agent's expanded row.")
         live = self.live_or_404(name)
-        if not hmac.compare_digest(given.strip().encode(), live.api_key.encode()):
+        # The registry's key, not the one loaded with the runtime: another server on this
+        # workspace may have rotated it, or disconnected or deleted the agent (workspace.py).
+        current = self.registry.credentials.get(name)
+        if (current is None or not current.connected
+                or current.deployment_id != live.deployment_id):
+            raise InferenceError(
+                404, f"No deployed agent at agents/d/{name}: it was disconnected or deleted.")
+        if not hmac.compare_digest(given.strip().encode(), current.api_key.encode()):
             raise _unauthorized(
                 "Wrong deployment key for this agent (was it rotated?). Copy the current key "
                 "from the agent's expanded row.")
