@@ -7,6 +7,7 @@ rest of the Jupyter REST API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from tornado import web
 
 from ..options import OptionError, validate_options
 from ..registry import AgentRecord, NotFound, RegistryError
-from ..store import StoreError, validate_name
+from ..store import Experiment, StoreError, validate_name
 from .base import METRICS, SESSIONS, ServicesMixin, endpoint_url, scrub_query
 
 AUTH_RESOURCE = "agents"
@@ -96,9 +97,10 @@ class ExperimentsHandler(ManagementHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
-        """List experiments."""
-        self.reply({"experiments": [e.to_json() for e in self.store.list()]})
+    async def get(self) -> None:
+        """List experiments (and, under ``broken``, folders that are not usable ones)."""
+        # Disk work (every folder's JSON, metrics and checkpoints) stays off the event loop.
+        self.reply(await asyncio.to_thread(self.store.listing))
 
 
 class AgentsHandler(ManagementHandler):
@@ -112,7 +114,7 @@ class AgentsHandler(ManagementHandler):
 
     @web.authenticated
     @authorized
-    def post(self) -> None:
+    async def post(self) -> None:
         """Create an agent (Undeployed) from ``{name, description?, experiment, checkpoint}``."""
         body = self.json_body()
         try:
@@ -126,9 +128,10 @@ class AgentsHandler(ManagementHandler):
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise web.HTTPError(400, "experiment is required: the name of a source experiment.")
         rule = body.get("checkpoint", "best")
+        if not isinstance(rule, (str, int)) or isinstance(rule, bool):
+            raise web.HTTPError(400, "checkpoint must be 'best', 'final' or a step number.")
         try:
-            experiment = self.store.get(experiment_name.strip())
-            step = experiment.resolve(rule)
+            experiment, step = await asyncio.to_thread(self._resolve, experiment_name, rule)
         except StoreError as exc:
             raise web.HTTPError(400, "%s", exc) from exc
         try:
@@ -140,7 +143,7 @@ class AgentsHandler(ManagementHandler):
             name=name,
             description=description.strip(),
             tab=info.project_type,
-            experiment=info.name,
+            experiment=experiment.name,  # the folder: a copy is never resolved to another
             checkpoint_rule=rule if rule in ("best", "final") else "specific",
             checkpoint_step=step,
             algo=info.algorithm,
@@ -153,6 +156,16 @@ class AgentsHandler(ManagementHandler):
             raise web.HTTPError(409, "%s", exc) from exc
         self.deployer.warm(created)
         self.reply(agent_json(self, created), status=201)
+
+
+    def _resolve(self, experiment_name: str, rule: str | int) -> tuple[Experiment, int]:
+        experiment = self.store.get(experiment_name.strip())
+        try:
+            step = experiment.resolve(rule)
+            experiment.to_json()  # a folder the listing shows as broken cannot be a source
+        except (OSError, RecursionError) as exc:
+            raise StoreError(f"Experiment {experiment.name!r} cannot be read: {exc}") from exc
+        return experiment, step
 
 
 class AgentHandler(ManagementHandler):
