@@ -29,6 +29,10 @@ PARAM_DEFAULTS: dict[str, Any] = {
 }
 MAX_NEW_TOKENS = 4096
 MAX_TEMPERATURE = 10.0
+# Below this, logits divided by the temperature overflow float32 (1e-300 makes every
+# probability NaN): 0 already means greedy decoding.
+MIN_TEMPERATURE = 1e-3
+MAX_PROMPT_CHARS = 1_000_000
 MAX_PROMPTS = 64
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -51,10 +55,11 @@ def validate_params(raw: Any) -> dict[str, Any]:
             f"got {tokens!r}.")
     temperature = params["temperature"]
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-            or not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE):
+            or not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE
+            or 0 < temperature < MIN_TEMPERATURE):
         raise InferenceError(
-            400, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
-            f"got {temperature!r}.")
+            400, f"temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to "
+            f"{MAX_TEMPERATURE:g}, got {temperature!r}.")
     top_p = params["top_p"]
     if (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
             or not math.isfinite(top_p) or not 0 < top_p <= 1):
@@ -75,9 +80,22 @@ def validate_session_id(raw: Any) -> str | None:
 
 
 def check_prompt_text(prompt: Any, what: str = "prompt") -> str:
-    """A non-empty prompt string, or 400."""
+    """A non-empty prompt string of valid Unicode without NUL characters, or 400."""
     if not isinstance(prompt, str):
         raise InferenceError(400, f"{what} must be a string, got {type(prompt).__name__}.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InferenceError(
+            400, f"{what} is {len(prompt)} characters; send at most {MAX_PROMPT_CHARS}.")
+    try:
+        # JSON lets a client send "\ud800", a lone surrogate: no tokenizer, database or
+        # UTF-8 answer can hold it.
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InferenceError(
+            400, f"{what} is not valid Unicode text (a lone surrogate at character "
+            f"{exc.start}); send UTF-8 text.") from exc
+    if "\x00" in prompt:
+        raise InferenceError(400, f"{what} holds a NUL character; remove it.")
     if not prompt.strip():
         raise InferenceError(400, f"{what} is empty; send some text.")
     return prompt

@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,6 +119,14 @@ class LLMRuntime(Runtime):
         self.tokenizer = tokenizer
         self.device = device
         self.max_context = _max_context(model, tokenizer)
+        # No token covers more characters than the vocabulary's longest entry (plus room for
+        # normalisation), so a prompt longer than this many characters cannot fit the context
+        # and is refused before the tokenizer reads all of it.
+        self.max_prompt_chars = (None if self.max_context is None
+                                 else self.max_context * (_longest_token(tokenizer) + 4))
+        # The ids of the last few prompts: the stream route checks a prompt, then encodes it.
+        self._recent_ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._ids_lock = threading.Lock()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -166,7 +175,24 @@ class LLMRuntime(Runtime):
         # changes its settings, which is what makes concurrent calls from threads safe.
         if not isinstance(prompt, str):
             raise RequestError(f"A prompt must be text, not {type(prompt).__name__}.")
-        return list(self.tokenizer(prompt)["input_ids"])
+        if self.max_prompt_chars is not None and len(prompt) > self.max_prompt_chars:
+            raise RequestError(
+                f"The prompt is {len(prompt)} characters long; this model reads at most "
+                f"{self.max_context} tokens, prompt and reply together, which no text over "
+                f"{self.max_prompt_chars} characters fits. Shorten it.")
+        with self._ids_lock:
+            cached = self._recent_ids.get(prompt)
+        if cached is not None:
+            return cached
+        try:
+            ids = list(self.tokenizer(prompt)["input_ids"])
+        except UnicodeEncodeError as exc:  # a lone surrogate from JSON's \ud800
+            raise RequestError(f"The prompt is not valid Unicode text: {exc.reason}.") from exc
+        with self._ids_lock:
+            self._recent_ids[prompt] = ids
+            while len(self._recent_ids) > 8:
+                self._recent_ids.popitem(last=False)
+        return ids
 
     def _check_length(self, count: int, index: int | None) -> None:
         which = "The prompt" if index is None else f"Prompt {index}"
@@ -322,6 +348,15 @@ class LLMRuntime(Runtime):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("This runtime was closed; deploy the agent again to use it.")
+
+
+def _longest_token(tokenizer: Any) -> int:
+    """Characters of the longest vocabulary entry (byte-level entries count their bytes)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary: assume long tokens
+        return 256
+    return max((len(token) for token in vocab), default=256)
 
 
 def _max_context(model: Any, tokenizer: Any) -> int | None:
