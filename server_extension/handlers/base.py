@@ -54,14 +54,21 @@ def endpoint_url(handler: web.RequestHandler, name: str) -> str:
     return f"{request.protocol}://{request.host}{base_url.rstrip('/')}/agents/d/{name}"
 
 
-def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = frozenset()) -> None:
+# A query parameter whose name (any case) contains one of these is a secret in every log.
+SECRET_NAME_PARTS = ("token", "key", "auth", "secret", "password", "xsrf", "code", "state")
+
+
+def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = frozenset(),
+                secrets: tuple[str, ...] = ()) -> None:
     """Blank secret-looking query values in ``request.uri`` before anything logs it.
 
-    Jupyter's access log prints ``request.uri`` and scrubs only parameter names that contain
-    lower-case ``token``, ``key``, ``auth``...; ``?apiKey=`` or ``?note=awb_...`` would reach
-    the log verbatim. Here a value is blanked when its parameter's name (any case, decoded) is
-    in ``names`` or the value holds a deployment key. Parsed arguments stay untouched, so
-    handlers and Jupyter's own auth still see the request as sent.
+    Jupyter's access log scrubs parameter names that contain lower-case ``token``, ``key``...,
+    but Tornado's own warning for an ``HTTPError`` (every 4xx of a management route) prints
+    ``request.uri`` as it came, ``?token=<the Jupyter token>`` included, and ``?apiKey=`` or
+    ``?note=awb_...`` pass Jupyter's check. Here a value is blanked when its parameter's name
+    (any case, decoded) is in ``names`` or contains a :data:`SECRET_NAME_PARTS` entry, or the
+    value holds a deployment key or one of ``secrets`` (the server's Jupyter token). Parsed
+    arguments stay untouched, so handlers and Jupyter's own auth still see the request as sent.
     """
     path, sep, query = request.uri.partition("?") if request.uri else ("", "", "")
     if not sep:
@@ -70,7 +77,10 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
     changed = False
     for i, part in enumerate(parts):
         name, eq, value = part.partition("=")
-        if unquote_plus(name).lower() in names or KEY_PREFIX in unquote_plus(value):
+        plain_name, plain_value = unquote_plus(name).lower(), unquote_plus(value)
+        if (plain_name in names or any(p in plain_name for p in SECRET_NAME_PARTS)
+                or KEY_PREFIX in plain_value
+                or any(secret and secret in plain_value for secret in secrets)):
             parts[i] = f"{name}{eq}[secret]"
             changed = True
     if changed:

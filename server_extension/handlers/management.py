@@ -54,8 +54,10 @@ class ManagementHandler(ServicesMixin, APIHandler):
 
     # Same signature as APIHandler.prepare, which overrides JupyterHandler's the same way.
     async def prepare(self) -> None:  # type: ignore[override]
-        """Keep a deployment key sent in this URL by mistake out of the access log."""
-        scrub_query(self.request)
+        """Keep the Jupyter token and deployment keys in this URL out of every log line."""
+        # From settings, not self.identity_provider, which warns on hosts that lack one.
+        token = getattr(self.settings.get("identity_provider"), "token", "") or ""
+        scrub_query(self.request, secrets=(token,) if len(token) >= 8 else ())
         await super().prepare()
 
     def json_body(self) -> dict[str, Any]:
