@@ -119,11 +119,11 @@ class LLMRuntime(Runtime):
         self.tokenizer = tokenizer
         self.device = device
         self.max_context = _max_context(model, tokenizer)
-        # No token covers more characters than the vocabulary's longest entry (plus room for
-        # normalisation), so a prompt longer than this many characters cannot fit the context
-        # and is refused before the tokenizer reads all of it.
+        # No token covers more characters than the vocabulary's longest entry (doubled, for
+        # normalisation and added special tokens), so a prompt longer than this many
+        # characters cannot fit the context: it is refused before the tokenizer reads it.
         self.max_prompt_chars = (None if self.max_context is None
-                                 else self.max_context * (_longest_token(tokenizer) + 4))
+                                 else self.max_context * (_longest_token(tokenizer) + 4) * 2)
         # The ids of the last few prompts: the stream route checks a prompt, then encodes it.
         self._recent_ids: OrderedDict[str, list[int]] = OrderedDict()
         self._ids_lock = threading.Lock()
@@ -166,20 +166,25 @@ class LLMRuntime(Runtime):
 
     def check_prompt(self, prompt: str) -> int:
         """The token count of ``prompt``; :class:`RequestError` if it leaves no room to reply."""
+        self._check_chars(prompt, None)
         count = self.count_tokens(prompt)
         self._check_length(count, None)
         return count
+
+    def _check_chars(self, prompt: Any, index: int | None) -> None:
+        if (self.max_prompt_chars is not None and isinstance(prompt, str)
+                and len(prompt) > self.max_prompt_chars):
+            which = "The prompt" if index is None else f"Prompt {index}"
+            raise RequestError(
+                f"{which} is {len(prompt)} characters long; this model reads at most "
+                f"{self.max_context} tokens, prompt and reply together, which no text over "
+                f"{self.max_prompt_chars} characters fits. Shorten it.")
 
     def _token_ids(self, prompt: str) -> list[int]:
         # Always called the same way (no padding, no truncation): the fast tokenizer then never
         # changes its settings, which is what makes concurrent calls from threads safe.
         if not isinstance(prompt, str):
             raise RequestError(f"A prompt must be text, not {type(prompt).__name__}.")
-        if self.max_prompt_chars is not None and len(prompt) > self.max_prompt_chars:
-            raise RequestError(
-                f"The prompt is {len(prompt)} characters long; this model reads at most "
-                f"{self.max_context} tokens, prompt and reply together, which no text over "
-                f"{self.max_prompt_chars} characters fits. Shorten it.")
         with self._ids_lock:
             cached = self._recent_ids.get(prompt)
         if cached is not None:
@@ -209,6 +214,8 @@ class LLMRuntime(Runtime):
         """Left-padded tensors for ``prompts`` and the room left for new tokens (-1: no limit)."""
         import torch
 
+        for index, prompt in enumerate(prompts):
+            self._check_chars(prompt, None if len(prompts) == 1 else index)
         encoded = [self._token_ids(prompt) for prompt in prompts]
         for index, ids in enumerate(encoded):
             self._check_length(len(ids), None if len(prompts) == 1 else index)
