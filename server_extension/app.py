@@ -73,6 +73,13 @@ class AgentsWorkbenchApp(ExtensionApp):
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
         "the panel, under agents/api/agents/<name>/metrics and in the server's /metrics)."
     ).tag(config=True)
+    sessions_per_agent = Int(
+        1000, help="Chat sessions an LLM agent keeps; past it the least recently updated go."
+    ).tag(config=True)
+    sessions_per_caller = Int(
+        100, help="Chat sessions one client address keeps per agent; past it its own least "
+        "recently updated go first."
+    ).tag(config=True)
     request_log_size = Int(
         200, help="Requests each deployment's request log keeps (the most recent ones)."
     ).tag(config=True)
@@ -105,7 +112,9 @@ class AgentsWorkbenchApp(ExtensionApp):
             torch.set_num_threads(self.torch_threads)
         self.store = ExperimentStore(root)
         self.registry = Registry(root / "registry.sqlite3")
-        self.sessions = SessionStore(root / "sessions.sqlite3")
+        self.sessions = SessionStore(root / "sessions.sqlite3",
+                                     max_per_agent=self.sessions_per_agent,
+                                     max_per_caller=self.sessions_per_caller)
         # Nothing of Ray is imported until an agent asks for the 'ray' backend.
         self.ray_backend = RayBackend(
             self.ray_address, num_cpus=self.ray_num_cpus or None,

@@ -3,6 +3,11 @@
 A session belongs to one agent and holds its messages (``[{role, content}]``) as JSON. The file
 (``<root>/sessions.sqlite3``) is owner-only like the registry; it holds users' conversations.
 
+Bounded: an agent keeps at most ``max_per_agent`` sessions and one caller (the client's
+address) at most ``max_per_caller`` of them; creating one past either cap drops the least
+recently updated first, so a client looping over new sessions evicts its own oldest ones
+before anybody else's. Listing is paged (``limit``/``offset``).
+
 Thread-safety: one connection behind a lock; each method is one short transaction.
 
 Example::
@@ -35,6 +40,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 )
 """
 TITLE_CHARS = 60
+MAX_PER_AGENT = 1000
+MAX_PER_CALLER = 100
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
 
 
 def _iso(ts: float) -> str:
@@ -44,7 +53,10 @@ def _iso(ts: float) -> str:
 class SessionStore:
     """Conversations per agent: list, read, append turns, delete."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, max_per_agent: int = MAX_PER_AGENT,
+                 max_per_caller: int = MAX_PER_CALLER) -> None:
+        self.max_per_agent = max(1, max_per_agent)
+        self.max_per_caller = max(1, max_per_caller)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -53,20 +65,45 @@ class SessionStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "caller" not in columns:  # files written before sessions were capped per caller
+            self._db.execute("ALTER TABLE sessions ADD COLUMN caller TEXT NOT NULL DEFAULT ''")
+        self._db.execute("CREATE INDEX IF NOT EXISTS sessions_by_age"
+                         " ON sessions (agent, last_updated)")
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._db.close()
 
-    def summaries(self, agent: str) -> list[dict[str, Any]]:
-        """Summaries of the agent's sessions, most recently updated first."""
+    def summaries(self, agent: str, limit: int = PAGE_SIZE,
+                  offset: int = 0) -> list[dict[str, Any]]:
+        """One page of the agent's session summaries, most recently updated first."""
+        limit = min(max(1, limit), MAX_PAGE_SIZE)
         with self._lock:
             rows = self._db.execute(
                 "SELECT session_id, created_at, last_updated, title FROM sessions"
-                " WHERE agent = ? ORDER BY last_updated DESC", (agent,)).fetchall()
+                " WHERE agent = ? ORDER BY last_updated DESC, session_id LIMIT ? OFFSET ?",
+                (agent, limit, max(0, offset))).fetchall()
         return [{"session_id": r[0], "created_at": _iso(r[1]), "last_updated": _iso(r[2]),
                  "title": r[3]} for r in rows]
+
+    def page(self, agent: str, limit: int = PAGE_SIZE, offset: int = 0) -> dict[str, Any]:
+        """``{"sessions", "total", "next_offset"}``: one page and where the next one starts
+        (``None`` after the last)."""
+        sessions = self.summaries(agent, limit, offset)
+        total = self.count(agent)
+        end = max(0, offset) + len(sessions)
+        return {"sessions": sessions, "total": total,
+                "next_offset": end if end < total else None}
+
+    def count(self, agent: str, caller: str | None = None) -> int:
+        """How many sessions the agent has (of ``caller`` only, when given)."""
+        query, args = "SELECT COUNT(*) FROM sessions WHERE agent = ?", [agent]
+        if caller is not None:
+            query, args = query + " AND caller = ?", [agent, caller]
+        with self._lock:
+            return int(self._db.execute(query, args).fetchone()[0])
 
     def messages(self, agent: str, session_id: str) -> list[dict[str, str]] | None:
         """The session's messages, or ``None`` if it does not exist."""
@@ -88,8 +125,13 @@ class SessionStore:
                 "last_updated": _iso(row[1]), "title": row[2],
                 "messages": json.loads(row[3]), "success": True}
 
-    def append(self, agent: str, session_id: str, new: list[dict[str, str]]) -> None:
-        """Add messages to a session, creating it (titled by its first message) if new."""
+    def append(self, agent: str, session_id: str, new: list[dict[str, str]],
+               caller: str = "") -> None:
+        """Add messages to a session, creating it (titled by its first message) if new.
+
+        A new session past the caps makes room by dropping the least recently updated one
+        of the same caller (past ``max_per_caller``) or of the agent (past ``max_per_agent``).
+        """
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -101,9 +143,10 @@ class SessionStore:
                     title = (new[0]["content"] if new else "").strip().splitlines()
                     self._db.execute(
                         "INSERT INTO sessions (agent, session_id, title, messages, created_at,"
-                        " last_updated) VALUES (?, ?, ?, ?, ?, ?)",
+                        " last_updated, caller) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (agent, session_id, (title[0] if title else "")[:TITLE_CHARS],
-                         json.dumps(new), now, now))
+                         json.dumps(new), now, now, caller))
+                    self._expire(agent, caller)
                 else:
                     merged = json.loads(row[0]) + new
                     self._db.execute(
@@ -114,6 +157,15 @@ class SessionStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _expire(self, agent: str, caller: str) -> None:
+        # Oldest first (lock held, inside append's transaction).
+        for where, args, cap in (("agent = ? AND caller = ?", (agent, caller),
+                                  self.max_per_caller),
+                                 ("agent = ?", (agent,), self.max_per_agent)):
+            self._db.execute(
+                f"DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE {where}"  # noqa: S608 - fixed clauses
+                " ORDER BY last_updated DESC, rowid DESC LIMIT -1 OFFSET ?)", (*args, cap))
 
     def delete(self, agent: str, session_id: str) -> bool:
         """Delete one session; ``False`` if there was none."""

@@ -67,6 +67,7 @@ def bearer_key(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitabl
     async def wrapper(self: InferenceHandler, name: str, *args: Any, **kwargs: Any) -> None:
         # Tornado passes named URL groups as keywords (name, session_id, ...).
         live = self.authenticate(name)
+        self._authenticated = True
         await method(self, live, *args, **kwargs)
 
     wrapped = allow_unauthenticated(wrapper)
@@ -84,6 +85,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     _tokens = 0
     _error_text: str | None = None
     _response_text: str | None = None
+    # True once the request's key was accepted; calls that never got there are "refused".
+    _authenticated = False
 
     def check_xsrf_cookie(self) -> None:
         """No XSRF check: these routes ignore cookies and accept only Bearer keys."""
@@ -139,11 +142,13 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         if self._tokens:
             metrics.add_tokens(self._tokens)
         capture = metrics.capture_payloads
+        status = self.get_status()
         metrics.end(
-            self.route or "unknown", self.get_status(), self.request._start_time,
+            self.route or "unknown", status, self.request._start_time,
             batch_size=self._batch, error=self._error_text,
             request=self.request.body if capture else None,
             response=self._response_text if capture else None,
+            refused=status >= 400 and not self._authenticated,
         )
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
@@ -277,13 +282,14 @@ class GetActionHandler(InferenceHandler):
         if body.get("obs") is None:
             raise InferenceError(
                 400, "obs is required: base64 .npy observations with a batch axis.")
-        if isinstance(body.get("batch_size"), int):
-            self._batch = body["batch_size"]
         runtime = live.runtime
 
         def act() -> dict[str, Any]:
+            obs = decode_tree(body["obs"], "obs")
+            # Counted from the decoded rows, never the client's own batch_size field.
+            self._batch = batch_size(obs)
             action, hidden = runtime.get_action(
-                decode_tree(body["obs"], "obs"),
+                obs,
                 hidden_state=decode_tree(body.get("hidden_state"), "hidden_state"),
                 action_mask=decode_tree(body.get("action_mask"), "action_mask"),
                 env_defined_actions=decode_tree(

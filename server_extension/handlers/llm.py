@@ -21,6 +21,7 @@ from tornado.iostream import StreamClosedError
 
 from ..deployer import LiveDeployment
 from ..runtimes.base import RequestError, Runtime
+from ..sessions import MAX_PAGE_SIZE, PAGE_SIZE
 from .base import SESSIONS
 from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
 
@@ -101,6 +102,21 @@ def check_prompt_text(prompt: Any, what: str = "prompt") -> str:
     return prompt
 
 
+def page_args(handler: InferenceHandler) -> tuple[int, int]:
+    """``?limit=&offset=`` of a paged listing; 400 unless whole numbers in range."""
+    values = []
+    for name, default, top in (("limit", PAGE_SIZE, MAX_PAGE_SIZE), ("offset", 0, 10**9)):
+        raw = handler.get_query_argument(name, None)
+        if raw is None:
+            values.append(default)
+            continue
+        number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else -1
+        if number < (0 if name == "offset" else 1) or number > top:
+            raise InferenceError(400, f"{name} must be a whole number up to {top}, got {raw!r}.")
+        values.append(number)
+    return values[0], values[1]
+
+
 def new_session_id() -> str:
     """A fresh session id for a conversation the caller did not name."""
     return "sess_" + secrets.token_hex(8)
@@ -144,6 +160,7 @@ class GenerateHandler(LLMHandler):
         if session_id is not None and len(prompts) != 1:
             raise InferenceError(400, "session_id continues one conversation: send one prompt.")
         runtime, agent = live.runtime, live.name
+        caller = self.request.remote_ip or ""
 
         def work() -> dict[str, Any]:
             inputs = [self.conversation(runtime, agent, session_id, p) for p in prompts]
@@ -156,7 +173,7 @@ class GenerateHandler(LLMHandler):
             for prompt, completion in zip(prompts, completions, strict=True):
                 self.sessions.append(agent, session_id or new_session_id(), [
                     {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": completion}])
+                    {"role": "assistant", "content": completion}], caller)
             return {
                 "results": [{"prompt": p, "completion": c}
                             for p, c in zip(prompts, completions, strict=True)],
@@ -241,7 +258,7 @@ class GenerateStreamHandler(LLMHandler):
         if not cancelled.is_set():
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}])
+                {"role": "assistant", "content": completion}], self.request.remote_ip or "")
             self.finish()
 
 
@@ -254,8 +271,9 @@ class SessionsHandler(LLMHandler):
     async def get(self, live: LiveDeployment) -> None:
         """List sessions."""
         self.check_route(live)
-        sessions = await self.deployer.call(self.sessions.summaries, live.name)
-        self.finish(json.dumps({"sessions": sessions, "success": True}))
+        limit, offset = page_args(self)
+        page = await self.deployer.call(self.sessions.page, live.name, limit, offset)
+        self.finish(json.dumps({**page, "success": True}))
 
 
 class SessionHandler(LLMHandler):
