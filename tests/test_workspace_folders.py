@@ -51,6 +51,14 @@ def hostile_folders(workspace: Path) -> dict[str, str]:
     linked = clone(workspace, "bad-link")
     (linked / "checkpoints" / "step_7").symlink_to("/usr")
     made["bad-link"] = "checkpoint links to /usr"
+    usr = clone(workspace, "bad-usr")
+    shutil.rmtree(usr / "checkpoints")
+    (usr / "checkpoints").symlink_to("/usr")
+    made["bad-usr"] = "checkpoints folder is /usr"
+    loop = clone(workspace, "bad-loop")
+    (loop / "checkpoints" / "step_8").symlink_to(loop / "checkpoints" / "step_9")
+    (loop / "checkpoints" / "step_9").symlink_to(loop / "checkpoints" / "step_8")
+    made["bad-loop"] = "checkpoints linking to each other"
     return made
 
 
@@ -88,6 +96,8 @@ async def test_bad_folders_are_listed_broken_and_never_5xx(jp_fetch: Any,
     assert all(row["step"] < 2**63 for row in good["bad-inf"]["metrics"])
     assert good["bad-step"]["checkpoints"] == []
     assert [c["step"] for c in good["bad-link"]["checkpoints"]].count(7) == 1
+    assert good["bad-usr"]["checkpoints"] == []
+    assert {8, 9} <= {c["step"] for c in good["bad-loop"]["checkpoints"]}
     for name, checkpoint in [(n, "best") for n in broken] + [
             ("bad-step", "best"), (SOURCE, 2**64), (SOURCE, 2**70), (SOURCE, [1])]:
         code, answer = await create(jp_fetch, f"x-{name}", experiment=name,

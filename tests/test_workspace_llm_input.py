@@ -30,7 +30,8 @@ def chat_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def chat(chat_root: Path) -> Iterator[dict[str, Any]]:
-    server = ServerProcess(chat_root).start()
+    server = ServerProcess(chat_root, extra_args=[
+        "--AgentsWorkbenchApp.sessions_per_caller=5"]).start()
     try:
         agent = server.deploy("chat", SFT_EXPERIMENT, "final")
         yield {"server": server, "endpoint": agent["endpoint"],
@@ -116,3 +117,23 @@ def test_prompt_length_is_checked_before_tokenizing_and_once(chat_root: Path) ->
 class _Never:
     def is_set(self) -> bool:
         return False
+
+
+def test_sessions_are_capped_per_caller_and_paged(chat: dict[str, Any]) -> None:
+    for i in range(8):
+        assert post(chat, "generate", {"prompts": [f"q{i}"], "params": GREEDY}
+                    ).status_code == 200
+    pages, offset = [], 0
+    while offset is not None:
+        answer = requests.get(f"{chat['endpoint']}/sessions", params={"limit": 2,
+                              "offset": offset}, headers=chat["headers"], timeout=30).json()
+        assert answer["total"] == 5, answer
+        pages.append(answer["sessions"])
+        offset = answer["next_offset"]
+    titles = [s["title"] for page in pages for s in page]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert titles == ["q7", "q6", "q5", "q4", "q3"]  # newest kept, oldest expired
+    for bad in ("0", "-1", "x", "501", "\u00b2", "9" * 30):
+        answer = requests.get(f"{chat['endpoint']}/sessions", params={"limit": bad},
+                              headers=chat["headers"], timeout=30)
+        assert answer.status_code == 400, (bad, answer.text)

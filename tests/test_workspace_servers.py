@@ -154,3 +154,21 @@ def test_b_takes_over_loading_when_a_stops(tmp_path: Path, demo_experiments: Pat
     finally:
         b.stop()
         a.stop()
+
+
+def test_no_jupyter_token_or_key_in_the_log_of_refused_calls(
+        pair: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = pair
+    agent = deploy_through_b(a, b, "quiet")
+    start = len(a.log())
+    token, key = a.token, agent["api_key"]
+    for query in (f"token={token}", f"Token={token}", f"note={token}", f"x=1&apiKey={key}"):
+        # Authenticated by the header; the query only has to stay out of the log.
+        assert a.api("GET", f"agents/nobody?{query}").status_code == 404
+        assert a.api("POST", f"agents/nobody/connect?{query}").status_code == 404
+        answer = requests.post(f"{agent['endpoint']}/get_action?{query}", json=OBS, timeout=10,
+                               headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 400
+    logged = a.log()[start:]
+    assert "agents/nobody" in logged and "[secret]" in logged
+    assert token not in logged and key not in logged
