@@ -168,7 +168,8 @@ def test_no_jupyter_token_or_key_in_the_log_of_refused_calls(
         assert a.api("POST", f"agents/nobody/connect?{query}").status_code == 404
         answer = requests.post(f"{agent['endpoint']}/get_action?{query}", json=OBS, timeout=10,
                                headers={"Authorization": f"Bearer {key}"})
-        assert answer.status_code == 400
+        # 400 for a credential-named parameter; ?note= is no credential and is served.
+        assert answer.status_code == (200 if query.startswith("note") else 400), answer.text
     logged = a.log()[start:]
     assert "agents/nobody" in logged and "[secret]" in logged
     assert token not in logged and key not in logged
