@@ -24,17 +24,22 @@ def test_sessions_are_capped_per_caller_and_agent_oldest_first(tmp_path: Path) -
     for i in range(3):
         store.append("a", f"real-{i}", turn, caller="10.0.0.1")
     # The flooding caller lost its own oldest sessions, nobody else's.
-    assert store.count("a", "10.0.0.9") == 4 and store.count("a", "10.0.0.1") == 3
-    assert store.get("a", "flood-0") is None and store.get("a", "flood-5") is not None
+    assert store.count("a", "10.0.0.9") == 4
+    assert store.count("a", "10.0.0.1") == 3
+    assert store.get("a", "flood-0") is None
+    assert store.get("a", "flood-5") is not None
     store.append("a", "real-0", turn, caller="10.0.0.1")  # a reply keeps a session fresh
     for i in range(4):
         store.append("a", f"other-{i}", turn, caller=f"10.0.1.{i}")
     assert store.count("a") == 10  # the agent cap dropped the least recently updated
     assert store.get("a", "real-0") is not None
     page = store.page("a", limit=4)
-    assert len(page["sessions"]) == 4 and page["total"] == 10 and page["next_offset"] == 4
+    assert len(page["sessions"]) == 4
+    assert page["total"] == 10
+    assert page["next_offset"] == 4
     last = store.page("a", limit=4, offset=8)
-    assert len(last["sessions"]) == 2 and last["next_offset"] is None
+    assert len(last["sessions"]) == 2
+    assert last["next_offset"] is None
     seen = [s["session_id"] for o in (0, 4, 8) for s in store.page("a", 4, o)["sessions"]]
     assert len(set(seen)) == 10
     store.close()
@@ -81,7 +86,8 @@ async def test_flood_of_refused_calls_leaves_the_request_log_to_real_traffic(
     assert {r["batch_size"] for r in log["requests"]} == {2}
     code, summary = await call(jp_fetch, "GET", "agents", "api", "agents", "flooded", "metrics")
     assert code == 200, summary
-    assert summary["refused"]["total"] == 250 and summary["refused"]["last"]["status"] == 401
+    assert summary["refused"]["total"] == 250
+    assert summary["refused"]["last"]["status"] == 401
     assert summary["last_error"] is None
     assert summary["by_route"]["get_action"] == {"200": 3, "401": 250}
 
@@ -103,6 +109,7 @@ def test_discovery_file_is_private_whatever_was_there(tmp_path: Path) -> None:
     path.unlink()
     path.symlink_to(victim)  # a final path that is a link is replaced, not followed
     discovery.write(info, path)
-    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert victim.read_text() == "untouched"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [old_tmp.name]

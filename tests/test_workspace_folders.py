@@ -69,9 +69,11 @@ async def test_copied_folder_is_its_own_experiment(jp_fetch: Any, workspace: Pat
     code, listing = await call(jp_fetch, "GET", "agents", "api", "experiments")
     assert code == 200
     names = [e["name"] for e in listing["experiments"]]
-    assert names.count(SOURCE) == 1 and "cartpole-broken" in names
+    assert names.count(SOURCE) == 1
+    assert "cartpole-broken" in names
     code, agent = await create(jp_fetch, "from-copy", experiment="cartpole-broken")
-    assert code == 201 and agent["experiment"] == "cartpole-broken", agent
+    assert code == 201, agent
+    assert agent["experiment"] == "cartpole-broken", agent
     await call(jp_fetch, "POST", "agents", "api", "agents", "from-copy", "connect")
     agent = await wait_status(jp_fetch, "from-copy")
     # The damaged copy is what was loaded (and failed), not the undamaged original.
@@ -90,7 +92,8 @@ async def test_bad_folders_are_listed_broken_and_never_5xx(jp_fetch: Any,
     broken = {b["name"]: b["error"] for b in listing["broken"]}
     assert SOURCE in good
     assert {"bad-utf8", "bad-field", "bad-deep", "bad-base-model"} <= set(broken), broken
-    assert "UTF-8" in broken["bad-utf8"] and "nested" in broken["bad-deep"]
+    assert "UTF-8" in broken["bad-utf8"]
+    assert "nested" in broken["bad-deep"]
     assert "base_model" in broken["bad-base-model"]
     # Rows with an unusable step are dropped; the experiment itself is fine.
     assert all(row["step"] < 2**63 for row in good["bad-inf"]["metrics"])

@@ -99,7 +99,8 @@ def test_prompt_length_is_checked_before_tokenizing_and_once(chat_root: Path) ->
     experiment = ExperimentStore(chat_root).get(SFT_EXPERIMENT)
     runtime = load_runtime(experiment, experiment.checkpoint(experiment.final_step()),
                            device="cpu")
-    assert isinstance(runtime, LLMRuntime) and runtime.max_prompt_chars is not None
+    assert isinstance(runtime, LLMRuntime)
+    assert runtime.max_prompt_chars is not None
     counting = CountingTokenizer(runtime.tokenizer)
     runtime.tokenizer = counting
     try:
