@@ -230,7 +230,8 @@ class DeploymentMetrics:
             "agent": self.agent,
             "since": self.created_at,
             "requests_total": self.requests_total,
-            "requests_per_minute": round(self._per_minute(records, now), 2),
+            "requests_per_minute": round(self._per_minute(records, now)
+                                         + self._refused_per_minute(now), 2),
             "latency_ms": {
                 "p50": _round(percentile(latencies, 0.50)),
                 "p95": _round(percentile(latencies, 0.95)),
@@ -247,6 +248,13 @@ class DeploymentMetrics:
             "recent_latency_ms": [round(r.latency_ms, 3) for r in records[-SPARK_POINTS:]],
             "payload_capture": self.capture_payloads,
         }
+
+    def _refused_per_minute(self, now: float) -> float:
+        times = [t[0] for t in self.refused_log]
+        recent = sum(1 for t in times if now - t <= 60.0)
+        if len(times) == self.refused_log.maxlen and times and now - times[0] < 60.0:
+            return len(times) * 60.0 / max(now - times[0], 1e-3)  # wrapped: extrapolate
+        return float(recent)
 
     def _per_minute(self, records: list[RequestRecord], now: float) -> float:
         last_minute = sum(1 for r in records if now - r.time <= 60.0)

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from server_extension.serde import encode_array
-from tests.servers import ServerProcess, copy_workspace, wait_until
+from tests.servers import ServerProcess, VoilaApp, copy_workspace, wait_until
 
 OBS = {"obs": encode_array(np.zeros((1, 4), dtype=np.float32))}
 
@@ -177,3 +177,23 @@ def test_no_jupyter_token_or_key_in_the_log_of_refused_calls(
     assert "[secret]" in logged
     assert token not in logged
     assert key not in logged
+
+
+def test_voila_app_beside_lab_follows_and_revokes(pair: tuple[ServerProcess, ServerProcess]
+                                                  ) -> None:
+    a, _b = pair
+    agent = a.deploy("in-both", "cartpole-dqn")
+    app = VoilaApp(a.root)
+    try:
+        shown = app.api("agents/in-both").json()
+        assert (shown["status"], shown["api_key"]) == ("Deployed", agent["api_key"])
+        assert shown["endpoint"] == agent["endpoint"]  # Lab loaded it; the app points there
+        rotated = requests.post(f"{app.url}agents/api/agents/in-both/rotate-key", timeout=10,
+                                headers={"Authorization": f"token {app.token}"})
+        assert rotated.status_code == 200, rotated.text
+        assert act(agent["endpoint"], agent["api_key"]) == 401
+        assert act(agent["endpoint"], rotated.json()["api_key"]) == 200
+        assert a.api("GET", "agents/in-both").json()["api_key"] == rotated.json()["api_key"]
+        assert "Agent in-both deployed" not in app.log()
+    finally:
+        app.stop()

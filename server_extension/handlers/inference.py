@@ -148,7 +148,10 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             batch_size=self._batch, error=self._error_text,
             request=self.request.body if capture else None,
             response=self._response_text if capture else None,
-            refused=status >= 400 and not self._authenticated,
+            # A keyed route's call that never passed the key check; the public routes' 4xx
+            # (status, unknown suffixes) stay in the log as before.
+            refused=(status >= 400 and not self._authenticated
+                     and self.route not in ("status", "unknown")),
         )
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
