@@ -306,7 +306,7 @@ class Experiment:
             raise StoreError(f"Experiment {self.name!r} has no checkpoints yet.")
         return ckpts[-1].step
 
-    def resolve(self, rule: str | int) -> int:
+    def resolve(self, rule: str | float) -> int:
         """Turn a checkpoint rule (``"best"``, ``"final"`` or a step) into a step."""
         if rule == "best":
             return self.best_step()
@@ -316,7 +316,7 @@ class Experiment:
             raise StoreError("checkpoint must be 'best', 'final' or a whole step number.")
         try:
             step = int(rule)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise StoreError(
                 f"checkpoint {rule!r} is not 'best', 'final' or a step number."
             ) from exc

@@ -102,7 +102,8 @@ async def test_bad_folders_are_listed_broken_and_never_5xx(jp_fetch: Any,
     assert good["bad-usr"]["checkpoints"] == []
     assert {8, 9} <= {c["step"] for c in good["bad-loop"]["checkpoints"]}
     for name, checkpoint in [(n, "best") for n in broken] + [
-            ("bad-step", "best"), (SOURCE, 2**64), (SOURCE, 2**70), (SOURCE, [1])]:
+            ("bad-step", "best"), (SOURCE, 2**64), (SOURCE, 2**70), (SOURCE, [1]),
+            (SOURCE, float("inf")), (SOURCE, 1e300), (SOURCE, float("nan"))]:
         code, answer = await create(jp_fetch, f"x-{name}", experiment=name,
                                     checkpoint=checkpoint)
         assert code == 400, (name, checkpoint, code, answer)
@@ -116,3 +117,9 @@ def test_store_identity_is_the_folder(tmp_path: Path, demo_experiments: Path) ->
     assert store.get("renamed-copy").name == "renamed-copy"
     assert store.get("renamed-copy").info.name == SOURCE  # the label inside stays as written
     assert [e.name for e in store.list()].count(SOURCE) == 1
+
+
+async def test_create_refuses_text_sqlite_cannot_store(jp_fetch: Any) -> None:
+    code, answer = await create(jp_fetch, "surrogate", description="bad \ud800 text")
+    assert code == 400, answer
+    assert "Unicode" in answer["message"]

@@ -126,11 +126,17 @@ class AgentsHandler(ManagementHandler):
         description = body.get("description") or ""
         if not isinstance(description, str):
             raise web.HTTPError(400, "description must be a string.")
+        if len(description) > 10_000:
+            raise web.HTTPError(400, "description is over 10000 characters; shorten it.")
+        try:
+            description.encode("utf-8")  # JSON can carry a lone surrogate SQLite cannot store
+        except UnicodeEncodeError as exc:
+            raise web.HTTPError(400, "description is not valid Unicode text.") from exc
         experiment_name = body.get("experiment")
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise web.HTTPError(400, "experiment is required: the name of a source experiment.")
         rule = body.get("checkpoint", "best")
-        if not isinstance(rule, (str, int)) or isinstance(rule, bool):
+        if not isinstance(rule, (str, int, float)) or isinstance(rule, bool):
             raise web.HTTPError(400, "checkpoint must be 'best', 'final' or a step number.")
         try:
             experiment, step = await asyncio.to_thread(self._resolve, experiment_name, rule)
@@ -160,7 +166,7 @@ class AgentsHandler(ManagementHandler):
         self.reply(agent_json(self, created), status=201)
 
 
-    def _resolve(self, experiment_name: str, rule: str | int) -> tuple[Experiment, int]:
+    def _resolve(self, experiment_name: str, rule: str | float) -> tuple[Experiment, int]:
         experiment = self.store.get(experiment_name.strip())
         try:
             step = experiment.resolve(rule)
