@@ -123,3 +123,16 @@ async def test_create_refuses_text_sqlite_cannot_store(jp_fetch: Any) -> None:
     code, answer = await create(jp_fetch, "surrogate", description="bad \ud800 text")
     assert code == 400, answer
     assert "Unicode" in answer["message"]
+
+
+async def test_agent_of_a_renamed_folder_fails_with_the_reason(jp_fetch: Any,
+                                                                workspace: Path) -> None:
+    copy = clone(workspace, "to-rename")
+    assert (await create(jp_fetch, "orphan", experiment="to-rename"))[0] == 201
+    copy.rename(copy.with_name("renamed"))
+    await call(jp_fetch, "POST", "agents", "api", "agents", "orphan", "connect")
+    agent = await wait_status(jp_fetch, "orphan")
+    assert agent["status"] == "Failed", agent
+    assert "Unknown experiment 'to-rename'" in agent["error"]
+    # Never resolved to another folder, not even the one it was copied from.
+    assert agent["experiment"] == "to-rename"
