@@ -15,13 +15,14 @@ from traitlets import Bool, Enum, Float, Int, Unicode, default
 from . import discovery
 from .deployer import Deployer
 from .handlers import all_routes, route_first
-from .handlers.base import DEPLOYER, MAX_BODY_BYTES, METRICS, REGISTRY, SESSIONS, STORE
+from .handlers.base import DEPLOYER, MAX_BODY_BYTES, METRICS, REGISTRY, SERVING, SESSIONS, STORE
 from .metrics import MetricsStore, register_collector, unregister_store
 from .ray_backend import RayBackend
 from .registry import Registry
 from .sessions import SessionStore
 from .store import ExperimentStore, default_root
 from .worker.serving import Limits
+from .workspace import Reconciler, ServingLease
 
 
 class AgentsWorkbenchApp(ExtensionApp):
@@ -108,6 +109,13 @@ class AgentsWorkbenchApp(ExtensionApp):
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
         "the panel, under agents/api/agents/<name>/metrics and in the server's /metrics)."
     ).tag(config=True)
+    sessions_per_agent = Int(
+        1000, help="Chat sessions an LLM agent keeps; past it the least recently updated go."
+    ).tag(config=True)
+    sessions_per_caller = Int(
+        100, help="Chat sessions one client address keeps per agent; past it its own least "
+        "recently updated go first."
+    ).tag(config=True)
     request_log_size = Int(
         200, help="Requests each deployment's request log keeps (the most recent ones)."
     ).tag(config=True)
@@ -140,7 +148,9 @@ class AgentsWorkbenchApp(ExtensionApp):
             torch.set_num_threads(self.torch_threads)
         self.store = ExperimentStore(root)
         self.registry = Registry(root / "registry.sqlite3")
-        self.sessions = SessionStore(root / "sessions.sqlite3")
+        self.sessions = SessionStore(root / "sessions.sqlite3",
+                                     max_per_agent=self.sessions_per_agent,
+                                     max_per_caller=self.sessions_per_caller)
         # Nothing of Ray is imported until an agent asks for the 'ray' backend.
         self.ray_backend = RayBackend(
             self.ray_address, num_cpus=self.ray_num_cpus or None,
@@ -179,11 +189,28 @@ class AgentsWorkbenchApp(ExtensionApp):
             SESSIONS: self.sessions,
             MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
         })
+        # Another server may serve this workspace already (workspace.py): until the lease is
+        # decided, Connect only writes the registry.
+        self.deployer.serves = False
+        self.lease = ServingLease(root)
+        self.settings[SERVING] = self.lease
+        self.reconciler = Reconciler(self.deployer, self.lease)
         # The loop may not run yet while extensions load; restore agents once it does.
-        IOLoop.current().add_callback(self.deployer.start)
+        IOLoop.current().add_callback(self._start_serving)
         self._discovery_path: Path | None = None
         IOLoop.current().add_callback(self._write_discovery)
         self.log.info("agents-workbench serving experiments from %s", root)
+
+    def _start_serving(self) -> None:
+        server = self.serverapp
+        if server is not None:  # the Voila app sets the URL itself (it has no serverapp)
+            self.lease.url = server.connection_url
+        self.deployer.serves = self.lease.try_acquire()
+        if not self.deployer.serves:
+            self.log.info("agents-workbench: another server (%s) loads this workspace's "
+                          "agents; this one follows its registry", self.lease.holder_url())
+        self.deployer.start()
+        self.reconciler.start()
 
     def _share_log(self) -> None:
         # The workbench's modules log under "agents_workbench"; send that where Jupyter's own
@@ -221,7 +248,9 @@ class AgentsWorkbenchApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""
+        self.reconciler.stop()
         await self.deployer.stop()
+        self.lease.release()
         # After the deployer closed its runtimes, so their Serve applications go first.
         await asyncio.to_thread(self.ray_backend.shutdown)
         if self.metrics is not None:

@@ -191,6 +191,10 @@ class Deployer:
         self._restarts: dict[str, int] = {}
         self._log_dir: Path | None = None
         self._sweeper: PeriodicCallback | None = None
+        # False on a server that shares its workspace with the one that loads (workspace.py):
+        # Connect then only marks the agent Pending in the registry.
+        self.serves = True
+        self._loading: dict[str, int] = {}  # name -> generation of the load in flight
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -203,10 +207,11 @@ class Deployer:
                 # a crash loop. It keeps its reason and waits for Retry (Connect).
                 continue
             if record.connected:
-                self._begin_connect(record.name)
+                if self.serves:
+                    self._begin_connect(record.name)
             else:
                 self.warm(record)
-                if record.deployment_id and record.status != "Undeployed":
+                if self.serves and record.deployment_id and record.status != "Undeployed":
                     # A crash between writes can leave a disconnected agent marked live.
                     self.registry.update(record.name, status="Undeployed", error=None)
         if self.health_check_interval > 0:
@@ -277,10 +282,19 @@ class Deployer:
         if old is not None:
             self._close_runtime(old.runtime)
         record = self.registry.update(name, status="Pending", connected=True, error=None)
-        self._spawn(self._load(name, generation))
+        if self.serves:
+            self._loading[name] = generation
+            self._spawn(self._load(name, generation))
         return record
 
     async def _load(self, name: str, generation: int) -> None:
+        try:
+            await self._load_once(name, generation)
+        finally:
+            if self._loading.get(name) == generation:
+                del self._loading[name]
+
+    async def _load_once(self, name: str, generation: int) -> None:
         started = time.perf_counter()
         try:
             record = self.registry.get(name)
@@ -384,6 +398,7 @@ class Deployer:
         generation = self._generation.get(name, 0) + 1
         self._generation[name] = generation
         self._set_if_exists(name, status="Pending", error=f"Restarting its worker: {reason}")
+        self._loading[name] = generation
         self._spawn(self._load(name, generation))
 
     def worker_info(self, name: str) -> dict[str, Any] | None:
@@ -463,6 +478,45 @@ class Deployer:
         if record.deployment_id is None:
             return record
         return self.registry.update(name, status="Undeployed", connected=False, error=None)
+
+    def unload(self, name: str) -> None:
+        """Drop this server's runtime of ``name`` without touching the registry (another
+        server disconnected, deleted or re-created the agent)."""
+        self._generation[name] = self._generation.get(name, 0) + 1
+        self._loading.pop(name, None)
+        live = self._live.pop(name, None)
+        if live is not None:
+            log.info("Agent %s changed in the registry elsewhere; unloaded here", name)
+            self._close_runtime(live.runtime)
+
+    def sync(self, *, reload_deployed: bool = False) -> None:
+        """Bring the live runtimes in line with the registry after another server wrote it.
+
+        Unloads agents no longer connected (or deleted, or re-created with a new deployment);
+        when this server loads the workspace's agents, starts loading those connected
+        elsewhere (Pending with no error: a fresh Connect) and, with ``reload_deployed`` (it
+        just took over from a server that stopped), those still marked Deployed.
+        """
+        records = {r.name: r for r in self.registry.list()}
+        for name, live in list(self._live.items()):
+            record = records.get(name)
+            if (record is None or not record.connected
+                    or record.deployment_id != live.deployment_id):
+                self.unload(name)
+        for name in list(self._loading):
+            record = records.get(name)
+            if record is None or not record.connected:
+                self.unload(name)
+        if not self.serves:
+            return
+        for record in records.values():
+            if not record.connected or record.name in self._loading:
+                continue
+            fresh_connect = record.status == "Pending" and record.error is None
+            orphaned = (reload_deployed and record.name not in self._live
+                        and record.status in ("Pending", "Deployed"))
+            if fresh_connect or orphaned:
+                self._begin_connect(record.name)
 
     def delete(self, name: str) -> None:
         """Disconnect and remove the agent."""

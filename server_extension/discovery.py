@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,13 +47,27 @@ def runtime_file(pid: int | None = None, runtime_dir: Path | None = None) -> Pat
 
 
 def write(info: ServerInfo, path: Path) -> None:
-    """Write ``info`` to ``path`` readable by the owner only."""
+    """Write ``info`` to ``path`` readable by the owner only, whatever was there before.
+
+    The temporary file has a fresh random name and is created exclusively without following
+    links (``O_EXCL | O_NOFOLLOW``): a file or symlink planted at a predictable ``.tmp`` path
+    can neither widen the mode nor redirect the write. The rename replaces ``path`` itself,
+    even when ``path`` was a symlink.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(asdict(info), fh)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(asdict(info), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _alive(pid: int) -> bool:

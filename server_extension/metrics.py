@@ -47,6 +47,9 @@ BUCKETS_S: tuple[float, ...] = (
     30.0, 60.0,
 )
 DEFAULT_LOG_SIZE = 200
+# Refused calls (no valid key: anyone on the network can send them) go to a ring of their own
+# this long, so a flood of them never pushes real traffic out of the request log.
+REFUSED_LOG_SIZE = 50
 # Captured payloads are cut to this many characters so a huge batch cannot bloat memory.
 PAYLOAD_LIMIT = 2048
 ERROR_TEXT_LIMIT = 300
@@ -125,6 +128,9 @@ class DeploymentMetrics:
         # Plain tuples in RequestRecord's field order: building the NamedTuple costs more
         # than the rest of the recording together, so that happens only when read.
         self.log: deque[tuple[Any, ...]] = deque(maxlen=max(1, log_size))
+        self.refused_log: deque[tuple[Any, ...]] = deque(maxlen=REFUSED_LOG_SIZE)
+        self.refused_total = 0
+        self.last_refused: dict[str, Any] | None = None
 
     # -- recording (event loop only) -----------------------------------------------------
 
@@ -134,8 +140,13 @@ class DeploymentMetrics:
 
     def end(self, route: str, status: int, started: float, *, batch_size: int | None = None,
             error: str | None = None, request: str | bytes | None = None,
-            response: str | bytes | None = None) -> None:
+            response: str | bytes | None = None, refused: bool = False) -> None:
         """A request was answered: count it, time it and log it.
+
+        ``refused``: the call never got past the key check. It is counted (route, status,
+        Prometheus) like any other, but logged in :attr:`refused_log` and noted in
+        :attr:`last_refused` instead of the request log and ``last_error``, which stay about
+        the agent's real callers.
 
         ``started`` is the wall-clock arrival time (Tornado's ``request._start_time``), so the
         latency covers parsing and queueing as well as the model. ``request`` and ``response``
@@ -152,6 +163,12 @@ class DeploymentMetrics:
         stats.codes[status] = stats.codes.get(status, 0) + 1
         stats.count += 1
         stats.sum_s += latency_s
+        if refused:
+            self.refused_total += 1
+            self.last_refused = {"time": now, "route": route, "status": status,
+                                 "message": clip(error, ERROR_TEXT_LIMIT) or f"HTTP {status}"}
+            self.refused_log.append((started, route, status, latency_s * 1000, None, None, None))
+            return
         if status >= 400:
             self.last_error = {"time": now, "route": route, "status": status,
                                "message": clip(error, ERROR_TEXT_LIMIT) or f"HTTP {status}"}
@@ -190,6 +207,12 @@ class DeploymentMetrics:
             records = records[:max(0, limit)]
         return [r.to_json() for r in records]
 
+    def refused(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The refused calls' own log, newest first, at most ``limit`` entries."""
+        records = [RequestRecord._make(t) for t in self.refused_log]
+        records.reverse()
+        return [r.to_json() for r in records[:limit if limit is not None else None]]
+
     def summary(self, now: float | None = None) -> dict[str, Any]:
         """What the panel's row shows: rate, percentiles, errors, recent latencies, counts."""
         now = time.time() if now is None else now
@@ -207,7 +230,8 @@ class DeploymentMetrics:
             "agent": self.agent,
             "since": self.created_at,
             "requests_total": self.requests_total,
-            "requests_per_minute": round(self._per_minute(records, now), 2),
+            "requests_per_minute": round(self._per_minute(records, now)
+                                         + self._refused_per_minute(now), 2),
             "latency_ms": {
                 "p50": _round(percentile(latencies, 0.50)),
                 "p95": _round(percentile(latencies, 0.95)),
@@ -216,12 +240,21 @@ class DeploymentMetrics:
             },
             "errors": {"total": errors_4xx + errors_5xx, "4xx": errors_4xx, "5xx": errors_5xx},
             "last_error": dict(self.last_error) if self.last_error else None,
+            "refused": {"total": self.refused_total,
+                        "last": dict(self.last_refused) if self.last_refused else None},
             "in_flight": self.in_flight,
             "tokens_generated": self.tokens_generated,
             "by_route": by_route,
             "recent_latency_ms": [round(r.latency_ms, 3) for r in records[-SPARK_POINTS:]],
             "payload_capture": self.capture_payloads,
         }
+
+    def _refused_per_minute(self, now: float) -> float:
+        times = [t[0] for t in self.refused_log]
+        recent = sum(1 for t in times if now - t <= 60.0)
+        if len(times) == self.refused_log.maxlen and times and now - times[0] < 60.0:
+            return len(times) * 60.0 / max(now - times[0], 1e-3)  # wrapped: extrapolate
+        return float(recent)
 
     def _per_minute(self, records: list[RequestRecord], now: float) -> float:
         last_minute = sum(1 for r in records if now - r.time <= 60.0)

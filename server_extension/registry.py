@@ -121,6 +121,7 @@ class Registry:
         os.close(fd)
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
+        self.credentials = CredentialCache(self)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -151,6 +152,7 @@ class Registry:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.credentials.clear()
 
     def close(self) -> None:
         """Close the connection (the file stays)."""
@@ -324,3 +326,60 @@ def delete_token(registry: Registry, token_id: str) -> bool:
     with registry._tx() as db:
         cur = db.execute("DELETE FROM access_tokens WHERE id = ?", (token_id,))
     return cur.rowcount > 0
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What an inference request is checked against: the registry's word, not a cached copy."""
+
+    deployment_id: str
+    api_key: str = field(repr=False)
+    status: str
+    connected: bool
+
+
+class CredentialCache:
+    """Each agent's current :class:`Credential`, re-read only when the database changed.
+
+    Several servers may share one registry file (JupyterLab and the Voila app over one
+    workspace). SQLite's ``PRAGMA data_version`` changes whenever *another* connection
+    commits, so one pragma per lookup (a read of the WAL index in shared memory, a few
+    microseconds) tells whether the cached answers still hold; this connection's own writes
+    clear the cache in :meth:`Registry._tx`. A key rotated, an agent disconnected or deleted
+    through any server is therefore refused by every server on its next request.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._version: int | None = None
+        self._known: dict[str, Credential | None] = {}
+
+    def clear(self) -> None:
+        """Forget every cached answer (this connection just wrote)."""
+        self._version = None
+
+    def get(self, name: str) -> Credential | None:
+        """The agent's credential, or ``None`` when it has no deployment (or does not exist)."""
+        reg = self._registry
+        with reg._lock:
+            version = int(reg._db.execute("PRAGMA data_version").fetchone()[0])
+            if version != self._version:
+                self._known = {}
+                self._version = version
+            elif name in self._known:
+                return self._known[name]
+            row = reg._db.execute(
+                "SELECT deployment_id, api_key, status, connected FROM deployments"
+                " WHERE agent = ?", (name,)).fetchone()
+            found = None if row is None else Credential(
+                deployment_id=row[0], api_key=row[1], status=row[2], connected=bool(row[3]))
+            # Names come from URLs: keep the cache from growing with made-up ones.
+            if len(self._known) < 4096:
+                self._known[name] = found
+            return found
+
+
+def data_version(registry: Registry) -> int:
+    """The registry file's change counter as this connection sees it (see CredentialCache)."""
+    with registry._lock:
+        return int(registry._db.execute("PRAGMA data_version").fetchone()[0])

@@ -195,5 +195,7 @@ def encode_tree(value: Any) -> Any:
 def batch_size(tree: Any) -> int:
     """The leading-axis length of the first array in a decoded tree (1 for a scalar)."""
     while isinstance(tree, (dict, tuple)):
+        if not tree:
+            return 0
         tree = next(iter(tree.values())) if isinstance(tree, dict) else tree[0]
     return int(tree.shape[0]) if getattr(tree, "ndim", 0) else 1

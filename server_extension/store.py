@@ -41,6 +41,14 @@ ROOT_ENV = "AGENTS_WORKBENCH_ROOT"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CKPT_RE = re.compile(r"^step_(\d+)(\.[A-Za-z0-9]+)?$")
 METRIC_FIELDS = ("step", "training_score", "evaluation_score")
+# Steps are stored in SQLite's 64-bit integers; a file named beyond that is not a checkpoint.
+MAX_STEP = 2**63 - 1
+# Bounds on what one listing reads from one folder: a checkpoints folder that is (or links
+# to) /usr, or a model folder of a million files, must not stall the listing.
+MAX_CHECKPOINT_ENTRIES = 10_000
+MAX_SIZE_FILES = 10_000
+MAX_JSON_BYTES = 1024 * 1024
+MAX_METRICS_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(ValueError):
@@ -88,6 +96,25 @@ def _score(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _step(value: str | None) -> int | None:
+    """A metrics row's step, or ``None`` for anything that is not a usable whole step
+    (blank, text, ``inf``, ``1e400``, negative, beyond 64 bits)."""
+    try:
+        number = float(value or "")
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number < 0 or number > MAX_STEP:
+        return None
+    return int(number)
+
+
+def _optional_text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise StoreError(f"experiment.json {key} must be text or null, not {type(value).__name__}.")
+    return value
+
+
 @dataclass
 class ExperimentInfo:
     """What ``experiment.json`` holds.
@@ -127,16 +154,20 @@ class ExperimentInfo:
                 project_type=data["project_type"],
                 algorithm=str(data["algorithm"]),
                 framework=str(data["framework"]),
-                environment=data.get("environment"),
-                dataset=data.get("dataset"),
+                environment=_optional_text(data, "environment"),
+                dataset=_optional_text(data, "dataset"),
                 multi_agent=bool(data.get("multi_agent", False)),
                 recurrent=bool(data.get("recurrent", False)),
-                base_model=data.get("base_model"),
+                base_model=_optional_text(data, "base_model"),
                 created_at=float(data.get("created_at", 0.0)),
-                extra=dict(data.get("extra") or {}),
+                extra=data.get("extra") or {},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except StoreError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise StoreError(f"experiment.json is missing or has a bad field: {exc}") from exc
+        if not isinstance(info.extra, dict):
+            raise StoreError("experiment.json extra must be an object.")
         if info.project_type not in PROJECT_TYPES:
             raise StoreError(
                 f"experiment.json project_type is {info.project_type!r}; "
@@ -158,7 +189,7 @@ class Checkpoint:
     def size_mb(self) -> float:
         """Size on disk in MiB (a folder counts every file inside it)."""
         if self.path.is_dir():
-            total = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+            total = _folder_size(self.path)
         elif self.path.exists():
             total = self.path.stat().st_size
         else:
@@ -184,8 +215,9 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        """The experiment's name (its folder name)."""
-        return self.info.name
+        """The experiment's identity: its folder name (``experiment.json``'s ``name`` is only
+        a label, so a copied folder is never mistaken for its original)."""
+        return self.folder.name
 
     def metrics(self) -> list[dict[str, float | int | None]]:
         """Rows of ``metrics.csv`` in step order; later rows for a step win."""
@@ -193,13 +225,21 @@ class Experiment:
         if not path.exists():
             return []
         by_step: dict[int, dict[str, float | int | None]] = {}
-        with path.open(encoding="utf-8", newline="") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    step = int(float(row.get("step") or ""))
-                except ValueError:
-                    continue
-                by_step[step] = {
+        if path.stat().st_size > MAX_METRICS_BYTES:
+            raise StoreError(f"{path} is over {MAX_METRICS_BYTES // 2**20} MiB; "
+                             "log fewer rows or start a new experiment.")
+        try:
+            with path.open(encoding="utf-8", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"{path} is not UTF-8 text: {exc}") from exc
+        except csv.Error as exc:
+            raise StoreError(f"{path} is not a readable CSV file: {exc}") from exc
+        for row in rows:
+            step = _step(row.get("step") if isinstance(row.get("step"), str) else None)
+            if step is None:
+                continue
+            by_step[step] = {
                     "step": step,
                     "training_score": _score(row.get("training_score")),
                     "evaluation_score": _score(row.get("evaluation_score")),
@@ -210,10 +250,13 @@ class Experiment:
         folder = self.folder / "checkpoints"
         if not folder.is_dir():
             return
-        for entry in folder.iterdir():
-            match = _CKPT_RE.match(entry.name)
-            if match:
-                yield int(match.group(1)), entry
+        with os.scandir(folder) as entries:
+            for seen, entry in enumerate(entries):
+                if seen >= MAX_CHECKPOINT_ENTRIES:
+                    return  # not a checkpoints folder of a training run (/usr, say)
+                match = _CKPT_RE.match(entry.name)
+                if match and int(match.group(1)) <= MAX_STEP:
+                    yield int(match.group(1)), Path(entry.path)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every checkpoint on disk, in step order, joined with its scores."""
@@ -263,7 +306,7 @@ class Experiment:
             raise StoreError(f"Experiment {self.name!r} has no checkpoints yet.")
         return ckpts[-1].step
 
-    def resolve(self, rule: str | int) -> int:
+    def resolve(self, rule: str | float) -> int:
         """Turn a checkpoint rule (``"best"``, ``"final"`` or a step) into a step."""
         if rule == "best":
             return self.best_step()
@@ -273,7 +316,7 @@ class Experiment:
             raise StoreError("checkpoint must be 'best', 'final' or a whole step number.")
         try:
             step = int(rule)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise StoreError(
                 f"checkpoint {rule!r} is not 'best', 'final' or a step number."
             ) from exc
@@ -283,7 +326,7 @@ class Experiment:
         """The REST shape of ``GET agents/api/experiments``."""
         info = self.info
         return {
-            "name": info.name,
+            "name": self.name,
             "tab": info.project_type,
             "source": info.source,
             "environment": info.environment,
@@ -299,6 +342,10 @@ class Experiment:
         }
 
 
+_Rows = list[dict[str, Any]]  # (aliases: inside ExperimentStore, ``list`` is its method)
+_Paths = list[Path]
+
+
 class ExperimentStore:
     """Reads the experiments under one root. Cheap to build; holds no open files."""
 
@@ -311,17 +358,50 @@ class ExperimentStore:
         return self.root / "experiments"
 
     def list(self) -> list[Experiment]:
-        """Every readable experiment, by name. Unreadable folders are skipped, not fatal."""
-        out: list[Experiment] = []
-        if not self.experiments_dir.is_dir():
-            return out
-        for folder in sorted(self.experiments_dir.iterdir()):
-            if folder.is_dir() and (folder / "experiment.json").exists():
+        """Every readable experiment, by folder name. Unreadable folders are skipped."""
+        found = (self._try_load(folder) for folder in self._folders())
+        return [e for e in found if isinstance(e, Experiment)]
+
+    def listing(self) -> dict[str, _Rows]:
+        """The REST shape of ``GET agents/api/experiments``: every usable experiment, and
+        every folder that could not be read as one (``broken``: folder name and reason).
+
+        Blocking disk work: call it off the event loop. One bad folder (unreadable JSON,
+        a metrics file that is not UTF-8, a field too large) is one broken entry, never an
+        error for the whole list.
+        """
+        good: _Rows = []
+        broken: _Rows = []
+        for folder in self._folders():
+            found = self._try_load(folder)
+            if isinstance(found, Experiment):
                 try:
-                    out.append(self._load(folder))
-                except StoreError:
+                    good.append(found.to_json())
                     continue
-        return out
+                except (StoreError, OSError, RecursionError) as exc:
+                    found = str(exc)
+            broken.append({"name": folder.name, "folder": str(folder), "error": found})
+        return {"experiments": good, "broken": broken}
+
+    def _folders(self) -> _Paths:
+        if not self.experiments_dir.is_dir():
+            return []
+        out = []
+        with os.scandir(self.experiments_dir) as entries:
+            for entry in entries:
+                if (entry.is_dir()
+                        and os.path.exists(os.path.join(entry.path, "experiment.json"))):
+                    out.append(Path(entry.path))
+                if len(out) >= MAX_CHECKPOINT_ENTRIES:
+                    break
+        return sorted(out)
+
+    def _try_load(self, folder: Path) -> Experiment | str:
+        try:
+            validate_name(folder.name)
+            return self._load(folder)
+        except StoreError as exc:
+            return str(exc)
 
     def get(self, name: str) -> Experiment:
         """One experiment by name; :class:`StoreError` naming the ones that exist."""
@@ -336,10 +416,18 @@ class ExperimentStore:
 
     @staticmethod
     def _load(folder: Path) -> Experiment:
+        path = folder / "experiment.json"
         try:
-            data = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{folder / 'experiment.json'} is unreadable: {exc}") from exc
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_JSON_BYTES + 1)
+            if len(raw) > MAX_JSON_BYTES:
+                raise StoreError(f"{path} is over {MAX_JSON_BYTES // 1024} KiB; it should "
+                                 "hold a few fields.")
+            data = json.loads(raw.decode("utf-8"))
+        except RecursionError as exc:
+            raise StoreError(f"{path} is nested too deeply to read.") from exc
+        except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise StoreError(f"{path} is unreadable: {exc}") from exc
         if not isinstance(data, dict):
             raise StoreError(f"{folder / 'experiment.json'} must hold a JSON object.")
         return Experiment(folder, ExperimentInfo.from_json(data))
@@ -415,3 +503,18 @@ class ExperimentWriter:
             "" if evaluation_score is None else repr(float(evaluation_score)),
         ])
         _atomic_write(path, existing + buf.getvalue())
+
+
+def _folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder``, not following links, at most MAX_SIZE_FILES."""
+    total = seen = 0
+    for dirpath, _dirs, files in os.walk(folder, followlinks=False):
+        for name in files:
+            seen += 1
+            if seen > MAX_SIZE_FILES:
+                return total
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

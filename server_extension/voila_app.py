@@ -81,6 +81,7 @@ class WorkbenchVoila(Voila):
         # write a discovery file for one; this app writes its own below.
         self.workbench = AgentsWorkbenchApp(parent=self, serverapp=None)
         self.workbench.initialize_settings()
+        self.workbench.lease.url = self.kernel_url  # where other servers' panels send callers
         settings.update(self.workbench.settings)
         # Jupyter's access log (successes at debug level, failures as warnings), which Voila
         # leaves out: it is how an operator sees who calls the workbench API.

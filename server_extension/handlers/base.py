@@ -19,6 +19,7 @@ REGISTRY = "agents_workbench_registry"
 MAX_BODY_BYTES = "agents_workbench_max_body_bytes"
 SESSIONS = "agents_workbench_sessions"
 METRICS = "agents_workbench_metrics"  # a MetricsStore, absent when metrics are off
+SERVING = "agents_workbench_serving"  # the workspace's ServingLease (workspace.py)
 
 
 class ServicesMixin:
@@ -44,19 +45,32 @@ class ServicesMixin:
 
 def endpoint_url(handler: web.RequestHandler, name: str) -> str:
     """The full inference base URL of agent ``name`` as this request's client reaches it."""
+    lease = handler.settings.get(SERVING)
+    elsewhere = lease.holder_url() if lease is not None else None
+    if elsewhere:
+        # Another server on this workspace loads the agents: its endpoint is the one to use.
+        return f"{elsewhere.rstrip('/')}/agents/d/{name}"
     base_url = handler.settings.get("base_url", "/")
     request = handler.request
     return f"{request.protocol}://{request.host}{base_url.rstrip('/')}/agents/d/{name}"
 
 
-def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = frozenset()) -> None:
+# A query parameter whose name (any case) contains one of these is a secret in every log.
+SECRET_NAME_PARTS = ("token", "key", "auth", "secret", "password", "xsrf", "code", "state")
+
+
+def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = frozenset(),
+                secrets: tuple[str, ...] = ()) -> None:
     """Blank secret-looking query values in ``request.uri`` before anything logs it.
 
-    Jupyter's access log prints ``request.uri`` and scrubs only parameter names that contain
-    lower-case ``token``, ``key``, ``auth``...; ``?apiKey=`` or ``?note=awb_...`` would reach
-    the log verbatim. Here a value is blanked when its parameter's name (any case, decoded) is
-    in ``names`` or the value holds a deployment key or an access token. Parsed arguments
-    stay untouched, so handlers and Jupyter's own auth still see the request as sent.
+    Jupyter's access log scrubs parameter names that contain lower-case ``token``, ``key``...,
+    but Tornado's own warning for an ``HTTPError`` (every 4xx of a management route) prints
+    ``request.uri`` as it came, ``?token=<the Jupyter token>`` included, and ``?apiKey=`` or
+    ``?note=awb_...`` pass Jupyter's check. Here a value is blanked when its parameter's name
+    (any case, decoded) is in ``names`` or contains a :data:`SECRET_NAME_PARTS` entry, or the
+    value holds a deployment key, an access token or one of ``secrets`` (the server's Jupyter
+    token). Parsed arguments stay untouched, so handlers and Jupyter's own auth still see the
+    request as sent.
     """
     path, sep, query = request.uri.partition("?") if request.uri else ("", "", "")
     if not sep:
@@ -65,9 +79,18 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
     changed = False
     for i, part in enumerate(parts):
         name, eq, value = part.partition("=")
-        decoded = unquote_plus(value)
-        if unquote_plus(name).lower() in names or KEY_PREFIX in decoded or TOKEN_PREFIX in decoded:
+        plain_name, plain_value = unquote_plus(name).lower(), unquote_plus(value)
+        if (plain_name in names or any(p in plain_name for p in SECRET_NAME_PARTS)
+                or KEY_PREFIX in plain_value or TOKEN_PREFIX in plain_value
+                or any(secret and secret in plain_value for secret in secrets)):
             parts[i] = f"{name}{eq}[secret]"
             changed = True
     if changed:
         request.uri = f"{path}?{'&'.join(parts)}"
+
+
+def serving_elsewhere(settings: dict[str, Any]) -> str:
+    """A sentence naming the server that loads this workspace's agents, when it is another."""
+    lease = settings.get(SERVING)
+    url = lease.holder_url() if lease is not None else None
+    return f" On this workspace agents are served by the server at {url}." if url else ""

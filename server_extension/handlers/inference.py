@@ -28,7 +28,7 @@ from ..metrics import DeploymentMetrics, MetricsStore, clip
 from ..runtimes.base import RequestError
 from ..tokens import verify as verify_token
 from ..worker import serving
-from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query
+from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query, serving_elsewhere
 
 log = logging.getLogger("agents_workbench.inference")
 
@@ -69,6 +69,7 @@ def bearer_key(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitabl
     async def wrapper(self: InferenceHandler, name: str, *args: Any, **kwargs: Any) -> None:
         # Tornado passes named URL groups as keywords (name, session_id, ...).
         live = self.authenticate(name)
+        self._authenticated = True
         await method(self, live, *args, **kwargs)
 
     wrapped = allow_unauthenticated(wrapper)
@@ -95,6 +96,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
     _error_text: str | None = None
     _response_text: str | None = None
     _chunks: list[bytes] | None = None
+    # True once the request's key was accepted; calls that never got there are "refused".
+    _authenticated = False
 
     def check_xsrf_cookie(self) -> None:
         """No XSRF check: these routes ignore cookies and accept only Bearer keys."""
@@ -160,11 +163,16 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         if self._tokens:
             metrics.add_tokens(self._tokens)
         capture = metrics.capture_payloads
+        status = self.get_status()
         metrics.end(
-            self.route or "unknown", self.get_status(), self.request._start_time,
+            self.route or "unknown", status, self.request._start_time,
             batch_size=self._batch, error=self._error_text,
             request=self.request.body if capture else None,
             response=self._response_text if capture else None,
+            # A keyed route's call that never passed the key check; the public routes' 4xx
+            # (status, unknown suffixes) stay in the log as before.
+            refused=(status >= 400 and not self._authenticated
+                     and self.route not in ("status", "unknown")),
         )
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
@@ -199,7 +207,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             raise InferenceError(
                 404, f"No deployed agent at agents/d/{name}: it does not exist, is not "
                 "connected, or is still loading. Connect it in the Agents panel and wait for "
-                "status Deployed.")
+                f"status Deployed.{serving_elsewhere(self.settings)}")
         return live
 
     def authenticate(self, name: str) -> LiveDeployment:
@@ -212,7 +220,14 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 "Missing credential: send 'Authorization: Bearer <key>' with the key shown "
                 "in the agent's expanded row, or a workspace access token.")
         live = self.live_or_404(name)
-        if hmac.compare_digest(given.strip().encode(), live.api_key.encode()):
+        # The registry's key, not the one loaded with the runtime: another server on this
+        # workspace may have rotated it, or disconnected or deleted the agent (workspace.py).
+        current = self.registry.credentials.get(name)
+        if (current is None or not current.connected
+                or current.deployment_id != live.deployment_id):
+            raise InferenceError(
+                404, f"No deployed agent at agents/d/{name}: it was disconnected or deleted.")
+        if hmac.compare_digest(given.strip().encode(), current.api_key.encode()):
             self.caller = DEPLOYMENT_KEY
             return live
         token = verify_token(self.registry, given.strip())

@@ -20,6 +20,7 @@ from tornado.iostream import StreamClosedError
 
 from ..callers import visible_owner
 from ..deployer import LiveDeployment
+from ..sessions import MAX_PAGE_SIZE, PAGE_SIZE
 from .base import SESSIONS
 from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
 
@@ -28,6 +29,10 @@ PARAM_DEFAULTS: dict[str, Any] = {
 }
 MAX_NEW_TOKENS = 4096
 MAX_TEMPERATURE = 10.0
+# Below this, logits divided by the temperature overflow float32 (1e-300 makes every
+# probability NaN): 0 already means greedy decoding.
+MIN_TEMPERATURE = 1e-3
+MAX_PROMPT_CHARS = 1_000_000
 MAX_PROMPTS = 64
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -50,10 +55,11 @@ def validate_params(raw: Any) -> dict[str, Any]:
             f"got {tokens!r}.")
     temperature = params["temperature"]
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-            or not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE):
+            or not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE
+            or 0 < temperature < MIN_TEMPERATURE):
         raise InferenceError(
-            400, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
-            f"got {temperature!r}.")
+            400, f"temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to "
+            f"{MAX_TEMPERATURE:g}, got {temperature!r}.")
     top_p = params["top_p"]
     if (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
             or not math.isfinite(top_p) or not 0 < top_p <= 1):
@@ -74,12 +80,40 @@ def validate_session_id(raw: Any) -> str | None:
 
 
 def check_prompt_text(prompt: Any, what: str = "prompt") -> str:
-    """A non-empty prompt string, or 400."""
+    """A non-empty prompt string of valid Unicode without NUL characters, or 400."""
     if not isinstance(prompt, str):
         raise InferenceError(400, f"{what} must be a string, got {type(prompt).__name__}.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InferenceError(
+            400, f"{what} is {len(prompt)} characters; send at most {MAX_PROMPT_CHARS}.")
+    try:
+        # JSON lets a client send "\ud800", a lone surrogate: no tokenizer, database or
+        # UTF-8 answer can hold it.
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InferenceError(
+            400, f"{what} is not valid Unicode text (a lone surrogate at character "
+            f"{exc.start}); send UTF-8 text.") from exc
+    if "\x00" in prompt:
+        raise InferenceError(400, f"{what} holds a NUL character; remove it.")
     if not prompt.strip():
         raise InferenceError(400, f"{what} is empty; send some text.")
     return prompt
+
+
+def page_args(handler: InferenceHandler) -> tuple[int, int]:
+    """``?limit=&offset=`` of a paged listing; 400 unless whole numbers in range."""
+    values = []
+    for name, default, top in (("limit", PAGE_SIZE, MAX_PAGE_SIZE), ("offset", 0, 10**9)):
+        raw = handler.get_query_argument(name, None)
+        if raw is None:
+            values.append(default)
+            continue
+        number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else -1
+        if number < (0 if name == "offset" else 1) or number > top:
+            raise InferenceError(400, f"{name} must be a whole number up to {top}, got {raw!r}.")
+        values.append(number)
+    return values[0], values[1]
 
 
 def new_session_id() -> str:
@@ -147,7 +181,8 @@ class GenerateHandler(LLMHandler):
         for prompt, completion in zip(prompts, completions, strict=True):
             await self.deployer.call(self.sessions.append, agent, session_id or new_session_id(), [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}], owner)
+                {"role": "assistant", "content": completion}], owner,
+                self.request.remote_ip or "")
         self.finish(json.dumps({
             "results": [{"prompt": p, "completion": c}
                         for p, c in zip(prompts, completions, strict=True)],
@@ -207,7 +242,8 @@ class GenerateStreamHandler(LLMHandler):
         if not self._closed:
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}], self.caller.owner)
+                {"role": "assistant", "content": completion}], self.caller.owner,
+                self.request.remote_ip or "")
             self.finish()
 
 
@@ -220,9 +256,10 @@ class SessionsHandler(LLMHandler):
     async def get(self, live: LiveDeployment) -> None:
         """List sessions."""
         self.check_route(live)
-        sessions = await self.deployer.call(
-            self.sessions.summaries, live.name, self.session_owner(live.name))
-        self.finish(json.dumps({"sessions": sessions, "success": True}))
+        limit, offset = page_args(self)
+        page = await self.deployer.call(self.sessions.page, live.name, limit, offset,
+                                        self.session_owner(live.name))
+        self.finish(json.dumps({**page, "success": True}))
 
 
 class SessionHandler(LLMHandler):

@@ -7,6 +7,7 @@ rest of the Jupyter REST API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from tornado import web
 
 from ..options import OptionError, validate_options
 from ..registry import AgentRecord, NotFound, RegistryError
-from ..store import StoreError, validate_name
+from ..store import Experiment, StoreError, validate_name
 from .base import METRICS, SESSIONS, ServicesMixin, endpoint_url, scrub_query
 
 AUTH_RESOURCE = "agents"
@@ -53,8 +54,10 @@ class ManagementHandler(ServicesMixin, APIHandler):
 
     # Same signature as APIHandler.prepare, which overrides JupyterHandler's the same way.
     async def prepare(self) -> None:  # type: ignore[override]
-        """Keep a deployment key sent in this URL by mistake out of the access log."""
-        scrub_query(self.request)
+        """Keep the Jupyter token and deployment keys in this URL out of every log line."""
+        # From settings, not self.identity_provider, which warns on hosts that lack one.
+        token = getattr(self.settings.get("identity_provider"), "token", "") or ""
+        scrub_query(self.request, secrets=(token,) if len(token) >= 8 else ())
         await super().prepare()
 
     def json_body(self) -> dict[str, Any]:
@@ -96,9 +99,10 @@ class ExperimentsHandler(ManagementHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
-        """List experiments."""
-        self.reply({"experiments": [e.to_json() for e in self.store.list()]})
+    async def get(self) -> None:
+        """List experiments (and, under ``broken``, folders that are not usable ones)."""
+        # Disk work (every folder's JSON, metrics and checkpoints) stays off the event loop.
+        self.reply(await asyncio.to_thread(self.store.listing))
 
 
 class AgentsHandler(ManagementHandler):
@@ -112,7 +116,7 @@ class AgentsHandler(ManagementHandler):
 
     @web.authenticated
     @authorized
-    def post(self) -> None:
+    async def post(self) -> None:
         """Create an agent (Undeployed) from ``{name, description?, experiment, checkpoint}``."""
         body = self.json_body()
         try:
@@ -122,13 +126,20 @@ class AgentsHandler(ManagementHandler):
         description = body.get("description") or ""
         if not isinstance(description, str):
             raise web.HTTPError(400, "description must be a string.")
+        if len(description) > 10_000:
+            raise web.HTTPError(400, "description is over 10000 characters; shorten it.")
+        try:
+            description.encode("utf-8")  # JSON can carry a lone surrogate SQLite cannot store
+        except UnicodeEncodeError as exc:
+            raise web.HTTPError(400, "description is not valid Unicode text.") from exc
         experiment_name = body.get("experiment")
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise web.HTTPError(400, "experiment is required: the name of a source experiment.")
         rule = body.get("checkpoint", "best")
+        if not isinstance(rule, (str, int, float)) or isinstance(rule, bool):
+            raise web.HTTPError(400, "checkpoint must be 'best', 'final' or a step number.")
         try:
-            experiment = self.store.get(experiment_name.strip())
-            step = experiment.resolve(rule)
+            experiment, step = await asyncio.to_thread(self._resolve, experiment_name, rule)
         except StoreError as exc:
             raise web.HTTPError(400, "%s", exc) from exc
         try:
@@ -140,7 +151,7 @@ class AgentsHandler(ManagementHandler):
             name=name,
             description=description.strip(),
             tab=info.project_type,
-            experiment=info.name,
+            experiment=experiment.name,  # the folder: a copy is never resolved to another
             checkpoint_rule=rule if rule in ("best", "final") else "specific",
             checkpoint_step=step,
             algo=info.algorithm,
@@ -153,6 +164,16 @@ class AgentsHandler(ManagementHandler):
             raise web.HTTPError(409, "%s", exc) from exc
         self.deployer.warm(created)
         self.reply(agent_json(self, created), status=201)
+
+
+    def _resolve(self, experiment_name: str, rule: str | float) -> tuple[Experiment, int]:
+        experiment = self.store.get(experiment_name.strip())
+        try:
+            step = experiment.resolve(rule)
+            experiment.to_json()  # a folder the listing shows as broken cannot be a source
+        except (OSError, RecursionError) as exc:
+            raise StoreError(f"Experiment {experiment.name!r} cannot be read: {exc}") from exc
+        return experiment, step
 
 
 class AgentHandler(ManagementHandler):

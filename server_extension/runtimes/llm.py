@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ class LLMRuntime(Runtime):
         self.tokenizer = tokenizer
         self.device = device
         self.max_context = _max_context(model, tokenizer)
+        # No token covers more characters than the vocabulary's longest entry (doubled, for
+        # normalisation and added special tokens), so a prompt longer than this many
+        # characters cannot fit the context: it is refused before the tokenizer reads it.
+        self.max_prompt_chars = (None if self.max_context is None
+                                 else self.max_context * (_longest_token(tokenizer) + 4) * 2)
+        # The ids of the last few prompts: the stream route checks a prompt, then encodes it.
+        self._recent_ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._ids_lock = threading.Lock()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -185,16 +194,38 @@ class LLMRuntime(Runtime):
 
     def check_prompt(self, prompt: str) -> int:
         """The token count of ``prompt``; :class:`RequestError` if it leaves no room to reply."""
+        self._check_chars(prompt, None)
         count = self.count_tokens(prompt)
         self._check_length(count, None)
         return count
+
+    def _check_chars(self, prompt: Any, index: int | None) -> None:
+        if (self.max_prompt_chars is not None and isinstance(prompt, str)
+                and len(prompt) > self.max_prompt_chars):
+            which = "The prompt" if index is None else f"Prompt {index}"
+            raise RequestError(
+                f"{which} is {len(prompt)} characters long; this model reads at most "
+                f"{self.max_context} tokens, prompt and reply together, which no text over "
+                f"{self.max_prompt_chars} characters fits. Shorten it.")
 
     def _token_ids(self, prompt: str) -> list[int]:
         # Always called the same way (no padding, no truncation): the fast tokenizer then never
         # changes its settings, which is what makes concurrent calls from threads safe.
         if not isinstance(prompt, str):
             raise RequestError(f"A prompt must be text, not {type(prompt).__name__}.")
-        return list(self.tokenizer(prompt)["input_ids"])
+        with self._ids_lock:
+            cached = self._recent_ids.get(prompt)
+        if cached is not None:
+            return cached
+        try:
+            ids = list(self.tokenizer(prompt)["input_ids"])
+        except UnicodeEncodeError as exc:  # a lone surrogate from JSON's \ud800
+            raise RequestError(f"The prompt is not valid Unicode text: {exc.reason}.") from exc
+        with self._ids_lock:
+            self._recent_ids[prompt] = ids
+            while len(self._recent_ids) > 8:
+                self._recent_ids.popitem(last=False)
+        return ids
 
     def _check_length(self, count: int, index: int | None) -> None:
         which = "The prompt" if index is None else f"Prompt {index}"
@@ -211,6 +242,8 @@ class LLMRuntime(Runtime):
         """Left-padded tensors for ``prompts`` and the room left for new tokens (-1: no limit)."""
         import torch
 
+        for index, prompt in enumerate(prompts):
+            self._check_chars(prompt, None if len(prompts) == 1 else index)
         encoded = [self._token_ids(prompt) for prompt in prompts]
         for index, ids in enumerate(encoded):
             self._check_length(len(ids), None if len(prompts) == 1 else index)
@@ -433,6 +466,15 @@ class LLMRuntime(Runtime):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("This runtime was closed; deploy the agent again to use it.")
+
+
+def _longest_token(tokenizer: Any) -> int:
+    """Characters of the longest vocabulary entry (byte-level entries count their bytes)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary: assume long tokens
+        return 256
+    return max((len(token) for token in vocab), default=256)
 
 
 def _max_context(model: Any, tokenizer: Any) -> int | None:
