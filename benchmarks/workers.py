@@ -82,15 +82,6 @@ def throughput(root: Path, logs: Path, seconds: float, repeats: int) -> dict[str
             server.stop()
 
 
-def _flood(url: str, key: str, body: bytes, stop: threading.Event) -> None:
-    import requests
-
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
-    while not stop.is_set():
-        session.post(url, data=body, timeout=60)
-
-
 def neighbour(root: Path, logs: Path, seconds: float) -> dict[str, Any]:
     """Section 2."""
     import base64
@@ -114,20 +105,20 @@ def neighbour(root: Path, logs: Path, seconds: float) -> dict[str, Any]:
         for label, rows in (("past_max_batch_rows", 70_000), ("largest_allowed", 65_536)):
             buf = io.BytesIO()
             np.save(buf, np.zeros((rows, 4), np.float32), allow_pickle=False)
-            big = json.dumps({"obs": base64.b64encode(buf.getvalue()).decode()}).encode()
-            stop = threading.Event()
-            flooders = [threading.Thread(target=_flood, args=(a_url, a["api_key"], big, stop))
-                        for _ in range(4)]
-            for t in flooders:
-                t.start()
+            big = json.dumps({"obs": base64.b64encode(buf.getvalue()).decode()})
+            # The flood comes from wrk too (C, a fraction of a core), so what B feels is the
+            # server's and A's worker's load, not a Python load generator's.
+            flood: list[LoadResult] = []
+            flooder = threading.Thread(target=lambda big=big, flood=flood: flood.append(run_wrk(
+                a_url, big, key=a["api_key"], connections=4, seconds=seconds + 2)))
+            flooder.start()
             time.sleep(1.0)
             try:
                 out[label] = measure().to_json()
             finally:
-                stop.set()
-                for t in flooders:
-                    t.join(60)
+                flooder.join(seconds + 60)
             out[label]["flood_body_mb"] = round(len(big) / 2**20, 2)
+            out[label]["flood_rps"] = flood[0].rps if flood else None
             out[label]["p99_over_alone"] = round(out[label]["p99_ms"] / out["alone"]["p99_ms"], 2)
         return out
     finally:

@@ -153,8 +153,10 @@ class Worker:
 
         s = self.settings
         started = time.perf_counter()
+        phases: dict[str, float] = {}
         experiment = ExperimentStore(s["root"]).get(s["experiment"])
         checkpoint = experiment.checkpoint(int(s["step"]))
+        phases["store"] = time.perf_counter() - started
         try:
             runtime = load_runtime(experiment, checkpoint, device=s["device"],
                                    options=s["options"])
@@ -165,15 +167,19 @@ class Worker:
                 f"Loading the checkpoint needed more than the worker's "
                 f"{s['memory_mb']:g} MiB (AgentsWorkbenchApp.worker_memory_mb raises the "
                 "limit).") from exc
+        phases["load"] = time.perf_counter() - started
         try:
             runtime.probe()
         except Exception as exc:
             raise RuntimeLoadError(
                 "The checkpoint loaded but failed its first health probe: "
                 f"{_describe(exc)}") from exc
+        phases["probe"] = time.perf_counter() - started
         self.runtime = batching.wrap(runtime, s["batching"])
+        phases["batching"] = time.perf_counter() - started
         return {"kind": runtime.kind.to_json(),
-                "load_s": round(time.perf_counter() - started, 4)}
+                "load_s": round(time.perf_counter() - started, 4),
+                "phases": {k: round(v, 4) for k, v in phases.items()}}
 
 
 def _out_of_memory(exc: BaseException | None) -> bool:

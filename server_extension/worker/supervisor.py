@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from multiprocessing import forkserver
+from multiprocessing import forkserver, spawn
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,23 @@ from .protocol import ProtocolError
 log = logging.getLogger("agents_workbench.workers")
 
 _CTX = multiprocessing.get_context("forkserver")
+WORKER_NAME = "agents-workbench worker"
+_PREPARATION = spawn.get_preparation_data
+
+
+def _worker_preparation(name: str) -> dict[str, Any]:
+    # multiprocessing re-imports the parent's __main__ in every child it starts, by module
+    # name or file path. For a worker that would be whatever launched the server (a console
+    # script, a user's own script without a __main__ guard, which would start a second server
+    # in every worker); workers need nothing from it, so they get none.
+    data = _PREPARATION(name)
+    if name.startswith(WORKER_NAME):
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+spawn.get_preparation_data = _worker_preparation
 _TEMPLATE_LOCK = threading.Lock()
 # What the template imported (set once: the fork server's preload list cannot change).
 _TEMPLATE: dict[str, list[str]] = {}
@@ -197,7 +214,7 @@ class WorkerProcess:
         self.log_path.touch(mode=0o600)
         self.proc = _CTX.Process(
             target=child.main, args=(sock, str(self.log_path), self.settings),
-            name=f"agents-workbench worker {self.name}", daemon=False)
+            name=f"{WORKER_NAME} {self.name}", daemon=False)
         try:
             frameworks = [str(self.settings.get("framework", ""))]
             await asyncio.to_thread(self._start_blocking, frameworks)
