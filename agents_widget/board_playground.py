@@ -85,7 +85,7 @@ class BoardPlayground(widgets.VBox):
             square.add_class(f"awb-square-{action}")
             square.on_click(lambda _b, action=action: self.play(action))
         # Lay the buttons out by screen position, so the grid reads like PettingZoo's board.
-        ordered = sorted(range(SIZE * SIZE), key=lambda a: square_position(a))
+        ordered = sorted(range(SIZE * SIZE), key=square_position)
         self.grid = widgets.GridBox(
             [self.squares[a] for a in ordered],
             layout=widgets.Layout(grid_template_columns=f"repeat({SIZE}, 66px)",
@@ -197,7 +197,8 @@ class BoardPlayground(widgets.VBox):
         if not all(self.env.terminations.get(a, False) or self.env.truncations.get(a, False)
                    for a in self.env.possible_agents):
             return False
-        mine = float(self.env._cumulative_rewards.get(self.human, 0.0))  # noqa: SLF001
+        # The final move rewards both players (+1 win, -1 loss, 0 draw).
+        mine = float(self.env.rewards.get(self.human, 0.0))
         if mine > 0:
             self.result, line = "you", "You win!"
         elif mine < 0:
