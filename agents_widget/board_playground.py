@@ -32,6 +32,12 @@ from server_extension.demo_classic import make_env, policy_observation
 from .episode_playground import resolve_env_spec
 
 KeyProvider = Callable[[], str | None]
+# Marks stay legible on disabled (taken, or not your turn) squares.
+CSS = """
+.awb-board .awb-square { font-size: 28px; font-weight: 700; opacity: 1 !important; }
+.awb-board .awb-square-x { color: #1565c0 !important; }
+.awb-board .awb-square-o { color: #c62828 !important; }
+"""
 MARKS = ("X", "O")  # the first player plays X
 SIZE = 3
 
@@ -96,7 +102,8 @@ class BoardPlayground(widgets.VBox):
         self.score_line = widgets.HTML()
         self.score_line.add_class("awb-board-score")
         self.new_button.on_click(lambda _b: self.new_game())
-        super().__init__([widgets.HBox([self.starts, self.new_button]), self.grid,
+        style = widgets.HTML(f"<style>{CSS}</style>", layout=widgets.Layout(display="none"))
+        super().__init__([style, widgets.HBox([self.starts, self.new_button]), self.grid,
                           self.status, self.score_line])
         self._show_score()
         self.new_game()
@@ -141,6 +148,9 @@ class BoardPlayground(widgets.VBox):
             if not mask[action]:
                 self._say("That square is taken: pick an empty one.")
                 return False
+            # Say so before the board changes, so the page never shows the user's new mark
+            # beside a stale "Your move".
+            self._say("The agent is thinking…")
             self.env.step(int(action))
             self._draw()
             if not self._finished():

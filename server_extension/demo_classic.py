@@ -365,7 +365,7 @@ FULL_PLANS: dict[str, Plan] = {
                            "lr_actor": 1e-3, "lr_critic": 1e-3}),
     MEMORY: Plan(steps=32_768, checkpoint_every=4_096, eval_episodes=10,
                  settings=_MEMORY_SETTINGS),
-    SPEAKER_LISTENER: Plan(steps=12_000, checkpoint_every=4_000, eval_episodes=20,
+    SPEAKER_LISTENER: Plan(steps=6_000, checkpoint_every=2_000, eval_episodes=20,
                            settings={"batch_size": 128, "learn_step": 5, "learning_starts": 500,
                                      "lr_actor": 1e-3, "lr_critic": 1e-3}),
 }

@@ -53,7 +53,8 @@ def test_full_games_against_the_live_agent_keep_score(ttt: dict[str, Any],
     key = ttt["api_key"]
     board = BoardPlayground(ttt["endpoint"], lambda: key, _experiment(classic_root, TICTACTOE))
     try:
-        assert board.human == "player_1" and "Your move" in board.status.value
+        assert board.human == "player_1"
+        assert "Your move" in board.status.value
         _play_out(board)
         assert board.result in ("you", "agent", "draw")
         assert sum(board.score.values()) == 1
@@ -66,7 +67,8 @@ def test_full_games_against_the_live_agent_keep_score(ttt: dict[str, Any],
         # The user lets the agent start: it plays X at once, through the endpoint.
         board.starts.value = "agent"
         board.new_game()
-        assert board.wait(30) and board.last_error is None
+        assert board.wait(30)
+        assert board.last_error is None
         assert board.human == "player_2"
         assert [s.description for s in board.squares].count("X") == 1
         _play_out(board)
@@ -82,7 +84,8 @@ def test_a_taken_square_is_refused_and_the_game_goes_on(ttt: dict[str, Any],
     board = BoardPlayground(ttt["endpoint"], lambda: key, _experiment(classic_root, TICTACTOE))
     try:
         assert board.play(4)
-        assert board.wait(30) and board.last_error is None
+        assert board.wait(30)
+        assert board.last_error is None
         taken = [a for a, s in enumerate(board.env.unwrapped.board.squares) if s]
         assert len(taken) == 2  # the user's square and the agent's (legal) answer
         assert not board.play(taken[1])
@@ -98,7 +101,8 @@ def test_a_rotated_key_is_reported_not_raised(ttt: dict[str, Any], classic_root:
     try:
         assert board.play(0)
         assert board.wait(30)
-        assert board.last_error is not None and "could not move" in board.status.value
+        assert board.last_error is not None
+        assert "could not move" in board.status.value
         assert not board.over
     finally:
         board.close()
