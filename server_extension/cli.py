@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seed_workspace(root: Path, mode: str, workers: int) -> Any:
+def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) -> Any:
     """Train the first demo job now and start the others in the background.
 
     Returns the background runner (``None`` when nothing is left to train). A workspace
@@ -83,7 +83,7 @@ def _seed_workspace(root: Path, mode: str, workers: int) -> Any:
     started = time.perf_counter()
     if first:
         _progress(f"Training {FIRST} before the server starts (about a minute)")
-        runner = BackgroundTraining(root, first, workers=1, say=_progress)
+        runner = BackgroundTraining(root, first, workers=1, say=_progress, quick=quick)
         runner.start()
         runner.wait()
         if runner.failed:
@@ -93,7 +93,7 @@ def _seed_workspace(root: Path, mode: str, workers: int) -> Any:
     _progress(f"{len(rest)} more demo jobs train in the background, {workers} at a time "
               f"({time.perf_counter() - started:.0f} s so far); the panel shows them as "
               "Training until they have checkpoints")
-    background = BackgroundTraining(root, rest, workers=workers, say=_progress)
+    background = BackgroundTraining(root, rest, workers=workers, say=_progress, quick=quick)
     background.start()
     return background
 
@@ -111,7 +111,7 @@ def _notebooks_dir(root: Path) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     """Seed the demo workspace when empty, then run JupyterLab over it."""
     root = Path(args.root).expanduser()
-    background = _seed_workspace(root, args.demo, args.workers)
+    background = _seed_workspace(root, args.demo, args.workers, quick=args.quick)
     notebooks = _notebooks_dir(root)
     env = {**os.environ, ROOT_ENV: str(root)}
     command = [
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8888)
     run.add_argument("--ip", default="127.0.0.1")
     run.add_argument("--no-browser", action="store_true")
+    run.add_argument("--quick", action="store_true",
+                     help="seed with seconds-long test runs (agents will not be good)")
     _demo_arguments(run)
     run.set_defaults(func=cmd_run)
 

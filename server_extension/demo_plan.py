@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from . import training_marks
 from .data import CHAT_DATASET_NAME, IRIS_DATASET_NAME
@@ -168,32 +168,37 @@ def queue_jobs(root: Path, jobs: Sequence[DemoJob], owner: int | None = None) ->
 # -- training one job (in its own process) ----------------------------------------------------
 
 
-def train_job(root: Path, name: str, say: ProgressFn) -> list[str]:
-    """Train job ``name`` into ``root`` (replacing its experiments); return their names."""
+def train_job(root: Path, name: str, say: ProgressFn, *, quick: bool = False) -> list[str]:
+    """Train job ``name`` into ``root`` (replacing its experiments); return their names.
+
+    ``quick``: the seconds-long test versions of the same runs (scores meaningless).
+    """
     from . import demo, demo_classic
 
     root = Path(root).expanduser()
-    runs = {run.name: run for run in demo.FULL_RUNS + demo.MORE_RUNS}
+    runs = {run.name: run for run in (demo.QUICK_RUNS if quick
+                                      else demo.FULL_RUNS + demo.MORE_RUNS)}
     started = time.perf_counter()
     if name in runs:
         with demo.isolated_torch():
-            demo.train_run(root, runs[name], quick=False, say=say)
+            demo.train_run(root, runs[name], quick=quick, say=say)
             report = demo.verify_best(root, name)
         names = [name]
         say(f"{name}: best checkpoint (step {report['step']}) scores "
             f"{report['fresh_seeds_mean']:.1f} over {demo.VERIFY_EPISODES} fresh episodes")
     elif name in demo_classic.FULL_PLANS:
-        names = demo_classic.build_classic_demo(root, progress=say, only=[name])
+        names = demo_classic.build_classic_demo(root, quick=quick, progress=say, only=[name])
     elif name == "tiny-chat":
         from .llm_demo import build_llm_demo
 
-        names = build_llm_demo(root, progress=say)
+        names = build_llm_demo(root, quick=quick, progress=say)
     elif name == "iris":
         from .latent_demo import build_latent_demo
         from .supervised_demo import build_supervised_demo
 
-        names = build_supervised_demo(root, progress=say)
-        names += [n for n in build_latent_demo(root, progress=say) if n not in names]
+        names = build_supervised_demo(root, quick=quick, progress=say)
+        names += [n for n in build_latent_demo(root, quick=quick, progress=say)
+                  if n not in names]
     else:
         known = ", ".join(job.name for job in JOBS)
         raise ValueError(f"No demo job named {name!r}; known: {known}.")
@@ -221,8 +226,9 @@ class BackgroundTraining:
     """
 
     def __init__(self, root: Path, jobs: Sequence[DemoJob], *, workers: int = 2,
-                 say: ProgressFn = print) -> None:
+                 say: ProgressFn = print, quick: bool = False) -> None:
         self.root = Path(root).expanduser()
+        self.quick = quick
         self.jobs = list(jobs)
         self.workers = max(1, workers)
         self.say = say
@@ -289,7 +295,7 @@ class BackgroundTraining:
         for name in job.names:
             training_marks.mark(self.root, name, "training")
         command = [sys.executable, "-m", "server_extension.demo_plan", job.name,
-                   "--root", str(self.root)]
+                   "--root", str(self.root), *(["--quick"] if self.quick else [])]
         # One torch thread per child: two children share the two cores.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         begun = time.perf_counter()
@@ -301,10 +307,11 @@ class BackgroundTraining:
             self._children.add(child)
         assert child.stdout is not None
         tail: list[str] = []
-        for raw in child.stdout:
-            line = raw.rstrip()
-            tail = [*tail[-4:], line]
-            self.say(f"[{job.name}] {line}")
+        with child.stdout:
+            for raw in child.stdout:
+                line = raw.rstrip()
+                tail = [*tail[-4:], line]
+                self.say(f"[{job.name}] {line}")
         code = child.wait()
         with self._lock:
             self._children.discard(child)
@@ -339,12 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server_extension.demo_plan")
     parser.add_argument("job", choices=[job.name for job in JOBS])
     parser.add_argument("--root", required=True)
+    parser.add_argument("--quick", action="store_true", help="the seconds-long test runs")
     args = parser.parse_args(argv)
 
     def say(message: str) -> None:
         print(message, flush=True)
 
-    names: Any = train_job(Path(args.root), args.job, say)
+    names = train_job(Path(args.root), args.job, say, quick=args.quick)
     say(f"wrote {', '.join(names)}")
     return 0
 
