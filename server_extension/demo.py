@@ -7,13 +7,18 @@ whose checkpoints are ``step_<N>.pt`` files saved by the agent's own ``save_chec
 scores mean (see :mod:`agents_widget.agilerl_training`): ``evaluation_score`` is the mean
 greedy return over 5 seeded episodes, acting exactly as the workbench serves the agent.
 
-Full mode (a couple of minutes on 2 CPU cores) trains the user-facing demo:
+Full mode trains the single-agent runs of the main job's workspace (which
+:mod:`server_extension.demo_plan` schedules, one process per run):
 
-``cartpole-dqn``   DQN on CartPole-v1; its best checkpoint balances the pole (a mean
-                   greedy return of at least 195, checked by loading it back and playing).
-``pendulum-td3``   TD3 on Pendulum-v1 (continuous actions).
-``iris-latent-ppo`` LatentPPO (Advanced Training) decoding through ``iris-classifier``
-                   (see :mod:`server_extension.latent_demo`).
+``cartpole-dqn``      DQN on CartPole-v1; its best checkpoint balances the pole (a mean
+                      greedy return of at least 195, checked by loading it back and playing).
+``cartpole-rainbow``  Rainbow DQN on CartPole-v1.
+``cartpole-ppo``      PPO on CartPole-v1.
+``pendulum-ddpg``     DDPG on Pendulum-v1 (continuous actions).
+``pendulum-td3``      TD3 on Pendulum-v1.
+
+Each best checkpoint is loaded back, played on 20 fresh seeds and compared with uniformly
+random actions on the same seeds (``extra["vs_random"]``).
 
 Quick mode (seconds, for tests) trains tiny runs of all five supported families:
 ``cartpole-dqn``, ``cartpole-rainbow``, ``cartpole-ppo``, ``pendulum-ddpg``, ``pendulum-td3``.

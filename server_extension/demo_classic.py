@@ -11,8 +11,7 @@
 ``cartpole-memory-ppo``     recurrent PPO (an LSTM) on CartPole with the velocities hidden:
                             only positions are observed, so the policy must remember.
 ``speaker-listener-matd3``  MATD3 on mpe2's ``simple_speaker_listener_v4`` with discrete
-                            actions (two different agents) -- quick mode only, so every
-                            multi-agent family has a checkpoint to test.
+                            actions (two different agents).
 
 Every checkpoint is scored by loading it back exactly as the server does and playing
 seeded episodes (``evaluation_score``); the best checkpoint's comparison against a
