@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .demo_plan import MODES
-from .store import ROOT_ENV, ExperimentStore, default_root
+from .store import ROOT_ENV, ExperimentStore, StoreError, default_root
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TOKEN_ENV = "AGENTS_WORKBENCH_APP_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -65,10 +65,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) -> Any:
-    """Train the first demo job now and start the others in the background.
+    """Start training what the demo lacks; return once CartPole's DQN has a checkpoint.
 
-    Returns the background runner (``None`` when nothing is left to train). A workspace
-    that already holds experiments the demo did not seed (the user's own) is left alone.
+    Every pending job goes to the background runner (``workers`` at a time, CartPole's DQN
+    first), so the server can start as soon as there is one experiment to deploy; the rest
+    keep training meanwhile. Returns the runner (``None`` when nothing was left to train).
+    A workspace that already holds experiments the demo did not seed (the user's own) is
+    left alone.
     """
     from .demo_plan import FIRST, BackgroundTraining, is_demo_workspace, pending, remember_demo
 
@@ -78,24 +81,26 @@ def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) ->
     if not todo:
         return None
     remember_demo(root)
-    first = [job for job in todo if job.name == FIRST]
-    rest = [job for job in todo if job.name != FIRST]
     started = time.perf_counter()
-    if first:
-        _progress(f"Training {FIRST} before the server starts (about a minute)")
-        runner = BackgroundTraining(root, first, workers=1, say=_progress, quick=quick)
-        runner.start()
-        runner.wait()
-        if runner.failed:
-            _progress(f"warning: {FIRST} failed to train; the server starts without it")
-    if not rest:
-        return None
-    _progress(f"{len(rest)} more demo jobs train in the background, {workers} at a time "
-              f"({time.perf_counter() - started:.0f} s so far); the panel shows them as "
-              "Training until they have checkpoints")
-    background = BackgroundTraining(root, rest, workers=workers, say=_progress, quick=quick)
+    _progress(f"Training {len(todo)} demo jobs, {workers} at a time: "
+              f"{', '.join(job.name for job in todo)}")
+    background = BackgroundTraining(root, todo, workers=workers, say=_progress, quick=quick)
     background.start()
+    if any(job.name == FIRST for job in todo):
+        while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
+            time.sleep(0.5)
+        _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): starting "
+                  "the server; the panel shows what is still training")
+    if background.wait(0):
+        return None
     return background
+
+
+def _has_checkpoint(root: Path, name: str) -> bool:
+    try:
+        return bool(ExperimentStore(root).get(name).checkpoints())
+    except StoreError:  # the trainer is replacing its placeholder folder right now
+        return False
 
 
 def _notebooks_dir(root: Path) -> Path:

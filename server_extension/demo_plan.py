@@ -264,6 +264,10 @@ class BackgroundTraining:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
 
+    def job_ended(self, name: str) -> bool:
+        """Whether job ``name`` has finished (trained or failed)."""
+        return name in self.seconds
+
     def stop(self) -> None:
         """End the running children (their experiments stay marked, so they retrain later)."""
         with self._lock:

@@ -112,7 +112,12 @@ def test_a_mark_whose_owner_died_reads_interrupted(tmp_path: Path) -> None:
 def test_a_second_run_trains_nothing_and_a_users_workspace_is_left_alone(
         tmp_path: Path) -> None:
     seeded = tmp_path / "seeded"
-    assert _seed_workspace(seeded, "minimal", 1, quick=True) is None  # nothing left after it
+    runner = _seed_workspace(seeded, "minimal", 1, quick=True)
+    # It returns once CartPole has a checkpoint (the server may start); then it finishes.
+    assert ExperimentStore(seeded).get("cartpole-dqn").checkpoints()
+    if runner is not None:
+        assert runner.wait(300)
+    assert pending(seeded, "minimal") == []
     metrics = seeded / "experiments" / "cartpole-dqn" / "metrics.csv"
     before = metrics.stat().st_mtime_ns
     assert _seed_workspace(seeded, "minimal", 1, quick=True) is None
