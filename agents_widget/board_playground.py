@@ -185,7 +185,9 @@ class BoardPlayground(widgets.VBox):
                 raise RuntimeError("the agent is not Deployed any more")
             with Agent(self._endpoint, api_key=key) as client:
                 actions, _ = client.get_action({side: obs}, info={"action_mask": {side: mask}})
-            move = int(np.asarray(actions[side]).reshape(-1)[0])
+            # Multi-agent agents answer a dict keyed by agent id.
+            picked = actions[side] if isinstance(actions, Mapping) else actions
+            move = int(np.asarray(picked).reshape(-1)[0])
             if not mask[move]:
                 raise RuntimeError(f"the agent answered square {move}, which is not legal")
         except Exception as exc:  # noqa: BLE001 - shown in the widget; the game can restart

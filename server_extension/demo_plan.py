@@ -72,8 +72,10 @@ class DemoJob:
         return [p.name for p in self.experiments]
 
 
-def _classic(name: str, algorithm: str, environment: str, **flags: bool) -> Placeholder:
-    return Placeholder(name, "classic", algorithm, "agilerl", environment=environment, **flags)
+def _classic(name: str, algorithm: str, environment: str, *, multi_agent: bool = False,
+             recurrent: bool = False) -> Placeholder:
+    return Placeholder(name, "classic", algorithm, "agilerl", environment=environment,
+                       multi_agent=multi_agent, recurrent=recurrent)
 
 
 # Longest first, so the last job to finish is a short one (a greedy schedule over 2 workers).
