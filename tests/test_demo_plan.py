@@ -3,6 +3,7 @@ nothing. Real training (the quick versions of the runs), real child processes.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from server_extension.demo_plan import (
     job_done,
     jobs_for,
     pending,
+    remember_demo,
 )
 from server_extension.store import ExperimentStore, ExperimentWriter
 
@@ -45,39 +47,61 @@ def test_full_mode_covers_the_nine_classic_families_and_minimal_is_cartpole() ->
         jobs_for("everything")  # type: ignore[arg-type]
 
 
-def test_background_jobs_show_as_training_then_ready(tmp_path: Path) -> None:
+QUICK_JOBS = ("cartpole-dqn", "tictactoe-ippo", "pendulum-ddpg")
+_seen: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace the background runner trained three quick jobs into, two at a time;
+    what the listing showed right after the start and the runner's messages in ``_seen``."""
+    root = tmp_path_factory.mktemp("demo-plan")
     by_name = {job.name: job for job in JOBS}
-    jobs = [by_name[n] for n in ("cartpole-dqn", "tictactoe-ippo", "pendulum-ddpg")]
     messages: list[str] = []
-    runner = BackgroundTraining(tmp_path, jobs, workers=2, say=messages.append, quick=True)
+    runner = BackgroundTraining(root, [by_name[n] for n in QUICK_JOBS], workers=2,
+                                say=messages.append, quick=True)
     runner.start()
     try:
-        listed = _listed(tmp_path)
-        for job in jobs:
-            info = listed[job.name]
-            assert info.training is not None
-            assert info.training["state"] in ("queued", "training")
-            assert info.algorithm == job.experiments[0].algorithm
-        line = training_html(listed.values())
-        assert "Still training in the background" in line
-        assert all(job.name in line for job in jobs)
+        _seen["listed"] = _listed(root)
         assert runner.wait(600)
     finally:
         runner.stop()
-    assert runner.failed == []
-    listed = _listed(tmp_path)
+    _seen.update(messages=messages, failed=runner.failed)
+    return root
+
+
+def test_background_jobs_show_as_training_then_ready(trained: Path) -> None:
+    by_name = {job.name: job for job in JOBS}
+    jobs = [by_name[n] for n in QUICK_JOBS]
+    # Right after the start: every experiment listed (placeholders), marked, in the line.
+    started = _seen["listed"]
+    assert isinstance(started, dict)
+    for job in jobs:
+        info = started[job.name]
+        assert info.training is not None
+        assert info.training["state"] in ("queued", "training")
+        assert info.algorithm == job.experiments[0].algorithm
+    line = training_html(started.values())
+    assert "Still training in the background" in line
+    assert all(job.name in line for job in jobs)
+
+    # At the end: trained, scored against random, unmarked.
+    assert _seen["failed"] == []
+    listed = _listed(trained)
     for job in jobs:
         assert listed[job.name].training is None
         assert listed[job.name].checkpoints
-        assert job_done(tmp_path, job)
+        assert job_done(trained, job)
         assert "vs_random" in listed[job.name].extra
         assert listed[job.name].extra["demo_job_seconds"] > 0
     assert training_html(listed.values()) == ""
+    messages = _seen["messages"]
+    assert isinstance(messages, list)
     assert any(m.startswith("[tictactoe-ippo] ") for m in messages)
     assert any("3/3 background jobs done" in m for m in messages)
     assert messages[-1].startswith("Every demo experiment is trained")
-    assert pending(tmp_path, "minimal") == []
-    assert "cartpole-dqn" not in [job.name for job in pending(tmp_path, "full")]
+    assert pending(trained, "minimal") == []
+    assert "cartpole-dqn" not in [job.name for job in pending(trained, "full")]
 
 
 def test_a_failed_job_is_marked_failed_with_its_reason(tmp_path: Path) -> None:
@@ -110,13 +134,11 @@ def test_a_mark_whose_owner_died_reads_interrupted(tmp_path: Path) -> None:
 
 
 def test_a_second_run_trains_nothing_and_a_users_workspace_is_left_alone(
-        tmp_path: Path) -> None:
+        tmp_path: Path, trained: Path) -> None:
+    # A workspace the demo seeded, its CartPole trained (by the quick run, copied).
     seeded = tmp_path / "seeded"
-    runner = _seed_workspace(seeded, "minimal", 1, quick=True)
-    # It returns once CartPole has a checkpoint (the server may start); then it finishes.
-    assert ExperimentStore(seeded).get("cartpole-dqn").checkpoints()
-    if runner is not None:
-        assert runner.wait(300)
+    shutil.copytree(trained / "experiments", seeded / "experiments")
+    remember_demo(seeded)
     assert pending(seeded, "minimal") == []
     metrics = seeded / "experiments" / "cartpole-dqn" / "metrics.csv"
     before = metrics.stat().st_mtime_ns
