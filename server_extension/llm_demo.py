@@ -167,7 +167,8 @@ def _encode(
 ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per row; prompt positions are labelled -100 so only answers count."""
     out = []
-    paired = [(row, []) for row in rows] + with_history(rows, rows, answer_key, seed=7)
+    paired: list[tuple[dict[str, Any], list[tuple[str, str]]]] = [(row, []) for row in rows]
+    paired += with_history(rows, rows, answer_key, seed=7)
     for row, history in paired:
         # Prompt and answer are tokenized apart, exactly as the prompt is at inference time.
         prompt_ids = tokenizer(chat_prompt(tokenizer, row["question"], history))["input_ids"]
