@@ -38,8 +38,10 @@ from .clipboard import TextProvider
 from .viewkit import close_tree, gap
 
 ERROR_MARK = "\n[ERROR:"  # how the contract reports a failure in the middle of a stream
+# Greedy by default: the demo's tiny model answers its facts word for word when greedy and
+# drifts ("is is is ...") when sampled; Sample is one click away for bigger models.
 DEFAULT_PARAMS: dict[str, Any] = {
-    "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "do_sample": True,
+    "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "do_sample": False,
 }
 MAX_NEW_TOKENS = 4096
 
@@ -148,6 +150,10 @@ class ChatPlayground(widgets.VBox):
             tooltip="Off: greedy decoding (temperature and top p are then ignored)",
             layout=widgets.Layout(width="90px"))
 
+        # Temperature and top p only matter when sampling: grey them out otherwise.
+        self.do_sample.observe(lambda _c: self._sampling_controls(), "value")
+        self._sampling_controls()
+
         self.sessions = widgets.Select(options=[], rows=5, description="Sessions",
                                        layout=widgets.Layout(width="100%"))
         self.load_button = widgets.Button(description="Load", icon="folder-open",
@@ -189,6 +195,11 @@ class ChatPlayground(widgets.VBox):
         """Whether a call is queued or running on the worker thread."""
         with self._lock:
             return self._pending > 0
+
+    def _sampling_controls(self) -> None:
+        greedy = not self.do_sample.value
+        self.temperature.disabled = greedy
+        self.top_p.disabled = greedy
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters the controls hold, in the contract's shape."""

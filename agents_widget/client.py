@@ -128,6 +128,10 @@ class ExperimentInfo:
     # Loader settings from experiment.json (a LatentPPO's latent size and decoder, say);
     # left out of comparisons and hashing, being a dict.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Set while it is still being trained: {"state": queued|training|failed|interrupted,
+    # "since": unix time, "error": text}; None once trained (or for any experiment logged
+    # without marks).
+    training: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExperimentInfo:
@@ -147,6 +151,8 @@ class ExperimentInfo:
             checkpoints=tuple(CheckpointInfo.from_json(c) for c in data.get("checkpoints") or ()),
             metrics=tuple(MetricPoint.from_json(m) for m in data.get("metrics") or ()),
             extra=dict(data.get("extra") or {}),
+            training=dict(data["training"]) if isinstance(data.get("training"), Mapping)
+            else None,
         )
 
 

@@ -140,18 +140,38 @@ class DeploymentDetails(widgets.VBox):
                       and snippet_kind(self._experiment) == "llm")
         if self._experiment is None or (agent.tab != "classic" and not self._chat):
             return None
-        title = "Chat playground" if self._chat else "Run an episode"
-        section = widgets.Accordion([widgets.VBox()], titles=(title,), selected_index=None)
+        from .board_playground import is_turn_based
+
+        # Turn-based games (tic-tac-toe) also get a board to play on against the agent.
+        self._board = not self._chat and is_turn_based(self._experiment_dict())
+        titles: tuple[str, ...] = ("Chat playground",) if self._chat else (
+            ("Play against it", "Run an episode") if self._board else ("Run an episode",))
+        section = widgets.Accordion([widgets.VBox() for _ in titles], titles=titles,
+                                    selected_index=None)
         section.observe(self._on_playground_open, "selected_index")
         return section
 
+    def _experiment_dict(self) -> dict[str, Any]:
+        exp = self._experiment
+        if exp is None:
+            return {}
+        return {"name": exp.name, "environment": exp.environment, "source": exp.source,
+                "extra": exp.extra}
+
     def _on_playground_open(self, change: dict[str, Any]) -> None:
-        box = self.playground_box.children[0] if self.playground_box else None
-        if change["new"] is None or box is None or box.children:
+        index = change["new"]
+        box = self.playground_box.children[index] if self.playground_box and index is not None \
+            else None
+        if box is None or box.children:
             return
         key = self._key()
         if key is None or self._experiment is None:
             box.children = [widgets.HTML("The agent is not Deployed any more.")]
+            return
+        if self._board and index == 0:
+            from .board_playground import BoardPlayground
+
+            box.children = [BoardPlayground(self.endpoint, self._key, self._experiment_dict())]
             return
         if self._chat:
             from .chat_playground import ChatPlayground
@@ -174,10 +194,10 @@ class DeploymentDetails(widgets.VBox):
         # The playground holds the key it was built with; rebuild it on next open.
         if self.playground_box is None or self._chat:
             return
-        box = self.playground_box.children[0]
-        for child in box.children:
-            close_tree(child)
-        box.children = []
+        for box in self.playground_box.children:
+            for child in box.children:
+                close_tree(child)
+            box.children = []
         self.playground_box.selected_index = None
 
     def close(self) -> None:

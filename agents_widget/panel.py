@@ -43,6 +43,7 @@ from .poller import StatusPoller
 from .state import TAB_LABELS, TABS, PanelState, chevron_visible, toggle_connects
 from .table import AgentRow, AgentTable, RowActions
 from .tokens_view import AccessTokens
+from .training_view import training_html
 from .viewkit import close_tree, gap, stylesheet
 from .wizard import CreateRequest, NewAgentWizard
 
@@ -100,6 +101,7 @@ class AgentsPanel(widgets.VBox):
         ], layout=widgets.Layout(width="100%")), 8)
         topbar.add_class("awb-topbar")
         self.notice = widgets.HTML()
+        self.training_line = widgets.HTML()  # experiments still training (demo_plan)
 
         actions = RowActions(toggle=self.toggle, delete=self.delete, expand=self.expand,
                              disconnect=self.disconnect)
@@ -122,7 +124,8 @@ class AgentsPanel(widgets.VBox):
         self.new_button.on_click(lambda _b: self.open_wizard())
         self.retry_button.on_click(lambda _b: self.retry_discovery())
 
-        super().__init__([stylesheet(), topbar, self.notice, self.tokens_area, self.body],
+        super().__init__([stylesheet(), topbar, self.notice, self.training_line,
+                          self.tokens_area, self.body],
                          layout=widgets.Layout(width="100%", padding="4px"))
         self.add_class("awb-panel")
 
@@ -232,6 +235,7 @@ class AgentsPanel(widgets.VBox):
         try:
             if experiments or not self.state.loaded:
                 self.state.set_experiments(client.experiments())
+                self.training_line.value = training_html(self.state.experiments)
             agents = client.agents()
         except WorkbenchError as exc:
             self._failures += 1

@@ -1,10 +1,13 @@
 """The ``agents-workbench`` command: build the demo workspace, run the workbench.
 
-``agents-workbench demo [--root DIR] [--quick]``
-    Train the demo agents with AgileRL (a few minutes on 2 CPU cores) into DIR.
-``agents-workbench run [--root DIR] [--port N] [--no-browser]``
-    Seed the demo workspace if DIR has no experiments, then start JupyterLab with the
-    workbench and print its URL.
+``agents-workbench demo [--root DIR] [--demo minimal|full] [--workers N] [--quick]``
+    Train the demo experiments into DIR (replacing them): ``full`` (the default) is every
+    Classic RL family plus the Advanced Training set, ``minimal`` CartPole with DQN alone;
+    ``--quick`` is the seconds-long set the tests use.
+``agents-workbench run [--root DIR] [--demo minimal|full] [--port N] [--no-browser]``
+    Train what the demo still lacks in DIR: CartPole with DQN first, then JupyterLab starts
+    (its URL printed) while the other experiments train in the background, two at a time,
+    with their progress in this terminal and in the panel. A second run trains nothing.
 ``agents-workbench app [--root DIR] [--port N] [--token T]``
     Publish the Agents panel (notebooks/Agents.ipynb) as a Voila app over DIR, with the
     workbench's API in the same process, and print its URL (with its token).
@@ -20,8 +23,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .store import ROOT_ENV, ExperimentStore, default_root
+from .demo_plan import MODES
+from .store import ROOT_ENV, ExperimentStore, StoreError, default_root
 
 REPO = Path(__file__).resolve().parent.parent
 APP_TOKEN_ENV = "AGENTS_WORKBENCH_APP_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -33,14 +38,69 @@ def _progress(message: str) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the demo experiments into ``--root``."""
-    from .demo import build_demo
-
     root = Path(args.root).expanduser()
     started = time.perf_counter()
-    _progress(f"Training demo agents into {root} (quick={args.quick})")
-    names = build_demo(root, quick=args.quick, progress=_progress)
+    if args.quick:
+        from .demo import build_demo
+
+        _progress(f"Training the quick (test) demo into {root}")
+        names = build_demo(root, quick=True, progress=_progress)
+    else:
+        from .demo_plan import BackgroundTraining, jobs_for
+
+        jobs = jobs_for(args.demo)
+        _progress(f"Training the {args.demo} demo into {root}: {len(jobs)} jobs, "
+                  f"{args.workers} at a time")
+        runner = BackgroundTraining(root, jobs, workers=args.workers, say=_progress)
+        runner.start()
+        try:
+            runner.wait()
+        finally:
+            runner.stop()
+        if runner.failed:
+            return 1
+        names = [name for job in jobs for name in job.names]
     _progress(f"Demo workspace ready in {time.perf_counter() - started:.0f} s: {', '.join(names)}")
     return 0
+
+
+def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) -> Any:
+    """Start training what the demo lacks; return once CartPole's DQN has a checkpoint.
+
+    Every pending job goes to the background runner (``workers`` at a time, CartPole's DQN
+    first), so the server can start as soon as there is one experiment to deploy; the rest
+    keep training meanwhile. Returns the runner (``None`` when nothing was left to train).
+    A workspace that already holds experiments the demo did not seed (the user's own) is
+    left alone.
+    """
+    from .demo_plan import FIRST, BackgroundTraining, is_demo_workspace, pending, remember_demo
+
+    if ExperimentStore(root).list() and not is_demo_workspace(root):
+        return None
+    todo = pending(root, mode)  # type: ignore[arg-type]
+    if not todo:
+        return None
+    remember_demo(root)
+    started = time.perf_counter()
+    _progress(f"Training {len(todo)} demo jobs, {workers} at a time: "
+              f"{', '.join(job.name for job in todo)}")
+    background = BackgroundTraining(root, todo, workers=workers, say=_progress, quick=quick)
+    background.start()
+    if any(job.name == FIRST for job in todo):
+        while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
+            time.sleep(0.5)
+        _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): starting "
+                  "the server; the panel shows what is still training")
+    if background.wait(0):
+        return None
+    return background
+
+
+def _has_checkpoint(root: Path, name: str) -> bool:
+    try:
+        return bool(ExperimentStore(root).get(name).checkpoints())
+    except StoreError:  # the trainer is replacing its placeholder folder right now
+        return False
 
 
 def _notebooks_dir(root: Path) -> Path:
@@ -56,9 +116,7 @@ def _notebooks_dir(root: Path) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     """Seed the demo workspace when empty, then run JupyterLab over it."""
     root = Path(args.root).expanduser()
-    if not ExperimentStore(root).list():
-        _progress(f"{root} has no experiments yet: training the demo workspace first")
-        cmd_demo(argparse.Namespace(root=str(root), quick=False))
+    background = _seed_workspace(root, args.demo, args.workers, quick=args.quick)
     notebooks = _notebooks_dir(root)
     env = {**os.environ, ROOT_ENV: str(root)}
     command = [
@@ -76,7 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Containers and CI machines often run as root; Jupyter refuses that unless told.
         command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
-    return subprocess.call(command, env=env)
+    try:
+        return subprocess.call(command, env=env)
+    finally:
+        if background is not None:
+            background.stop()
 
 
 APP_NOTEBOOK_CELLS = (
@@ -139,6 +201,14 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demo", choices=MODES, default="full",
+                        help="full: every Classic RL family and the Advanced Training set; "
+                             "minimal: CartPole with DQN only (default: full)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="demo jobs trained at once (default 2; one core each)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agents-workbench``."""
     parser = argparse.ArgumentParser(prog="agents-workbench", description=__doc__,
@@ -149,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=str(default_root()), help="workspace folder")
     demo.add_argument("--quick", action="store_true",
                       help="seconds-long training for tests (agents will not be good)")
+    _demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="seed the demo workspace if empty and start JupyterLab")
@@ -156,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8888)
     run.add_argument("--ip", default="127.0.0.1")
     run.add_argument("--no-browser", action="store_true")
+    run.add_argument("--quick", action="store_true",
+                     help="seed with seconds-long test runs (agents will not be good)")
+    _demo_arguments(run)
     run.set_defaults(func=cmd_run)
 
     app = sub.add_parser("app", help="publish the Agents panel as a Voila app over a workspace")

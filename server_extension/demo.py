@@ -7,13 +7,18 @@ whose checkpoints are ``step_<N>.pt`` files saved by the agent's own ``save_chec
 scores mean (see :mod:`agents_widget.agilerl_training`): ``evaluation_score`` is the mean
 greedy return over 5 seeded episodes, acting exactly as the workbench serves the agent.
 
-Full mode (a couple of minutes on 2 CPU cores) trains the user-facing demo:
+Full mode trains the single-agent runs of the main job's workspace (which
+:mod:`server_extension.demo_plan` schedules, one process per run):
 
-``cartpole-dqn``   DQN on CartPole-v1; its best checkpoint balances the pole (a mean
-                   greedy return of at least 195, checked by loading it back and playing).
-``pendulum-td3``   TD3 on Pendulum-v1 (continuous actions).
-``iris-latent-ppo`` LatentPPO (Advanced Training) decoding through ``iris-classifier``
-                   (see :mod:`server_extension.latent_demo`).
+``cartpole-dqn``      DQN on CartPole-v1; its best checkpoint balances the pole (a mean
+                      greedy return of at least 195, checked by loading it back and playing).
+``cartpole-rainbow``  Rainbow DQN on CartPole-v1.
+``cartpole-ppo``      PPO on CartPole-v1.
+``pendulum-ddpg``     DDPG on Pendulum-v1 (continuous actions).
+``pendulum-td3``      TD3 on Pendulum-v1.
+
+Each best checkpoint is loaded back, played on 20 fresh seeds and compared with uniformly
+random actions on the same seeds (``extra["vs_random"]``).
 
 Quick mode (seconds, for tests) trains tiny runs of all five supported families:
 ``cartpole-dqn``, ``cartpole-rainbow``, ``cartpole-ppo``, ``pendulum-ddpg``, ``pendulum-td3``.
@@ -88,6 +93,41 @@ FULL_RUNS: tuple[DemoRun, ...] = (
     ),
 )
 
+# The other single-agent families of the main job's workspace, on small budgets: each only
+# has to beat a random policy clearly (recorded in extra["vs_random"]), not to solve its task.
+MORE_RUNS: tuple[DemoRun, ...] = (
+    DemoRun(
+        name="cartpole-rainbow", algorithm="RainbowDQN", env_id=CARTPOLE,
+        description="Rainbow DQN (distributional, noisy nets, n-step, prioritised replay) "
+                    "balancing a pole on a cart.",
+        hyperparameters={"lr": 1e-3, "batch_size": 64, "learn_step": 2, "gamma": 0.99,
+                         "tau": 0.05, "num_atoms": 51, "v_min": 0.0, "v_max": 500.0},
+        net_config=_mlp([128], [128], layer_norm=False),
+        training={"total_steps": 8_000, "checkpoint_every": 2_000, "num_envs": 4,
+                  "learning_starts": 1_000, "memory_size": 50_000, "eval_episodes": 5},
+    ),
+    DemoRun(
+        name="cartpole-ppo", algorithm="PPO", env_id=CARTPOLE,
+        description="PPO (on-policy, clipped updates) balancing a pole on a cart.",
+        hyperparameters={"lr": 1e-3, "batch_size": 128, "learn_step": 1024, "update_epochs": 4,
+                         "gamma": 0.99, "gae_lambda": 0.95, "ent_coef": 0.0,
+                         "share_encoders": False},
+        net_config=_mlp([64], [64], layer_norm=False),
+        training={"total_steps": 16_384, "checkpoint_every": 4_096, "num_envs": 8,
+                  "eval_episodes": 5},
+    ),
+    DemoRun(
+        name="pendulum-ddpg", algorithm="DDPG", env_id=PENDULUM,
+        description="DDPG swinging a pendulum upright (continuous torque in [-2, 2]).",
+        hyperparameters={"lr_actor": 3e-4, "lr_critic": 1e-3, "batch_size": 128,
+                         "learn_step": 1, "gamma": 0.98, "tau": 0.005, "O_U_noise": False,
+                         "expl_noise": 0.1},
+        net_config=_mlp([64], [64], layer_norm=False),
+        training={"total_steps": 8_000, "checkpoint_every": 1_000, "num_envs": 2,
+                  "learning_starts": 1_000, "memory_size": 50_000, "eval_episodes": 5},
+    ),
+)
+
 _QUICK_OFF_POLICY = {"total_steps": 400, "checkpoint_every": 200, "num_envs": 1,
                      "learning_starts": 100, "exploration_steps": 300, "memory_size": 1_000,
                      "eval_episodes": 2}
@@ -138,7 +178,7 @@ QUICK_RUNS: tuple[DemoRun, ...] = (
 
 
 @contextmanager
-def _isolated_torch() -> Iterator[None]:
+def isolated_torch() -> Iterator[None]:
     """One torch thread (tiny networks: threads only add overhead) and the caller's random
     state (torch and numpy) restored afterwards, so building the demo leaves no trace."""
     import torch
@@ -154,7 +194,8 @@ def _isolated_torch() -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
-def _train(root: Path, run: DemoRun, *, quick: bool, say: Callable[[str], None]) -> None:
+def train_run(root: Path, run: DemoRun, *, quick: bool, say: Callable[[str], None]) -> None:
+    """Train one demo run into ``<root>/experiments/<run.name>`` (replacing it)."""
     from agents_widget.agilerl_training import create_agent, train
     from agents_widget.tracking import start_experiment
 
@@ -208,11 +249,13 @@ def verify_best(root: Path, name: str) -> dict[str, Any]:
     """Load ``name``'s best checkpoint as the server would and play it.
 
     Returns (and records under ``extra["verification"]``) the mean greedy return on the
-    evaluation seeds (the logged evaluation score, recomputed) and on 20 fresh seeds.
+    evaluation seeds (the logged evaluation score, recomputed) and on 20 fresh seeds, and
+    under ``extra["vs_random"]`` the same 20 seeds played by uniformly random actions.
     """
     from agents_widget.agilerl_training import EVAL_SEED
     from agents_widget.tracking import resume_experiment
 
+    from .demo_classic import env_spec, play_episode
     from .runtimes import load_runtime
 
     experiment = ExperimentStore(root).get(name)
@@ -226,6 +269,8 @@ def verify_best(root: Path, name: str) -> dict[str, Any]:
         fresh = _play(runtime, experiment.info.environment or "", range(VERIFY_EPISODES))
     finally:
         runtime.close()
+    spec = env_spec(experiment.info.environment, experiment.info.extra)
+    random_returns = [play_episode(spec, None, seed=seed).total for seed in range(VERIFY_EPISODES)]
     report = {
         "step": best.step,
         "evaluation_seeds_mean": round(float(np.mean(on_eval_seeds)), 2),
@@ -233,51 +278,43 @@ def verify_best(root: Path, name: str) -> dict[str, Any]:
         "fresh_seeds_min": round(float(np.min(fresh)), 2),
         "fresh_episodes": VERIFY_EPISODES,
     }
+    vs_random = {"step": best.step, "episodes": VERIFY_EPISODES,
+                 "policy_mean_return": report["fresh_seeds_mean"],
+                 "random_mean_return": round(float(np.mean(random_returns)), 2)}
     writer = resume_experiment(name, root=root)
-    writer.update_info(extra={**writer.info.extra, "verification": report})
+    writer.update_info(extra={**writer.info.extra, "verification": report,
+                              "vs_random": vs_random})
     return report
 
 
 def build_demo(
     root: Path, *, quick: bool = False, progress: Callable[[str], None] | None = None
 ) -> list[str]:
-    """Train the demo agents into ``<root>/experiments`` (replacing them); return their names.
+    """Train the single-agent demo runs into ``<root>/experiments`` (replacing them).
 
-    Full mode takes a few minutes on 2 CPU cores and checks that the best CartPole
-    checkpoint, loaded back, averages at least 195 (a warning through ``progress`` if not).
-    ``quick`` takes seconds and trains all five families just enough to checkpoint twice.
-    The caller's torch thread count and random state are left as they were.
+    Full mode trains DQN, Rainbow DQN, PPO, DDPG and TD3 (a few minutes on 2 CPU cores),
+    each best checkpoint loaded back, played and compared with random actions
+    (``extra["vs_random"]``); it warns through ``progress`` when CartPole's DQN averages
+    below 195. ``quick`` takes seconds and trains the five families just enough to
+    checkpoint twice. The main job's whole workspace (multi-agent, recurrent and Advanced
+    Training too) is :mod:`server_extension.demo_plan`'s. The caller's torch thread count
+    and random state are left as they were. Returns the experiment names.
     """
     say = progress or (lambda _msg: None)
     root = Path(root).expanduser()
-    runs = QUICK_RUNS if quick else FULL_RUNS
+    runs = QUICK_RUNS if quick else FULL_RUNS + MORE_RUNS
     started = time.perf_counter()
-    with _isolated_torch():
+    with isolated_torch():
         for run in runs:
             say(f"training {run.name}: {run.algorithm} on {run.env_id}")
-            _train(root, run, quick=quick, say=say)
-        if not quick:
-            for name in ("cartpole-dqn", "pendulum-td3"):
-                report = verify_best(root, name)
-                say(f"{name}: best checkpoint (step {report['step']}) loaded back scores "
+            train_run(root, run, quick=quick, say=say)
+            if not quick:
+                report = verify_best(root, run.name)
+                say(f"{run.name}: best checkpoint (step {report['step']}) loaded back scores "
                     f"{report['evaluation_seeds_mean']:.1f} on the evaluation seeds and "
                     f"{report['fresh_seeds_mean']:.1f} over {VERIFY_EPISODES} fresh episodes")
-                if name == "cartpole-dqn" and report["evaluation_seeds_mean"] < CARTPOLE_BAR:
+                if run.name == "cartpole-dqn" and report["evaluation_seeds_mean"] < CARTPOLE_BAR:
                     say(f"warning: cartpole-dqn's best checkpoint averages "
                         f"{report['evaluation_seeds_mean']:.1f}, below {CARTPOLE_BAR:.0f}")
-        advanced: list[str] = []
-        if not quick:
-            # Advanced Training: LatentPPO decoding through the saved Iris classifier (trained
-            # too when missing). Quick mode leaves it out: test workspaces stay Classic RL only.
-            from .latent_demo import build_latent_demo
-
-            say("training iris-latent-ppo: LatentPPO with the iris-classifier decoder")
-            advanced = build_latent_demo(root, progress=say)
-            # Advanced Training's LLM pair (full model and LoRA adapter), so the main job's
-            # workspace has a chat agent for the playground.
-            from .llm_demo import build_llm_demo
-
-            say("training tiny-chat-sft and tiny-chat-lora: tokenizer, SFT, LoRA")
-            advanced += build_llm_demo(root, progress=say)
     say(f"demo built in {time.perf_counter() - started:.1f} s")
-    return [run.name for run in runs] + advanced
+    return [run.name for run in runs]

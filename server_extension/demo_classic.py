@@ -11,8 +11,7 @@
 ``cartpole-memory-ppo``     recurrent PPO (an LSTM) on CartPole with the velocities hidden:
                             only positions are observed, so the policy must remember.
 ``speaker-listener-matd3``  MATD3 on mpe2's ``simple_speaker_listener_v4`` with discrete
-                            actions (two different agents) -- quick mode only, so every
-                            multi-agent family has a checkpoint to test.
+                            actions (two different agents).
 
 Every checkpoint is scored by loading it back exactly as the server does and playing
 seeded episodes (``evaluation_score``); the best checkpoint's comparison against a
@@ -39,7 +38,7 @@ import copy
 import importlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +364,9 @@ FULL_PLANS: dict[str, Plan] = {
                            "lr_actor": 1e-3, "lr_critic": 1e-3}),
     MEMORY: Plan(steps=32_768, checkpoint_every=4_096, eval_episodes=10,
                  settings=_MEMORY_SETTINGS),
+    SPEAKER_LISTENER: Plan(steps=6_000, checkpoint_every=2_000, eval_episodes=20,
+                           settings={"batch_size": 128, "learn_step": 5, "learning_starts": 500,
+                                     "lr_actor": 1e-3, "lr_critic": 1e-3}),
 }
 QUICK_PLANS: dict[str, Plan] = {
     TICTACTOE: Plan(steps=128, checkpoint_every=64, eval_episodes=4,
@@ -779,13 +781,14 @@ def train_memory(root: Path, plan: Plan, quick: bool, say: ProgressFn) -> dict[s
 
 
 def build_classic_demo(
-    root: Path, *, quick: bool = False, progress: ProgressFn | None = None
+    root: Path, *, quick: bool = False, progress: ProgressFn | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[str]:
     """Train the multi-agent and recurrent demos into ``<root>/experiments``; return names.
 
     Existing experiments of these names are replaced. Full mode takes a few minutes on two
-    CPU cores; ``quick`` takes seconds (two checkpoints each, scores meaningless) and adds
-    ``speaker-listener-matd3`` so MADDPG, MATD3 and IPPO all have checkpoints. Results
+    CPU cores; ``quick`` takes seconds (two checkpoints each, scores meaningless). ``only``
+    trains just the runs it names. Results
     against random play are reported through ``progress`` and stored in ``extra``.
     The caller's torch thread count and random state are left as they were.
     """
@@ -796,6 +799,11 @@ def build_classic_demo(
     say = progress or (lambda _msg: None)
     root = Path(root).expanduser()
     plans = QUICK_PLANS if quick else FULL_PLANS
+    if only is not None:
+        unknown = sorted(set(only) - set(plans))
+        if unknown:
+            raise ValueError(f"No classic demo run named {unknown}; known: {sorted(plans)}.")
+        plans = {name: plan for name, plan in plans.items() if name in only}
     trainers: dict[str, Callable[[Plan], dict[str, Any]]] = {
         TICTACTOE: lambda plan: train_tictactoe(root, plan, quick, say),
         SPREAD: lambda plan: train_mpe(root, SPREAD_RUN, plan, quick, say),

@@ -128,12 +128,38 @@ def build_tokenizer(texts: Sequence[str], *, vocab_size: int, max_length: int) -
     )
 
 
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
-    """The text the model sees before its answer to ``question``."""
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str,
+                history: Sequence[tuple[str, str]] = ()) -> str:
+    """The text the model sees before its answer to ``question``, after earlier turns
+    ``history`` ((question, answer) pairs, oldest first) as a chat session sends them."""
+    messages = [m for q, a in history for m in ({"role": "user", "content": q},
+                                                 {"role": "assistant", "content": a})]
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        [*messages, {"role": "user", "content": question}], tokenize=False,
+        add_generation_prompt=True,
     )
     return str(text)
+
+
+# Chat sessions send the whole conversation; a model trained on single questions only
+# derails once earlier turns precede the new one. So each training question also appears
+# once after 1-2 earlier turns of other questions (labels on the last answer only), and
+# the held-out questions are scored that way too (extra["multi_turn_exact_match"]).
+HISTORY_TURNS = (1, 2)
+
+
+def with_history(rows: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]],
+                 answer_key: str, seed: int) -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
+    """Each row paired with earlier turns drawn (seeded) from ``pool``."""
+    import random
+
+    rng = random.Random(seed)  # noqa: S311 - picks training examples, not secrets
+    out = []
+    for row in rows:
+        turns = rng.choice(HISTORY_TURNS)
+        earlier = [r for r in rng.sample(list(pool), turns + 1) if r is not row][:turns]
+        out.append((row, [(r["question"], r[answer_key]) for r in earlier]))
+    return out
 
 
 def _encode(
@@ -141,9 +167,11 @@ def _encode(
 ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per row; prompt positions are labelled -100 so only answers count."""
     out = []
-    for row in rows:
+    paired: list[tuple[dict[str, Any], list[tuple[str, str]]]] = [(row, []) for row in rows]
+    paired += with_history(rows, rows, answer_key, seed=7)
+    for row, history in paired:
         # Prompt and answer are tokenized apart, exactly as the prompt is at inference time.
-        prompt_ids = tokenizer(chat_prompt(tokenizer, row["question"]))["input_ids"]
+        prompt_ids = tokenizer(chat_prompt(tokenizer, row["question"], history))["input_ids"]
         answer_ids = tokenizer(row[answer_key] + END_OF_TURN)["input_ids"]
         out.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
     return out
@@ -216,8 +244,10 @@ def greedy_answers(
     questions: Sequence[str],
     *,
     max_new_tokens: int = 24,
+    histories: Sequence[Sequence[tuple[str, str]]] | None = None,
 ) -> list[str]:
-    """Greedy replies of ``model`` to each question, batched with left padding."""
+    """Greedy replies of ``model`` to each question (after its earlier turns in
+    ``histories``, if given), batched with left padding."""
     import torch
 
     was_training = model.training
@@ -225,7 +255,8 @@ def greedy_answers(
     answers: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(questions), 64):
-            prompts = [chat_prompt(tokenizer, q) for q in questions[start : start + 64]]
+            prompts = [chat_prompt(tokenizer, q, histories[start + i] if histories else ())
+                       for i, q in enumerate(questions[start : start + 64])]
             enc = tokenizer(prompts, return_tensors="pt", padding=True)
             out = model.generate(
                 **enc,
@@ -246,9 +277,14 @@ def _exact_match(
     tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[dict[str, Any]],
     answer_key: str,
+    pool: Sequence[dict[str, Any]] = (),
 ) -> tuple[float, dict[str, str]]:
-    """Accuracy over ``rows`` and one sample (question, expected, got) to show people."""
-    got = greedy_answers(model, tokenizer, [r["question"] for r in rows])
+    """Accuracy over ``rows`` and one sample (question, expected, got) to show people.
+
+    With ``pool``, each question comes after earlier turns drawn from it (multi-turn)."""
+    paired = with_history(rows, pool, answer_key, seed=11) if pool else None
+    got = greedy_answers(model, tokenizer, [r["question"] for r in rows],
+                         histories=[h for _, h in paired] if paired else None)
     hits = sum(g == r[answer_key] for g, r in zip(got, rows, strict=True))
     sample = {"question": rows[0]["question"], "expected": rows[0][answer_key], "answer": got[0]}
     return hits / len(rows), sample
@@ -432,7 +468,10 @@ def _build_sft(root: Path, plan: _Plan, say: Progress) -> int:
     _train(model, train, steps=plan.sft_steps, every=plan.sft_every, lr=plan.sft_lr,
            batch_size=plan.batch_size, pad_id=tokenizer.pad_token_id, seed=1,
            on_checkpoint=checkpoint)
+    multi_turn, _ = _exact_match(model, tokenizer, eval_rows, "answer", pool=train_rows)
+    say(f"{SFT_EXPERIMENT}: exact match after 1-2 earlier turns {multi_turn:.2f} (final step)")
     writer.update_info(extra={**writer.info.extra, "sample": sample,
+                              "multi_turn_exact_match": round(multi_turn, 3),
                               "train_seconds": round(time.perf_counter() - started, 1)})
     return ExperimentStore(root).get(SFT_EXPERIMENT).best_step()
 

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import training_marks
+
 ProjectType = Literal["classic", "advanced"]
 PROJECT_TYPES: tuple[str, ...] = ("classic", "advanced")
 ROOT_ENV = "AGENTS_WORKBENCH_ROOT"
@@ -339,6 +341,8 @@ class Experiment:
             "checkpoints": [c.to_json() for c in self.checkpoints()],
             "metrics": self.metrics(),
             "extra": info.extra,
+            # Still being trained (queued, training, failed, interrupted), or None when done.
+            "training": training_marks.read(self.folder.parent.parent, info.name),
         }
 
 

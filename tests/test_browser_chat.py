@@ -7,6 +7,8 @@ flushed it, before it settled into the transcript.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,16 @@ RECORD_REPLIES = f"""() => {{
 }}"""
 
 
+# The README's screenshot shows the full demo model's answers: point this at the
+# experiments/ folder of a workspace the main job trained to run against it instead of the
+# quick (untrained) model; the answers are then checked word for word.
+FULL_DEMO_ENV = "AGENTS_WORKBENCH_CHAT_EXPERIMENTS"
+
+
 @pytest.fixture
 def app(tmp_path: Path, advanced_experiments: Path) -> Iterator[VoilaApp]:
-    made = VoilaApp(copy_workspace(tmp_path / "ws", advanced_experiments))
+    source = Path(os.environ.get(FULL_DEMO_ENV) or advanced_experiments)
+    made = VoilaApp(copy_workspace(tmp_path / "ws", source))
     try:
         yield made
     finally:
@@ -63,6 +72,9 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
     api = Api(app.url, app.token)
     name = "chatty"
     api.deploy(name, SFT_EXPERIMENT)
+    info = json.loads((app.root / "experiments" / SFT_EXPERIMENT / "experiment.json")
+                      .read_text())
+    trained = info["extra"].get("quick") is False
 
     def steps(page: Any) -> None:
         open_app(page, f"{app.url}?token={app.token}")
@@ -74,8 +86,9 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
         prompt = page.get_by_placeholder("Ask the agent something")
         prompt.wait_for()
         page.get_by_label("Max tokens").fill("48")
-        # Greedy: the same reply every run, so its length (and the streaming check) is stable.
-        page.get_by_label("Sample").uncheck()
+        # Greedy by default: the same reply every run, so its length (and the streaming
+        # check) is stable.
+        assert not page.get_by_label("Sample").is_checked()
         page.evaluate(RECORD_REPLIES)
         prompt.fill("What is the capital of France?")
         button(page, "Send").click()
@@ -94,6 +107,19 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
         assert len(partial) >= 2, f"the reply arrived in one piece: {pieces}"
         assert all(final.startswith(r) for r in partial), pieces
         assert "What is the capital of France?" in page.locator(".awb-chat-user").last.inner_text()
+        if trained:
+            assert final.strip() == "The capital of France is Paris."
+            # A second in-domain question in the same session: the earlier turn is part of
+            # the prompt now, and the answer must not derail.
+            prompt.fill("Which city is the capital of Germany?")
+            button(page, "Send").click()
+            page.wait_for_function(
+                "() => document.querySelectorAll('.awb-chat-assistant').length === 2"
+                " && Array.from(document.querySelectorAll('button'))"
+                ".find(b => b.textContent.trim() === 'Send').disabled === false",
+                timeout=120_000)
+            second = transcript.last.evaluate(REPLY_TEXT)
+            assert second.strip() == "The capital of Germany is Berlin.", second
         shots.take(page, "chat", docs="chat-playground",
                    target=details_part(page, "Chat playground"))
 

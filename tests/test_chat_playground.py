@@ -212,6 +212,20 @@ def test_sampling_controls_reach_the_server(llm: dict[str, Any]) -> None:
     chat.close()
 
 
+def test_greedy_is_the_default_and_sampling_one_click_away(llm: dict[str, Any]) -> None:
+    chat = ChatPlayground(llm["endpoint"], key=lambda: llm["api_key"])
+    try:
+        assert chat.params()["do_sample"] is False
+        assert chat.temperature.disabled
+        assert chat.top_p.disabled
+        chat.do_sample.value = True
+        assert chat.params()["do_sample"] is True
+        assert not chat.temperature.disabled
+        assert not chat.top_p.disabled
+    finally:
+        chat.close()
+
+
 def test_stop_keeps_the_turn_out_of_the_conversation(llm: dict[str, Any]) -> None:
     chat = greedy_playground(llm, tokens=60)
     chat.send("first question").result(60)

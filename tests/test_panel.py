@@ -22,7 +22,7 @@ from agents_widget import AgentsPanel
 from agents_widget.details import DeploymentDetails
 from agents_widget.state import best_step, final_step
 from server_extension.discovery import ServerInfo
-from server_extension.store import ExperimentWriter
+from server_extension.store import ExperimentStore, ExperimentWriter
 from tests.panel_support import (
     browser_sends,
     custom_replies,
@@ -481,3 +481,38 @@ def test_checkpoint_rules_match_the_server() -> None:
     advanced = ExperimentInfo.from_json({"name": "sft", "tab": "advanced",
                                          "dataset": "chat-v2", "environment": None})
     assert experiment_label(advanced) == "sft (chat-v2)"
+
+
+def test_experiments_still_training_show_under_the_top_bar(
+        empty: ServerProcess, front_end: list[dict[str, Any]]) -> None:
+    """The main job's background training, as the panel sees it: queued, then training with
+    checkpoints (New Agent lists it), then trained (the line goes)."""
+    import shutil
+
+    from server_extension import training_marks
+    from server_extension.demo_plan import JOBS, queue_jobs
+
+    job = next(j for j in JOBS if j.name == "spread-maddpg")
+    queue_jobs(empty.root, [job])
+    panel = make_panel(empty)
+    try:
+        wait_until(lambda: "spread-maddpg" in panel.training_line.value, what="the queued line")
+        assert "Still training in the background" in panel.training_line.value
+        assert "(queued)" in panel.training_line.value
+        assert panel.new_button.disabled  # a placeholder has no checkpoint to deploy
+
+        training_marks.mark(empty.root, "spread-maddpg", "training")
+        writer = ExperimentWriter(empty.root / "experiments" / "spread-maddpg",
+                                  ExperimentStore(empty.root).get("spread-maddpg").info)
+        writer.checkpoint_path(100).write_bytes(b"a checkpoint")
+        writer.log(100, evaluation_score=-20.0)
+        wait_until(lambda: "1 checkpoint so far" in panel.training_line.value,
+                   what="the training line")
+        wait_until(lambda: not panel.new_button.disabled, what="New Agent enabled")
+
+        training_marks.clear(empty.root, "spread-maddpg")
+        wait_until(lambda: panel.training_line.value == "", what="the line gone")
+    finally:
+        panel.close()
+        training_marks.clear(empty.root, "spread-maddpg")
+        shutil.rmtree(empty.root / "experiments" / "spread-maddpg", ignore_errors=True)
