@@ -218,9 +218,11 @@ class BoardPlayground(widgets.VBox):
         else:
             self.result, line = "draw", "Draw."
         self.score[self.result] += 1
-        self._say(f"{line} Press New game to play again.")
-        self._set_clickable(False)
+        # Each widget change reaches the page as its own message: the score and the locked
+        # board go first, so a page showing the result line already shows the new score.
         self._show_score()
+        self._set_clickable(False)
+        self._say(f"{line} Press New game to play again.")
         return True
 
     # -- the view ------------------------------------------------------------------------------

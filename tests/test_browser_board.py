@@ -74,6 +74,14 @@ def _play_to_the_end(page: Any) -> int:
     return 6
 
 
+def _wait_for_games(page: Any, games: int) -> None:
+    """Until the running score counts ``games`` games (it is its own widget message)."""
+    page.wait_for_function(
+        "n => { const s = document.querySelector('.awb-board-score');"
+        " return !!s && (s.textContent.match(/\\d+/g) || []).map(Number)"
+        ".reduce((a, b) => a + b, 0) === n; }", arg=games)
+
+
 def test_a_game_against_the_deployed_agent_is_played_to_the_end(app: VoilaApp,
                                                                 shots: Shots) -> None:
     api = Api(app.url, app.token)
@@ -94,6 +102,7 @@ def test_a_game_against_the_deployed_agent_is_played_to_the_end(app: VoilaApp,
         assert clicks >= 3, "a tic-tac-toe game needs at least three moves of the first player"
         result = page.locator(".awb-board-status").inner_text()
         assert RESULT.search(result), result
+        _wait_for_games(page, 1)
         score = page.locator(".awb-board-score").inner_text()
         counts = [int(n) for n in re.findall(r"\d+", score)]
         assert sum(counts) == 1, score
@@ -111,6 +120,7 @@ def test_a_game_against_the_deployed_agent_is_played_to_the_end(app: VoilaApp,
             ".map(b => b.textContent.trim()).join('') === 'X'")
         shown(page.locator(".awb-board-status", has_text="Your move"))
         _play_to_the_end(page)
+        _wait_for_games(page, 2)
         score = page.locator(".awb-board-score").inner_text()
         assert sum(int(n) for n in re.findall(r"\d+", score)) == 2, score
         shots.take(page, "board-second-game")
