@@ -68,7 +68,11 @@ def server(tmp_path_factory: pytest.TempPathFactory,
     root = copy_workspace(tmp_path_factory.mktemp("secrets"), demo_experiments)
     config = root / "faults_config.py"
     config.write_text(FAULTS)
+    # The faults are patched into the server process by its config file, so the agents run
+    # there (isolation=thread). Under worker processes a model's traceback goes to its
+    # worker's log, and the worker never sees a key: the server checks it before relaying.
     with running_server(root, extra_args=["--ServerApp.log_level=DEBUG",
+                                          "--AgentsWorkbenchApp.isolation=thread",
                                           f"--config={config}"]) as proc:
         yield proc
 
