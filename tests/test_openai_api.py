@@ -403,7 +403,7 @@ def test_openai_snippet_runs_and_gets_an_answer(
     experiments = served[0].api("GET", "experiments").json()["experiments"]
     info = ExperimentInfo.from_json(next(e for e in experiments if e["name"] == SFT_EXPERIMENT))
     snippets = build_snippets(agent["endpoint"], info)
-    assert list(snippets) == ["Python client", "CLI", "Manual HTTP", OPENAI_TITLE]
+    assert list(snippets) == ["Arena client", "Arena CLI", "Manual HTTP", OPENAI_TITLE]
     code = snippets[OPENAI_TITLE].code
     assert agent["api_key"] not in code
     assert f'base_url="{agent["endpoint"]}/v1"' in code

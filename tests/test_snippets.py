@@ -155,7 +155,9 @@ def test_each_kind_gets_fitting_code(fields: dict[str, Any], kind: str,
     assert snippet_kind(info) == kind
     endpoint = "http://127.0.0.1:1/base/agents/d/demo"
     snippets = build_snippets(endpoint, info)
-    assert tuple(snippets) == TITLES == ("Arena client", "Arena CLI", "Manual HTTP")
+    assert TITLES == ("Arena client", "Arena CLI", "Manual HTTP")
+    # LLM agents get a fourth tab, the OpenAI client (tests/test_openai_api.py runs it).
+    assert tuple(snippets) == (*TITLES, "OpenAI client") if kind == "llm" else TITLES
     client = snippets["Arena client"].code
     assert "from agilerl.arena.client import ArenaClient" in client
     assert 'client.open_inference_agent("demo")' in client
