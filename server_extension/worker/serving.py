@@ -47,11 +47,7 @@ class Limits:
 
 
 def _rows(tree: Any) -> int:
-    # An empty list or dict has no rows; the runtime then says what it expected.
-    while isinstance(tree, (dict, tuple, list)):
-        if not tree:
-            return 0
-        tree = next(iter(tree.values())) if isinstance(tree, dict) else tree[0]
+    # serde.batch_size already reads an empty container as 0 rows; None (field absent) too.
     return batch_size(tree) if tree is not None else 0
 
 
