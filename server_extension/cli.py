@@ -4,7 +4,7 @@
     Train the demo experiments into DIR (replacing them): ``full`` (the default) is every
     Classic RL family plus the Advanced Training set, ``minimal`` CartPole with DQN alone;
     ``--quick`` is the seconds-long set the tests use.
-``agents-workbench run [--root DIR] [--demo minimal|full] [--port N] [--no-browser]``
+``agents-workbench run [--root DIR] [--demo minimal|full] [--port N] [--ip IP] [--no-browser]``
     Train what the demo still lacks in DIR: CartPole with DQN first, then JupyterLab starts
     (its URL printed) while the other experiments train in the background, two at a time,
     with their progress in this terminal and in the panel. A second run trains nothing.
@@ -215,33 +215,58 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train the demo agents into a workspace")
-    demo.add_argument("--root", default=str(default_root()), help="workspace folder")
+    root_help = ("workspace folder: experiments, the agent registry and the notebooks live "
+                 f"here (default: ${ROOT_ENV}, else {default_root()})")
+    demo = sub.add_parser("demo", help="train the demo agents into a workspace",
+                          description="Train the demo experiments into a workspace folder, "
+                                      "replacing the ones already there.")
+    demo.add_argument("--root", default=str(default_root()), help=root_help)
     demo.add_argument("--quick", action="store_true",
                       help="seconds-long training for tests (agents will not be good)")
     _demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="seed the demo workspace if empty and start JupyterLab")
-    run.add_argument("--root", default=str(default_root()), help="workspace folder")
-    run.add_argument("--port", type=int, default=8888)
-    run.add_argument("--ip", default="127.0.0.1")
-    run.add_argument("--no-browser", action="store_true")
+    run = sub.add_parser(
+        "run", help="seed the demo workspace if empty and start JupyterLab",
+        description="Train what the demo workspace still lacks (CartPole with DQN first), then "
+                    "start JupyterLab on it with the Agents notebook open; the rest trains in "
+                    "the background. scripts/workbench.sh passes its arguments here.")
+    run.add_argument("--root", default=str(default_root()), help=root_help)
+    run.add_argument("--port", type=int, default=8888,
+                     help="port JupyterLab listens on; the agents' HTTP endpoints use it too "
+                          "(default 8888; Jupyter picks the next free one if it is taken)")
+    run.add_argument("--ip", default="127.0.0.1",
+                     help="address to listen on: 127.0.0.1 (the default) is this machine "
+                          "only; 0.0.0.0 lets other machines reach the server and its agents")
+    run.add_argument("--no-browser", action="store_true",
+                     help="do not open a browser; open the URL printed (with its token) "
+                          "yourself, e.g. on a remote machine or in a container")
     run.add_argument("--quick", action="store_true",
                      help="seed with seconds-long test runs (agents will not be good)")
     _demo_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    app = sub.add_parser("app", help="publish the Agents panel as a Voila app over a workspace")
-    app.add_argument("--root", default=str(default_root()), help="workspace folder")
-    app.add_argument("--port", type=int, default=8866)
-    app.add_argument("--ip", default="127.0.0.1")
-    app.add_argument("--base-url", default="/", help="URL prefix, e.g. behind a proxy")
+    app = sub.add_parser(
+        "app", help="publish the Agents panel as a Voila app over a workspace",
+        description="Publish the Agents panel as a Voila app (no notebook, no code cells) "
+                    "with the workbench's API in the same process.")
+    app.add_argument("--root", default=str(default_root()), help=root_help)
+    app.add_argument("--port", type=int, default=8866,
+                     help="port the app and the agents' endpoints listen on (default 8866)")
+    app.add_argument("--ip", default="127.0.0.1",
+                     help="address to listen on: 127.0.0.1 (the default) is this machine "
+                          "only; 0.0.0.0 publishes the app to other machines")
+    app.add_argument("--base-url", default="/",
+                     help="URL prefix the app is served under, e.g. /agents/ behind a proxy "
+                          "(default /)")
     app.add_argument("--token", default=None,
-                     help=f"access token (default: ${APP_TOKEN_ENV}, else a random one)")
+                     help=f"access token visitors need (default: ${APP_TOKEN_ENV}, else a "
+                          "random one, printed in the URL)")
     app.add_argument("--preheat", action="store_true",
-                     help="keep a kernel warm; it waits for a visitor before calling the API")
-    app.add_argument("--no-browser", action="store_true")
+                     help="keep a kernel warm so the first visitor waits less; it calls the "
+                          "API only once a visitor arrives")
+    app.add_argument("--no-browser", action="store_true",
+                     help="do not open a browser; open the URL printed yourself")
     app.add_argument("--debug", action="store_true",
                      help="debug logging, API calls included (and tracebacks on the page)")
     app.set_defaults(func=cmd_app)

@@ -441,24 +441,62 @@ def warm() -> None:
         EvolvableMLP(num_inputs=2, num_outputs=2, hidden_size=[4])(torch.zeros(1, 2))
 
 
-def _describe_checkpoint(path: Path) -> str:
-    """A short account of what a checkpoint file holds, for error messages."""
+def _read_checkpoint(path: Path) -> tuple[Any, Exception | None]:
+    """What ``torch.load`` makes of a checkpoint file: ``(data, None)`` or ``(None, error)``."""
     import dill
     import torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only the content matters here
-            data = torch.load(path, map_location="cpu", pickle_module=dill, weights_only=False)
+            return torch.load(path, map_location="cpu", pickle_module=dill,
+                              weights_only=False), None
     except Exception as exc:  # noqa: BLE001 - every unreadable file gets the same advice
-        return (
-            f"it is not a readable AgileRL checkpoint (truncated, corrupt or another kind of "
-            f"file: {type(exc).__name__}: {str(exc)[:200]})"
-        )
+        return None, exc
+
+
+def _unreadable(exc: Exception) -> str:
+    return (f"it is not a readable AgileRL checkpoint (truncated, corrupt or another kind of "
+            f"file: {type(exc).__name__}: {str(exc)[:200]})")
+
+
+def _describe_checkpoint(path: Path) -> str:
+    """A short account of what a checkpoint file holds, for error messages."""
+    data, error = _read_checkpoint(path)
+    if error is not None:
+        return _unreadable(error)
     if not isinstance(data, dict) or "network_info" not in data:
         return f"it holds a {type(data).__name__}, not an AgileRL agent saved with save_checkpoint"
     algo = data.get("algo")
     return f"it holds a {algo!r} agent" if algo else "it holds an AgileRL agent of unknown type"
+
+
+def _load_failure(path: Path, experiment: Experiment, class_name: str,
+                  load_error: Exception) -> str:
+    """Why AgileRL could not load ``path``, with the one fix that fits that cause.
+
+    A damaged file is repaired by saving it again, never by editing ``algorithm``; only a
+    file that holds another algorithm's agent points at experiment.json.
+    """
+    head = f"Could not load {path.name} of {experiment.name!r} as an AgileRL {class_name}: "
+    data, error = _read_checkpoint(path)
+    if error is not None:
+        return (head + _unreadable(error) + ". Save that checkpoint again with "
+                "agent.save_checkpoint(path) (or train the experiment again), or pick "
+                "another checkpoint.")
+    if not isinstance(data, dict) or "network_info" not in data:
+        return (head + f"it holds a {type(data).__name__}, not an agent saved with "
+                "agent.save_checkpoint(path). Save the agent that way, or pick another "
+                "checkpoint.")
+    algo = str(data.get("algo") or "")
+    if algo and _normalise(algo) != _normalise(class_name):
+        return (head + f"it holds a {algo!r} agent but the experiment says "
+                f"{experiment.info.algorithm!r}. Pick a checkpoint of this experiment, or fix "
+                "'algorithm' in experiment.json if the experiment was trained with " + algo + ".")
+    return (head + f"the file holds {'a ' + repr(algo) if algo else 'an AgileRL'} agent, but "
+            f"AgileRL failed on it ({type(load_error).__name__}: {str(load_error)[:200]}). "
+            "Save the checkpoint again with the AgileRL version installed here, or pick "
+            "another checkpoint.")
 
 
 def _load_agent(cls: Any, path: Path, device: str) -> Any:
@@ -495,17 +533,14 @@ def load(experiment: Experiment, checkpoint: Checkpoint, device: str) -> Runtime
         raise RuntimeLoadError(f"{path} cannot be read: {exc.strerror or exc}.") from exc
     if size == 0:
         raise RuntimeLoadError(
-            f"{path} is empty (0 bytes); the save was interrupted. Pick another checkpoint."
+            f"{path} is empty (0 bytes); the save was interrupted. Save it again with "
+            "agent.save_checkpoint(path), or pick another checkpoint."
         )
     agent: Any
     try:
         agent = _load_agent(cls, path, target)
     except Exception as exc:  # AgileRL raises many types on a bad file
-        raise RuntimeLoadError(
-            f"Could not load {path.name} of {experiment.name!r} as an AgileRL {class_name}: "
-            f"{_describe_checkpoint(path)}. Pick another checkpoint, or fix 'algorithm' in "
-            "experiment.json if the experiment was trained with another algorithm."
-        ) from exc
+        raise RuntimeLoadError(_load_failure(path, experiment, class_name, exc)) from exc
     saved_algo = getattr(agent, "algo", None)
     if not isinstance(agent, cls) or _normalise(str(saved_algo)) != _normalise(class_name):
         raise RuntimeLoadError(
