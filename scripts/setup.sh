@@ -1,16 +1,94 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install the project with its test extras into it.
 # Sourced by workbench.sh and test.sh; safe to run again (pip skips what is installed).
+#
+# A first install takes minutes, so each step says what it installs and how far it got: on a
+# terminal one line that updates in place, elsewhere (CI=true, or output piped to a file) a
+# line every PROGRESS_EVERY packages, so CI logs stay short. pip's full output goes to
+# .venv/setup.log and its tail is printed when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
+LOG=.venv/setup.log
+PROGRESS_EVERY=${PROGRESS_EVERY:-25}
+LIVE=0
+if [ -t 1 ] && [ -z "${CI:-}" ]; then LIVE=1; fi
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# Read pip's output and report progress: packages collected (with download sizes) while pip
+# resolves, then how many it installs. Lines are counted, not echoed; the log keeps them.
+progress() {
+  local step=$1 collected=0 present=0 downloads=0 line current="" shown=""
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >>"$LOG"
+    case $line in
+      "WARNING: Location"*) continue ;;  # pip's noise about local mirror folders
+      Collecting*)
+        collected=$((collected + 1)); current=${line#Collecting }; current=${current%% *} ;;
+      *"Downloading "*)
+        downloads=$((downloads + 1))
+        # "Downloading [url/]name-1.0-py3-none-any.whl (12.3 MB)": the file and its size.
+        current=${line##*Downloading }; current=${current%% (*}; current=${current##*/}
+        case $line in *"("*")") current="$current (${line##*(}" ;; esac ;;
+      "Requirement already satisfied"*) present=$((present + 1)); continue ;;
+      "Installing collected packages: "*)
+        local names=${line#Installing collected packages: } count
+        count=$(printf '%s\n' "$names" | awk -F, '{print NF}')
+        [ "$LIVE" = 1 ] && printf '\r\033[K'
+        say "$step: installing $count packages (unpacking takes a while, nothing is wrong)"
+        shown=installing; continue ;;
+      "Successfully installed "*)
+        [ "$LIVE" = 1 ] && printf '\r\033[K'
+        say "$step: done"; shown=done; continue ;;
+      *) continue ;;
+    esac
+    if [ "$LIVE" = 1 ]; then
+      printf '\r\033[K[setup] %s: %d collected, %d downloaded: %.60s' \
+        "$step" "$collected" "$downloads" "$current"
+    elif [ $((collected % PROGRESS_EVERY)) -eq 0 ] && [ "$shown" != "$collected" ]; then
+      say "$step: $collected packages collected so far ($downloads downloaded)"
+      shown=$collected
+    fi
+  done
+  [ "$LIVE" = 1 ] && [ "$shown" != installing ] && [ "$shown" != done ] && printf '\r\033[K'
+  if [ "$shown" != done ]; then
+    say "$step: nothing to install ($present requirements already satisfied)"
+  fi
+}
+
+# pip_step "N/M what" pip-arguments...: one install step, its output summarised.
+pip_step() {
+  local step=$1
+  shift
+  say "$step"
+  printf '\n=== %s: pip install %s\n' "$step" "$*" >>"$LOG"
+  set +e
+  .venv/bin/python -m pip install --progress-bar off --disable-pip-version-check "$@" 2>&1 \
+    | progress "${step%% *}"
+  local status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "setup: step $step failed (pip exit $status); the end of $LOG:" >&2
+    grep -v '^WARNING: Location' "$LOG" | tail -n 30 >&2
+    exit "$status"
+  fi
+}
+
 if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PY" --version 2>&1)"
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  : >"$LOG"
+  pip_step "1/3 pip (upgrading the new venv's installer)" --upgrade pip
+else
+  : >"$LOG"
+  say "1/3 .venv exists; reusing it"
 fi
 # torch first and pinned: its CPU wheel is on these machines; any looser request would pull
-# the CUDA build. The pip index noise about local mirror folders is filtered out.
-.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+# the CUDA build.
+pip_step "2/3 torch 2.13.0 (CPU build, the largest download)" torch==2.13.0
+pip_step "3/3 agents-workbench and its test extras (Jupyter, AgileRL, Ray, Playwright...)" \
+  -e ".[test]"
 .venv/bin/python -c "import torch, agilerl, server_extension" \
-  || { echo "setup failed: the project did not import; see pip's output above" >&2; exit 1; }
+  || { echo "setup failed: the project did not import; see $LOG" >&2; exit 1; }
+say "ready: $(.venv/bin/python --version 2>&1) in .venv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,22 @@ from .sessions import SessionStore
 from .store import ExperimentStore, default_root
 from .worker.serving import Limits
 from .workspace import Reconciler, ServingLease
+
+# The episode player renders gymnasium environments (pygame, hence SDL) in the kernel, which
+# inherits this process's environment. Frames are drawn offscreen, but SDL still probes for a
+# display and prints "XDG_RUNTIME_DIR is invalid or not set" on headless machines; its dummy
+# drivers draw the same frames without that probe. Only where no window could open anyway
+# (Linux without a display), so a desktop user's render_mode="human" still gets its window;
+# a driver the user chose is kept.
+OFFSCREEN_SDL = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+
+
+def quiet_offscreen_rendering() -> None:
+    """Give kernels started from here SDL's dummy drivers on a headless Linux machine."""
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.platform.startswith("linux") and headless:
+        for name, value in OFFSCREEN_SDL.items():
+            os.environ.setdefault(name, value)
 
 
 class AgentsWorkbenchApp(ExtensionApp):
@@ -142,6 +159,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
+        quiet_offscreen_rendering()
         if self.torch_threads > 0 and self.isolation == "thread":
             import torch
 

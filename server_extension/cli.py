@@ -109,8 +109,31 @@ def _notebooks_dir(root: Path) -> Path:
     source = REPO / "notebooks"
     if source.is_dir() and not target.exists():
         shutil.copytree(source, target, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        trust_notebooks(sorted(target.rglob("*.ipynb")))
     target.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def trust_notebooks(paths: Sequence[Path]) -> None:
+    """Sign notebooks the workbench wrote, so Jupyter neither warns nor hides their outputs.
+
+    Jupyter logs "Notebook ... is not trusted" for every unsigned notebook it opens. These
+    are the project's own notebooks, just copied or written; signing them records them in
+    the user's signature database (the one the server reads, in the Jupyter data folder).
+    A notebook that cannot be read or a database that cannot be written is left unsigned:
+    Jupyter then only warns, as before.
+    """
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    notary = NotebookNotary()
+    for path in paths:
+        try:
+            notebook = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
+            notary.sign(notebook)
+        except Exception as exc:  # noqa: BLE001 - trust is a nicety; the copy is what matters
+            _progress(f"Could not mark {path.name} as trusted ({type(exc).__name__}: {exc}); "
+                      "Jupyter will log that it is not trusted, which is harmless.")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -164,6 +187,7 @@ def _app_notebook(root: Path) -> Path:
                     else nbformat.v4.new_code_cell(src) for kind, src in APP_NOTEBOOK_CELLS]
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(target))
+        trust_notebooks([target])
     return target
 
 

@@ -22,7 +22,8 @@ def test_every_option_has_a_sentence(command: str) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
-        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+        assert action.help, action.option_strings
+        assert action.help != argparse.SUPPRESS, action.option_strings
         # A sentence, not a label: several words that say what the option changes.
         assert len(action.help.split()) >= 5, (action.option_strings, action.help)
 
