@@ -24,8 +24,9 @@ progress() {
     printf '%s\n' "$line" >>"$LOG"
     case $line in
       "WARNING: Location"*) continue ;;  # pip's noise about local mirror folders
-      Collecting*)
-        collected=$((collected + 1)); current=${line#Collecting }; current=${current%% *} ;;
+      Collecting*|Processing*)  # from an index, or a wheel in a local folder
+        collected=$((collected + 1)); current=${line#* }; current=${current%% *}
+        current=${current##*/} ;;
       *"Downloading "*)
         downloads=$((downloads + 1))
         # "Downloading [url/]name-1.0-py3-none-any.whl (12.3 MB)": the file and its size.
@@ -36,7 +37,9 @@ progress() {
         local names=${line#Installing collected packages: } count
         count=$(printf '%s\n' "$names" | awk -F, '{print NF}')
         [ "$LIVE" = 1 ] && printf '\r\033[K'
-        say "$step: installing $count packages (unpacking takes a while, nothing is wrong)"
+        local noun=packages
+        [ "$count" = 1 ] && noun=package
+        say "$step: installing $count $noun (unpacking takes a while, nothing is wrong)"
         shown=installing; continue ;;
       "Successfully installed "*)
         [ "$LIVE" = 1 ] && printf '\r\033[K'
