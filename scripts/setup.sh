@@ -37,9 +37,10 @@ progress() {
         local names=${line#Installing collected packages: } count
         count=$(printf '%s\n' "$names" | awk -F, '{print NF}')
         [ "$LIVE" = 1 ] && printf '\r\033[K'
-        local noun=packages
+        local noun=packages note=""
         [ "$count" = 1 ] && noun=package
-        say "$step: installing $count $noun (unpacking takes a while, nothing is wrong)"
+        [ "$count" -gt 20 ] && note=" (unpacking them takes minutes; no output meanwhile)"
+        say "$step: installing $count $noun$note"
         shown=installing; continue ;;
       "Successfully installed "*)
         [ "$LIVE" = 1 ] && printf '\r\033[K'
@@ -54,10 +55,13 @@ progress() {
       shown=$collected
     fi
   done
-  [ "$LIVE" = 1 ] && [ "$shown" != installing ] && [ "$shown" != done ] && printf '\r\033[K'
-  if [ "$shown" != done ]; then
-    say "$step: nothing to install ($present requirements already satisfied)"
+  if [ "$LIVE" = 1 ] && [ "$shown" != installing ] && [ "$shown" != done ]; then
+    printf '\r\033[K'
   fi
+  # pip_step reports "nothing to install" itself, once it knows pip succeeded.
+  printf '%s\n' "$present" >"$LOG.present"
+  [ "$shown" = done ] && printf 'done\n' >>"$LOG.present"
+  return 0
 }
 
 # pip_step "N/M what" pip-arguments...: one install step, its output summarised.
@@ -76,6 +80,10 @@ pip_step() {
     grep -v '^WARNING: Location' "$LOG" | tail -n 30 >&2
     exit "$status"
   fi
+  if ! grep -qx done "$LOG.present"; then
+    say "${step%% *}: nothing to install ($(head -n 1 "$LOG.present") requirements already satisfied)"
+  fi
+  rm -f "$LOG.present"
 }
 
 if [ ! -x .venv/bin/python ]; then
