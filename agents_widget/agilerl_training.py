@@ -17,28 +17,6 @@ every checkpoint, because the server's demo trainers use it too. Example::
 
 from __future__ import annotations
 
-from server_extension.training.agilerl import (
-    EVAL_SEED,
-    OFF_POLICY,
-    ON_POLICY,
-    TrainingResult,
-    create_agent,
-    evaluate,
-    make_vector_env,
-    train,
-    train_off_policy,
-    train_on_policy,
-)
-
-__all__ = [
-    "EVAL_SEED",
-    "OFF_POLICY",
-    "ON_POLICY",
-    "TrainingResult",
-    "create_agent",
-    "evaluate",
-    "make_vector_env",
-    "train",
-    "train_off_policy",
-    "train_on_policy",
-]
+# The names and their list come from the real module, so the two cannot drift apart.
+from server_extension.training.agilerl import *  # noqa: F403
+from server_extension.training.agilerl import __all__  # noqa: F401 - re-exported: the star import above uses it

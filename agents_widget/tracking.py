@@ -17,20 +17,6 @@ same way. Example::
 
 from __future__ import annotations
 
-from workbench_core.tracking import (
-    ExperimentWriter,
-    StoreError,
-    resume_experiment,
-    save_checkpoint,
-    start_experiment,
-    workspace_root,
-)
-
-__all__ = [
-    "ExperimentWriter",
-    "StoreError",
-    "resume_experiment",
-    "save_checkpoint",
-    "start_experiment",
-    "workspace_root",
-]
+# The names and their list come from the real module, so the two cannot drift apart.
+from workbench_core.tracking import *  # noqa: F403
+from workbench_core.tracking import __all__  # noqa: F401 - re-exported: the star import above uses it

@@ -2,17 +2,8 @@
 
 A thin layer over :class:`workbench_core.store.ExperimentWriter`: it picks the workspace
 root for you and saves checkpoints atomically, so a server reading the same folder never
-sees half a file. Example::
-
-    from agents_widget.tracking import start_experiment, save_checkpoint
-
-    run = start_experiment("cartpole-dqn", project_type="classic", algorithm="DQN",
-                           framework="agilerl", environment="CartPole-v1")
-    for step in range(...):
-        ...  # train
-        if step % 5000 == 0:
-            save_checkpoint(run, step, agent.save_checkpoint,
-                            training_score=train_return, evaluation_score=eval_return)
+sees half a file. Notebooks import it as :mod:`agents_widget.tracking`, whose docstring has
+an example.
 """
 
 from __future__ import annotations
