@@ -27,7 +27,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from server_extension.demo_classic import make_env, policy_observation
+from workbench_core.environments import make_env, policy_observation
 
 from .episode_playground import resolve_env_spec
 

@@ -29,8 +29,8 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from server_extension import discovery
-from server_extension.discovery import ServerInfo, ServerNotFound
+from workbench_core import discovery
+from workbench_core.discovery import ServerInfo, ServerNotFound
 
 Tab = Literal["classic", "advanced"]
 Status = Literal["Undeployed", "Pending", "Deployed", "Failed"]
@@ -360,7 +360,7 @@ class WorkbenchClient:
         ``checkpoint`` is ``"best"`` (highest evaluation score), ``"final"`` (highest step) or
         a step number. The server's 400/409 (bad or duplicate name, unknown experiment) comes
         back as :class:`ApiError` with its message. ``options`` are deployment options
-        (``decoder`` for LatentPPO, ``backend``); see ``server_extension/options.py``.
+        (``decoder`` for LatentPPO, ``backend``); see ``server_extension/serving/options.py``.
         """
         body: dict[str, Any] = {"name": name.strip(), "description": description.strip(),
                                 "experiment": experiment, "checkpoint": checkpoint}

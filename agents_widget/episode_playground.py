@@ -28,7 +28,8 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from server_extension.demo_classic import Episode, client_act, env_spec, play_episode
+from workbench_core.environments import env_spec
+from workbench_core.episodes import Episode, client_act, play_episode
 
 # Milliseconds per frame by environment kind: board games step slowly enough to follow.
 FRAME_MS = {"turn_based": 700, "parallel": 100, "gymnasium": 40}
@@ -53,8 +54,8 @@ def _workspace_extra(name: str) -> dict[str, Any] | None:
     """``extra`` of experiment ``name`` in this kernel's workspace, or its server's."""
     from pathlib import Path
 
-    from server_extension.discovery import ServerNotFound, find
-    from server_extension.store import ExperimentStore, StoreError, default_root
+    from workbench_core.discovery import ServerNotFound, find
+    from workbench_core.store import ExperimentStore, StoreError, default_root
 
     if not name:
         return None

@@ -34,8 +34,8 @@ from typing import TypeVar
 
 import ipywidgets as widgets
 
-from server_extension import discovery
-from server_extension.discovery import ServerInfo, ServerNotFound
+from workbench_core import discovery
+from workbench_core.discovery import ServerInfo, ServerNotFound
 
 from .client import AgentInfo, ApiError, Tab, WorkbenchClient, WorkbenchError
 from .details import DeploymentDetails

@@ -112,7 +112,7 @@ def input_width(experiment: ExperimentInfo | None) -> int:
 def _pettingzoo_spec(environment: str | None) -> dict[str, Any] | None:
     # The demo recipes know how to build the PettingZoo environments the workbench ships.
     try:
-        from server_extension.demo_classic import ENV_SPECS
+        from workbench_core.environments import ENV_SPECS
     except ImportError:
         return None
     spec = ENV_SPECS.get(environment or "")

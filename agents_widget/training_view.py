@@ -2,7 +2,7 @@
 
 The experiments listing carries a ``training`` mark while an experiment is queued or being
 trained (the main job trains the demo in the background, see
-:mod:`server_extension.demo_plan`). An experiment appears in New Agent as soon as it has a
+:mod:`server_extension.demos.plan`). An experiment appears in New Agent as soon as it has a
 checkpoint; this line says which ones are still on their way. Example::
 
     line.value = training_html(state.experiments)   # "" when nothing is training

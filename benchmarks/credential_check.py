@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server_extension.registry import AgentRecord, Registry
+from server_extension.workspace.registry import AgentRecord, Registry
 
 
 def measure(lookups: int = 20_000) -> dict[str, float]:

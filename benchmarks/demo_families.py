@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from server_extension.demo_classic import client_act, env_spec, play_episode
+from workbench_core.environments import env_spec
+from workbench_core.episodes import client_act, play_episode
 
 
 def _api(url: str, token: str, method: str, path: str, **kwargs: Any) -> Any:

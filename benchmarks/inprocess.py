@@ -61,9 +61,9 @@ def floor(root: Path, name: str, *, calls: int, samples: int) -> dict[str, Any]:
     import torch
     from agilerl.algorithms import DQN
 
-    from server_extension.runtimes import load_runtime
-    from server_extension.serde import decode_tree, encode_tree
-    from server_extension.store import ExperimentStore
+    from server_extension.serving.runtimes import load_runtime
+    from server_extension.serving.serde import decode_tree, encode_tree
+    from workbench_core.store import ExperimentStore
 
     torch.set_num_threads(1)
     experiment = ExperimentStore(root).get(name)
@@ -99,9 +99,9 @@ def batch_costs(root: Path, name: str) -> dict[str, Any]:
     """What "auto" batching measures at load: get_action at batch 1 and 8, and its verdict."""
     import torch
 
-    from server_extension.batching import forward_costs, worth_batching
-    from server_extension.runtimes import load_runtime
-    from server_extension.store import ExperimentStore
+    from server_extension.serving.batching import forward_costs, worth_batching
+    from server_extension.serving.runtimes import load_runtime
+    from workbench_core.store import ExperimentStore
 
     torch.set_num_threads(1)
     experiment = ExperimentStore(root).get(name)

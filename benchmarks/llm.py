@@ -2,7 +2,7 @@
 
 The same checkpoint (``tiny-chat-sft``, best step), the same prompt formatted the way the
 server formats a new chat turn, the same greedy parameters. In-process, the runtime from
-``server_extension.runtimes.load_runtime`` is timed directly; over HTTP, a real
+``server_extension.serving.runtimes.load_runtime`` is timed directly; over HTTP, a real
 ``jupyter server`` child process serves a copy of the checkpoint and is called with
 ``requests`` on a kept-alive connection. Rounds alternate between the two so that drift in
 the machine's load hits both alike. Example::
@@ -43,8 +43,8 @@ WARMUP = 2
 
 
 def _ensure_model(root: Path, quick: bool) -> None:
-    from server_extension.llm_demo import SFT_EXPERIMENT, build_llm_demo
-    from server_extension.store import ExperimentStore, StoreError
+    from server_extension.demos.llm import SFT_EXPERIMENT, build_llm_demo
+    from workbench_core.store import ExperimentStore, StoreError
 
     try:
         ExperimentStore(root).get(SFT_EXPERIMENT).best_step()
@@ -111,9 +111,9 @@ def measure_llm(root: Path, *, repeats: int, max_new_tokens: int = 64, threads: 
     import torch
 
     from benchmarks.servers import WorkbenchServer
-    from server_extension.llm_demo import SFT_EXPERIMENT
-    from server_extension.runtimes import load_runtime
-    from server_extension.store import ExperimentStore
+    from server_extension.demos.llm import SFT_EXPERIMENT
+    from server_extension.serving.runtimes import load_runtime
+    from workbench_core.store import ExperimentStore
 
     root = Path(root).expanduser().resolve()
     _ensure_model(root, quick)

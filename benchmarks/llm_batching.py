@@ -67,9 +67,9 @@ def measure_llm_batching(root: Path, *, clients: int = 8, requests_each: int = 4
     import torch
 
     from benchmarks.servers import WorkbenchServer
-    from server_extension.llm_demo import SFT_EXPERIMENT
-    from server_extension.runtimes import load_runtime
-    from server_extension.store import ExperimentStore
+    from server_extension.demos.llm import SFT_EXPERIMENT
+    from server_extension.serving.runtimes import load_runtime
+    from workbench_core.store import ExperimentStore
 
     root = Path(root).expanduser().resolve()
     _ensure_model(root, quick)

@@ -87,7 +87,7 @@ def main() -> None:
     experiments = args.experiments
     scratch = None
     if experiments is None:
-        from server_extension.demo import build_demo
+        from server_extension.demos.classic import build_demo
 
         scratch = Path(tempfile.mkdtemp(prefix="awb-demo-"))
         build_demo(scratch, quick=True)

@@ -18,10 +18,10 @@ from typing import Any
 from tornado import web
 
 from benchmarks.baseline import key_matches, parser
-from server_extension.runtimes import load_runtime
-from server_extension.runtimes.base import RequestError, Runtime
-from server_extension.serde import decode_tree, encode_tree
-from server_extension.store import ExperimentStore
+from server_extension.serving.runtimes import load_runtime
+from server_extension.serving.runtimes.base import RequestError, Runtime
+from server_extension.serving.serde import decode_tree, encode_tree
+from workbench_core.store import ExperimentStore
 
 
 class GetAction(web.RequestHandler):

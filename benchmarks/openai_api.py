@@ -2,8 +2,8 @@
 
 The demo chat model (``tiny-chat-sft``, best step; trained into ``--root`` first if missing),
 one question formatted by the model's chat template, greedy settings. In-process, the runtime
-from ``server_extension.runtimes.load_runtime`` is timed directly; over HTTP, a real ``jupyter
-server`` child process serves a copy of the checkpoint and the official ``openai`` client
+from ``server_extension.serving.runtimes.load_runtime`` is timed directly; over HTTP, a real
+``jupyter server`` child process serves a copy of the checkpoint and the official ``openai`` client
 calls ``<endpoint>/v1/chat/completions`` (one client, kept-alive connection), streamed and
 not. Rounds alternate between the sides so drift in the machine's load hits both. Example::
 
@@ -92,7 +92,7 @@ class _Sides:
 
 def _in_domain(client: Any, questions: int) -> dict[str, Any]:
     """Exact-match accuracy of greedy answers to training questions, streamed and not."""
-    from server_extension.data import load_chat_rows
+    from server_extension.demos.data import load_chat_rows
 
     rows = load_chat_rows("train")[:questions]
     right = {"plain": 0, "streamed": 0}
@@ -126,9 +126,9 @@ def measure_openai(root: Path, *, repeats: int, max_tokens: int = 64, threads: i
     import torch
 
     from benchmarks.servers import WorkbenchServer
-    from server_extension.llm_demo import SFT_EXPERIMENT
-    from server_extension.runtimes import load_runtime
-    from server_extension.store import ExperimentStore
+    from server_extension.demos.llm import SFT_EXPERIMENT
+    from server_extension.serving.runtimes import load_runtime
+    from workbench_core.store import ExperimentStore
 
     root = Path(root).expanduser().resolve()
     _ensure_model(root, quick)

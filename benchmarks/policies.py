@@ -1,6 +1,6 @@
 """The benchmark workspace: the demo CartPole agent plus two larger policies for batching.
 
-``cartpole-dqn`` comes from :func:`server_extension.demo.build_demo` (quick mode unless the
+``cartpole-dqn`` comes from :func:`server_extension.demos.classic.build_demo` (quick mode unless the
 workspace already holds a full demo). The larger policies are real AgileRL DQN agents saved
 with ``save_checkpoint`` but not trained: what a forward costs does not depend on what the
 weights learned, and training a CNN to competence would take longer than the benchmark.
@@ -27,9 +27,8 @@ CNN_SHAPE = (4, 84, 84)
 def _save(root: Path, name: str, observation_space: Any, action_space: Any,
           net_config: dict[str, Any]) -> None:
     import torch
-    from agilerl.algorithms import DQN
-
     from agents_widget.tracking import save_checkpoint, start_experiment
+    from agilerl.algorithms import DQN
 
     torch.manual_seed(0)
     agent = DQN(observation_space, action_space, net_config=net_config)
@@ -44,14 +43,14 @@ def ensure_workspace(root: Path, say: Any = print) -> Path:
     there already. Returns ``root``."""
     from gymnasium import spaces
 
-    from server_extension.runtimes.agilerl import algorithm_classes
-    from server_extension.store import ExperimentStore
+    from server_extension.serving.runtimes.agilerl import algorithm_classes
+    from workbench_core.store import ExperimentStore
 
     algorithm_classes()  # imports AgileRL with its import-time warning muted
     root.mkdir(parents=True, exist_ok=True)
     have = {e.name for e in ExperimentStore(root).list()}
     if DEMO not in have:
-        from server_extension.demo import build_demo
+        from server_extension.demos.classic import build_demo
 
         say("building the quick demo workspace (AgileRL training, under a minute)")
         build_demo(root, quick=True)
@@ -79,6 +78,6 @@ def body_for(name: str) -> str:
     """The JSON body the Arena client sends for one observation of ``name``."""
     import json
 
-    from server_extension.serde import encode_tree
+    from server_extension.serving.serde import encode_tree
 
     return json.dumps({"obs": encode_tree(sample_obs(name)), "batch_size": 1})

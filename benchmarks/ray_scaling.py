@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.loadgen import run_wrk
 from benchmarks.policies import CNN, DEMO, body_for, ensure_workspace, sample_obs
 from benchmarks.servers import WorkbenchServer
-from server_extension.ray_backend import APP_PREFIX, start_local_ray
+from server_extension.serving.ray_backend import APP_PREFIX, start_local_ray
 
 DEPLOY_TIMEOUT = 300.0
 

@@ -29,8 +29,8 @@ def main(args: argparse.Namespace) -> None:
         def __init__(self, root: str, experiment: str, checkpoint: str, key: str) -> None:
             import torch
 
-            from server_extension.runtimes import load_runtime
-            from server_extension.store import ExperimentStore
+            from server_extension.serving.runtimes import load_runtime
+            from workbench_core.store import ExperimentStore
 
             torch.set_num_threads(1)
             exp = ExperimentStore(root).get(experiment)
@@ -39,8 +39,8 @@ def main(args: argparse.Namespace) -> None:
 
         async def __call__(self, request: Request) -> Response:
             from benchmarks.baseline import key_matches
-            from server_extension.runtimes.base import RequestError
-            from server_extension.serde import decode_tree, encode_tree
+            from server_extension.serving.runtimes.base import RequestError
+            from server_extension.serving.serde import decode_tree, encode_tree
 
             if not key_matches(request.headers.get("authorization", ""), self.key):
                 return JSONResponse({"success": False, "error": "bad key"}, status_code=401)

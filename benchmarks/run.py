@@ -123,7 +123,8 @@ def http_section(root: Path, logs: Path, settings: Settings,
     """(b), (c) and (d) on the demo agent, and (c) with the opt-in inline path."""
     body = body_for(DEMO)
     endpoint = agent["endpoint"].rstrip("/") + "/get_action"
-    # The same workbench with AgentsWorkbenchApp.inline_below_ms on (server_extension/inline.py),
+    # The same workbench with AgentsWorkbenchApp.inline_below_ms on
+    # (server_extension/serving/inline.py),
     # starting while the minimal app does.
     inline = WorkbenchServer(fresh_root(root, logs / "root-inline"), logs, batching="auto",
                              label="inline", extra=[

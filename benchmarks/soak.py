@@ -325,7 +325,7 @@ def rss_verdict(samples: list[tuple[float, float]], duration: float) -> dict[str
 
 
 def _workspace(experiments: Path | None, scratch: Path) -> Path:
-    from server_extension.demo import build_demo
+    from server_extension.demos.classic import build_demo
 
     root = scratch / "workspace"
     root.mkdir()
@@ -338,8 +338,8 @@ def _workspace(experiments: Path | None, scratch: Path) -> Path:
 
 
 def _deploy(server: Any, root: Path) -> list[Target]:
-    from server_extension.runtimes import load_runtime
-    from server_extension.store import ExperimentStore
+    from server_extension.serving.runtimes import load_runtime
+    from workbench_core.store import ExperimentStore
 
     store = ExperimentStore(root)
     available = {e.name for e in store.list()}

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
     root = (args.workspace or Path(__file__).resolve().parent / ".workspace").resolve()
     ensure_workspace(root, say)
     if not (root / "experiments" / "tiny-chat-sft").exists():
-        from server_extension.llm_demo import build_llm_demo
+        from server_extension.demos.llm import build_llm_demo
 
         say("training the quick tiny chat model (for the memory section)")
         build_llm_demo(root, quick=True)

@@ -18,6 +18,6 @@ if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
     exit 1
   fi
 fi
-.venv/bin/ruff check server_extension agents_widget tests benchmarks
+.venv/bin/ruff check workbench_core server_extension agents_widget tests benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -6,6 +6,6 @@ from typing import Any
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .app import AgentsWorkbenchApp
+    from server_extension.hosts.app import AgentsWorkbenchApp
 
     return [{"module": "server_extension", "app": AgentsWorkbenchApp}]

@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
-from server_extension.demo_classic import MEMORY, SPEAKER_LISTENER, SPREAD, TICTACTOE
+from server_extension.demos.classic_multi_recurrent import (
+    MEMORY,
+    SPEAKER_LISTENER,
+    SPREAD,
+    TICTACTOE,
+)
 from tests.servers import ServerProcess
 
 CLASSIC_AGENTS = {
@@ -29,7 +34,7 @@ CLASSIC_AGENTS = {
 @pytest.fixture(scope="session")
 def classic_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` of a quick classic demo workspace (real AgileRL training, seconds)."""
-    from server_extension.demo_classic import build_classic_demo
+    from server_extension.demos.classic_multi_recurrent import build_classic_demo
 
     root = tmp_path_factory.mktemp("classic-workspace")
     build_classic_demo(root, quick=True)

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` of a quick demo workspace (real AgileRL training, seconds long)."""
-    from server_extension.demo import build_demo
+    from server_extension.demos.classic import build_demo
 
     root = tmp_path_factory.mktemp("demo-workspace")
     build_demo(root, quick=True)
@@ -31,9 +31,9 @@ def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def advanced_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` with a quick tiny LLM (full model and LoRA), a supervised model and a
     LatentPPO policy decoding through that supervised model."""
-    from server_extension.latent_demo import build_latent_demo
-    from server_extension.llm_demo import build_llm_demo
-    from server_extension.supervised_demo import build_supervised_demo
+    from server_extension.demos.latent import build_latent_demo
+    from server_extension.demos.llm import build_llm_demo
+    from server_extension.demos.supervised import build_supervised_demo
 
     root = tmp_path_factory.mktemp("advanced-workspace")
     build_llm_demo(root, quick=True)

@@ -43,7 +43,7 @@ def _priority(boost: int) -> Iterator[None]:
 def ray_cluster() -> Iterator[str]:
     """The GCS address of a local Ray cluster started for this module, stopped after it."""
     ray = pytest.importorskip("ray")
-    from server_extension.ray_backend import start_local_ray
+    from server_extension.serving.ray_backend import start_local_ray
 
     with _priority(-10), warnings.catch_warnings():
         # A start that failed and was retried leaves Popen objects of processes it killed;

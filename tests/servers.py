@@ -210,7 +210,7 @@ class VoilaApp(ChildServer):
         self.log_path = root / "app.log"
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.runtime)}
         env.pop("AGENTS_WORKBENCH_URL", None)
-        self._spawn([sys.executable, "-m", "server_extension.cli", "app", "--root", str(root),
+        self._spawn([sys.executable, "-m", "server_extension.hosts.cli", "app", "--root", str(root),
                      "--port", str(self.port), "--token", self.token, "--no-browser", "--debug",
                      *extra], env)
         wait_until(self._answers, timeout=60, what="the app to answer")

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server_extension.batching import BatchingRuntime, forward_costs, wrap
-from server_extension.deployer import Deployer
-from server_extension.registry import AgentRecord, Registry
-from server_extension.runtimes import RequestError, Runtime, load_runtime
-from server_extension.runtimes.agilerl import AgileRLRuntime, GreedyPolicy
-from server_extension.store import ExperimentStore
+from server_extension.serving.batching import BatchingRuntime, forward_costs, wrap
+from server_extension.serving.deployer import Deployer
+from server_extension.serving.runtimes import RequestError, Runtime, load_runtime
+from server_extension.serving.runtimes.agilerl import AgileRLRuntime, GreedyPolicy
+from server_extension.workspace.registry import AgentRecord, Registry
+from workbench_core.store import ExperimentStore
 
 pytestmark = [
     # AgileRL's own noise when a recurrent PPO is built and loaded back.
@@ -153,10 +153,9 @@ def test_other_calls_pass_through(dqn: AgileRLRuntime) -> None:
 def save_recurrent(root: Path) -> Runtime:
     """A real recurrent PPO, saved as an experiment and loaded by the workbench's loader."""
     import torch
+    from agents_widget.tracking import save_checkpoint, start_experiment
     from agilerl.algorithms import PPO
     from gymnasium import spaces
-
-    from agents_widget.tracking import save_checkpoint, start_experiment
 
     torch.manual_seed(0)
     agent = PPO(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(2), recurrent=True,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from agents_widget.board_playground import BoardPlayground, is_turn_based, square_position
-from server_extension.demo_classic import SPREAD, TICTACTOE
-from server_extension.store import ExperimentStore
+from server_extension.demos.classic_multi_recurrent import SPREAD, TICTACTOE
 from tests.servers import ServerProcess
+from workbench_core.store import ExperimentStore
 
 pytest_plugins = ["tests.classic_fixtures"]
 

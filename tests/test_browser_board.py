@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from server_extension.demo_classic import TICTACTOE
+from server_extension.demos.classic_multi_recurrent import TICTACTOE
 from tests.browser_support import (
     Api,
     Shots,

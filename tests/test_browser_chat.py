@@ -67,7 +67,7 @@ def app(tmp_path: Path, advanced_experiments: Path) -> Iterator[VoilaApp]:
 
 
 def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: Shots) -> None:
-    from server_extension.llm_demo import SFT_EXPERIMENT
+    from server_extension.demos.llm import SFT_EXPERIMENT
 
     api = Api(app.url, app.token)
     name = "chatty"

@@ -15,9 +15,9 @@ from agents_widget.client import (
     ServerUnreachable,
     WorkbenchClient,
 )
-from server_extension.discovery import ServerInfo, ServerNotFound
 from tests.panel_support import start_server, wait_until
 from tests.servers import ServerProcess, free_port
+from workbench_core.discovery import ServerInfo, ServerNotFound
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from server_extension.openai_schema import (
+from server_extension.handlers.openai_schema import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     MAX_TOKENS,
     OpenAIError,
     parse_chat,
     parse_completion,
 )
-from server_extension.runtimes.completions import cut_at_stop, held_back, row_outcome
+from server_extension.serving.runtimes.completions import cut_at_stop, held_back, row_outcome
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
 

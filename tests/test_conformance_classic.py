@@ -17,19 +17,12 @@ import pytest
 from agilerl.arena.exceptions import ArenaInferenceError
 from agilerl.arena.inference import Agent
 
-from server_extension.demo_classic import (
-    MEMORY,
-    MEMORY_ENV,
-    TICTACTOE,
-    client_act,
-    env_spec,
-    make_env,
-    play_episode,
-    policy_observation,
-)
-from server_extension.runtimes import load_runtime
-from server_extension.store import ExperimentStore
+from server_extension.demos.classic_multi_recurrent import MEMORY, TICTACTOE
+from server_extension.serving.runtimes import load_runtime
 from tests.servers import ServerProcess, copy_workspace, running_server
+from workbench_core.environments import MEMORY_ENV, env_spec, make_env, policy_observation
+from workbench_core.episodes import client_act, play_episode
+from workbench_core.store import ExperimentStore
 
 pytest_plugins = ["tests.classic_fixtures", "tests.ray_fixtures"]
 pytestmark = pytest.mark.slow

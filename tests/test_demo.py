@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from server_extension.demo import QUICK_RUNS, build_demo
-from server_extension.runtimes.agilerl import algorithm_classes
-from server_extension.store import ExperimentStore
+from server_extension.demos.classic import QUICK_RUNS, build_demo
+from server_extension.serving.runtimes.agilerl import algorithm_classes
+from workbench_core.store import ExperimentStore
 
 EXPECTED = {
     "cartpole-dqn": ("DQN", "CartPole-v1"),
@@ -94,9 +94,9 @@ def test_evaluation_score_is_what_the_deployed_agent_scores(demo_experiments: Pa
     """Replaying every checkpoint as the server serves it, on the evaluation seeds, gives
     exactly the logged evaluation score."""
     import gymnasium as gym
-
     from agents_widget.agilerl_training import EVAL_SEED
-    from server_extension.runtimes import load_runtime
+
+    from server_extension.serving.runtimes import load_runtime
 
     exp = ExperimentStore(demo_experiments.parent).get(name)
     episodes = exp.info.extra["training"]["eval_episodes"]

@@ -12,9 +12,7 @@ import pytest
 
 from agents_widget.client import ExperimentInfo
 from agents_widget.training_view import training_html
-from server_extension import training_marks
-from server_extension.cli import _seed_workspace
-from server_extension.demo_plan import (
+from server_extension.demos.plan import (
     JOBS,
     BackgroundTraining,
     DemoJob,
@@ -24,7 +22,9 @@ from server_extension.demo_plan import (
     pending,
     remember_demo,
 )
-from server_extension.store import ExperimentStore, ExperimentWriter
+from server_extension.hosts.cli import _seed_workspace
+from workbench_core import training_marks
+from workbench_core.store import ExperimentStore, ExperimentWriter
 
 
 def _listed(root: Path) -> dict[str, ExperimentInfo]:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from agents_widget.episode_playground import EpisodePlayground, frames_to_gif
-from server_extension.demo_classic import MEMORY, SPREAD, TICTACTOE
+from server_extension.demos.classic_multi_recurrent import MEMORY, SPREAD, TICTACTOE
 from tests.servers import ServerProcess
 
 pytest_plugins = ["tests.classic_fixtures"]

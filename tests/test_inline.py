@@ -1,4 +1,4 @@
-"""The opt-in inline path for get_action (server_extension/inline.py)."""
+"""The opt-in inline path for get_action (server_extension/serving/inline.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server_extension.batching import BatchingRuntime
-from server_extension.inline import inline_limit
-from server_extension.runtimes import load_runtime
-from server_extension.runtimes.agilerl import AgileRLRuntime
-from server_extension.serde import decode_tree
-from server_extension.store import ExperimentStore
+from server_extension.serving.batching import BatchingRuntime
+from server_extension.serving.inline import inline_limit
+from server_extension.serving.runtimes import load_runtime
+from server_extension.serving.runtimes.agilerl import AgileRLRuntime
+from server_extension.serving.serde import decode_tree
 from tests.test_management_api import call, create, obs_payload, wait_status
+from workbench_core.store import ExperimentStore
 
 
 @pytest.fixture

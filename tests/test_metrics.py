@@ -22,8 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents_widget.client import WorkbenchClient
 from agents_widget.metrics_view import MetricsView, headline, sparkline
-from server_extension.discovery import ServerInfo
-from server_extension.metrics import (
+from server_extension.serving.metrics import (
     BUCKETS_S,
     PAYLOAD_LIMIT,
     DeploymentMetrics,
@@ -31,6 +30,7 @@ from server_extension.metrics import (
     percentile,
 )
 from tests.servers import ServerProcess, start_server, wait_until
+from workbench_core.discovery import ServerInfo
 
 pytestmark = pytest.mark.slow
 

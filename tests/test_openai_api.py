@@ -24,12 +24,12 @@ import requests
 
 from agents_widget.client import ExperimentInfo
 from agents_widget.snippets import KEY_ENV, OPENAI_TITLE, build_snippets
-from server_extension.generate_batching import GenerateBatchingRuntime
-from server_extension.llm_demo import SFT_EXPERIMENT, one_torch_thread
-from server_extension.runtimes import load_runtime
-from server_extension.runtimes.llm import LLMRuntime
-from server_extension.store import ExperimentStore
+from server_extension.demos.llm import SFT_EXPERIMENT, one_torch_thread
+from server_extension.serving.generate_batching import GenerateBatchingRuntime
+from server_extension.serving.runtimes import load_runtime
+from server_extension.serving.runtimes.llm import LLMRuntime
 from tests.servers import ServerProcess, start_server, wait_until
+from workbench_core.store import ExperimentStore
 
 pytestmark = pytest.mark.slow
 

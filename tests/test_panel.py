@@ -21,8 +21,6 @@ import requests
 from agents_widget import AgentsPanel
 from agents_widget.details import DeploymentDetails
 from agents_widget.state import best_step, final_step
-from server_extension.discovery import ServerInfo
-from server_extension.store import ExperimentStore, ExperimentWriter
 from tests.panel_support import (
     browser_sends,
     custom_replies,
@@ -32,6 +30,8 @@ from tests.panel_support import (
     wait_until,
 )
 from tests.servers import ServerProcess, free_port
+from workbench_core.discovery import ServerInfo
+from workbench_core.store import ExperimentStore, ExperimentWriter
 
 __all__ = ["front_end"]  # a fixture used by name below
 
@@ -489,8 +489,8 @@ def test_experiments_still_training_show_under_the_top_bar(
     checkpoints (New Agent lists it), then trained (the line goes)."""
     import shutil
 
-    from server_extension import training_marks
-    from server_extension.demo_plan import JOBS, queue_jobs
+    from server_extension.demos.plan import JOBS, queue_jobs
+    from workbench_core import training_marks
 
     job = next(j for j in JOBS if j.name == "spread-maddpg")
     queue_jobs(empty.root, [job])

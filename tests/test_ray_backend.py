@@ -20,7 +20,7 @@ import pytest
 from agilerl.arena.exceptions import ArenaInferenceError
 from agilerl.arena.inference import Agent
 
-from server_extension.ray_backend import APP_PREFIX, scale_config
+from server_extension.serving.ray_backend import APP_PREFIX, scale_config
 from tests.ray_support import RAY_DEPLOY_TIMEOUT, REPLICA_CPUS, ray_server_args
 from tests.servers import ServerProcess, copy_workspace, free_port, running_server, wait_until
 
@@ -300,7 +300,7 @@ def test_local_ray_is_started_for_the_server_and_stops_with_it(
 
 def test_wizard_backend_choice_reaches_the_agent_options(server: ServerProcess) -> None:
     from agents_widget import AgentsPanel
-    from server_extension.discovery import ServerInfo
+    from workbench_core.discovery import ServerInfo
 
     panel = AgentsPanel(ServerInfo(url=server.url, token=server.token), poll_interval=0.2)
     try:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from server_extension.registry import MIGRATIONS, AgentRecord, Registry
+from server_extension.workspace.registry import MIGRATIONS, AgentRecord, Registry
 
 
 def _record(name: str, **extra: Any) -> AgentRecord:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.agilerl import AgileRLRuntime, algorithm_classes
-from server_extension.store import ExperimentStore
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.agilerl import AgileRLRuntime, algorithm_classes
+from workbench_core.store import ExperimentStore
 
 FAMILIES = {
     "cartpole-dqn": "DQN",
@@ -181,7 +181,6 @@ def test_ppo_continuous_mean_equals_agilerl(tmp_path: Path) -> None:
     """Continuous PPO (clipped and squashed) serves the Gaussian mean, as AgileRL's
     evaluation-mode get_action does once the standard deviation is negligible."""
     import gymnasium as gym
-
     from agents_widget.tracking import save_checkpoint, start_experiment
 
     env = gym.make("Pendulum-v1")

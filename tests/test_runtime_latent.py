@@ -20,15 +20,15 @@ from agilerl.arena.exceptions import ArenaInferenceError
 from agilerl.arena.inference import Agent
 from safetensors.torch import load_file
 
-from server_extension.latent_demo import EXPERIMENT, build_latent_demo
-from server_extension.llm_demo import one_torch_thread
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.latent import LatentPPORuntime
-from server_extension.runtimes.supervised import build_mlp
-from server_extension.store import ExperimentStore, ExperimentWriter
-from server_extension.supervised_demo import EXPERIMENT as IRIS
+from server_extension.demos.latent import EXPERIMENT, build_latent_demo
+from server_extension.demos.llm import one_torch_thread
+from server_extension.demos.supervised import EXPERIMENT as IRIS
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.latent import LatentPPORuntime
+from server_extension.serving.runtimes.supervised import build_mlp
 from tests.panel_support import front_end, start_server, wait_until
 from tests.servers import ServerProcess
+from workbench_core.store import ExperimentStore, ExperimentWriter
 
 pytestmark = pytest.mark.slow
 __all__ = ["front_end"]  # a fixture used by name below
@@ -256,7 +256,7 @@ def test_decoder_deleted_after_creation_turns_the_agent_failed(live: ServerProce
 def test_wizard_offers_fitting_decoders(live: ServerProcess,
                                         front_end: list[dict[str, Any]]) -> None:
     from agents_widget import AgentsPanel
-    from server_extension.discovery import ServerInfo
+    from workbench_core.discovery import ServerInfo
 
     iris = ExperimentStore(live.root).get(IRIS)
     trained = (IRIS, iris.best_step())

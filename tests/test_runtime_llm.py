@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 import torch
 
-from server_extension import batching
-from server_extension.generate_batching import GenerateBatchingRuntime
-from server_extension.llm_demo import (
+from server_extension.demos.llm import (
     LORA_EXPERIMENT,
     SFT_EXPERIMENT,
     build_llm_demo,
     one_torch_thread,
 )
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.llm import LLMRuntime
-from server_extension.store import ExperimentStore, ExperimentWriter
+from server_extension.serving import batching
+from server_extension.serving.generate_batching import GenerateBatchingRuntime
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.llm import LLMRuntime
+from workbench_core.store import ExperimentStore, ExperimentWriter
 
 pytestmark = pytest.mark.slow
 
@@ -324,7 +324,7 @@ def test_folder_that_is_no_model_fails_clearly(chat_root: Path, tmp_path: Path) 
         _load_step_1(tmp_path, f"{SFT_EXPERIMENT}-copy")
 
 
-# -- generate batching (server_extension/generate_batching.py) ---------------------------------
+# -- generate batching (server_extension/serving/generate_batching.py) ----------------------
 
 
 def _queue_behind_a_running_call(wrapper: GenerateBatchingRuntime, inner: LLMRuntime,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from server_extension.demo_classic import SPEAKER_LISTENER, SPREAD, TICTACTOE
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.agilerl_multi import MultiAgentRuntime
-from server_extension.store import Checkpoint, Experiment, ExperimentStore
+from server_extension.demos.classic_multi_recurrent import SPEAKER_LISTENER, SPREAD, TICTACTOE
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.agilerl_multi import MultiAgentRuntime
+from workbench_core.store import Checkpoint, Experiment, ExperimentStore
 
 pytest_plugins = ["tests.classic_fixtures"]
 pytestmark = [

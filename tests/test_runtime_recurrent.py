@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from server_extension.demo_classic import (
-    MEMORY,
-    MEMORY_ENV,
-    TICTACTOE,
-    env_spec,
-    make_env,
-    policy_observation,
-)
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.agilerl_recurrent import RecurrentPPORuntime
-from server_extension.store import Checkpoint, ExperimentStore, ExperimentWriter
+from server_extension.demos.classic_multi_recurrent import MEMORY, TICTACTOE
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.agilerl_recurrent import RecurrentPPORuntime
+from workbench_core.environments import MEMORY_ENV, env_spec, make_env, policy_observation
+from workbench_core.store import Checkpoint, ExperimentStore, ExperimentWriter
 
 pytest_plugins = ["tests.classic_fixtures"]
 pytestmark = [

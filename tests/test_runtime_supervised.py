@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from server_extension.data import IRIS_CSV
-from server_extension.llm_demo import one_torch_thread
-from server_extension.runtimes import RequestError, RuntimeLoadError, load_runtime
-from server_extension.runtimes.supervised import SupervisedRuntime
-from server_extension.store import ExperimentStore
-from server_extension.supervised_demo import EXPERIMENT, build_supervised_demo
+from server_extension.demos.data import IRIS_CSV
+from server_extension.demos.llm import one_torch_thread
+from server_extension.demos.supervised import EXPERIMENT, build_supervised_demo
+from server_extension.serving.runtimes import RequestError, RuntimeLoadError, load_runtime
+from server_extension.serving.runtimes.supervised import SupervisedRuntime
+from workbench_core.store import ExperimentStore
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 
-from server_extension.registry import KEY_PREFIX
+from server_extension.workspace.registry import KEY_PREFIX
 from tests.servers import ServerProcess, copy_workspace, running_server
 
 # Server-side faults can only be provoked from inside the server process: this Jupyter config
@@ -31,8 +31,8 @@ from tests.servers import ServerProcess, copy_workspace, running_server
 # sentinel observation and makes rotate-key fail for agent "boom" after the new key exists.
 SENTINEL = 12345.0
 FAULTS = textwrap.dedent(f"""
-    import server_extension.deployer as deployer
-    import server_extension.runtimes.agilerl as agilerl
+    import server_extension.serving.deployer as deployer
+    import server_extension.serving.runtimes.agilerl as agilerl
 
     real_get_action = agilerl.AgileRLRuntime.get_action
     real_rotate = deployer.Deployer.rotate_key

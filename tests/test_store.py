@@ -7,15 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
-
 from agents_widget.tracking import (
     resume_experiment,
     save_checkpoint,
     start_experiment,
     workspace_root,
 )
-from server_extension import store
-from server_extension.store import (
+
+from workbench_core import store
+from workbench_core.store import (
     Checkpoint,
     ExperimentInfo,
     ExperimentStore,

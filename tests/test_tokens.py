@@ -17,11 +17,10 @@ import pytest
 
 from agents_widget.client import WorkbenchClient
 from agents_widget.tokens_view import AccessTokens
-from server_extension.callers import DEPLOYMENT_KEY, Caller, visible_owner
-from server_extension.discovery import ServerInfo
-from server_extension.registry import MIGRATIONS, Registry
-from server_extension.sessions import SessionStore
-from server_extension.tokens import TOKEN_PREFIX, mint, revoke, verify
+from server_extension.workspace.callers import DEPLOYMENT_KEY, Caller, visible_owner
+from server_extension.workspace.registry import MIGRATIONS, Registry
+from server_extension.workspace.sessions import SessionStore
+from server_extension.workspace.tokens import TOKEN_PREFIX, mint, revoke, verify
 from tests.panel_support import (
     browser_sends,
     custom_replies,
@@ -32,6 +31,7 @@ from tests.panel_support import (
 )
 from tests.servers import ServerProcess
 from tests.test_management_api import call
+from workbench_core.discovery import ServerInfo
 
 __all__ = ["front_end"]  # a fixture used by name below
 

@@ -49,7 +49,7 @@ class _Call:
 # probe sends one row, so the agent deploys and only those calls never return).
 _HANG_ON_THREE_ROWS = """
 import time, torch, dill
-from server_extension.runtimes import agilerl as _rt
+from server_extension.serving.runtimes import agilerl as _rt
 _orig = _rt.AgileRLRuntime.get_action
 def _get_action(self, obs, **kw):
     if getattr(obs, "shape", (0,))[0] == 3:

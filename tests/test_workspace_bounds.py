@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from server_extension import discovery
-from server_extension.sessions import SessionStore
+from server_extension.workspace.sessions import SessionStore
 from tests.test_management_api import call, create, obs_payload, wait_status
+from workbench_core import discovery
 
 
 def test_sessions_are_capped_per_caller_and_agent_oldest_first(tmp_path: Path) -> None:

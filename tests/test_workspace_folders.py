@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server_extension.store import ExperimentStore
 from tests.test_management_api import call, create, wait_status
+from workbench_core.store import ExperimentStore
 
 SOURCE = "cartpole-dqn"
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import requests
 
-from server_extension.llm_demo import SFT_EXPERIMENT, build_llm_demo
-from server_extension.runtimes import load_runtime
-from server_extension.runtimes.base import RequestError
-from server_extension.runtimes.llm import LLMRuntime
-from server_extension.store import ExperimentStore
+from server_extension.demos.llm import SFT_EXPERIMENT, build_llm_demo
+from server_extension.serving.runtimes import load_runtime
+from server_extension.serving.runtimes.base import RequestError
+from server_extension.serving.runtimes.llm import LLMRuntime
 from tests.servers import ServerProcess
+from workbench_core.store import ExperimentStore
 
 pytestmark = pytest.mark.slow
 GREEDY = {"max_new_tokens": 2, "temperature": 0.0, "do_sample": False}

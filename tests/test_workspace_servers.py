@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from server_extension.serde import encode_array
+from server_extension.serving.serde import encode_array
 from tests.servers import ServerProcess, VoilaApp, copy_workspace, wait_until
 
 OBS = {"obs": encode_array(np.zeros((1, 4), dtype=np.float32))}

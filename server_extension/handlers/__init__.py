@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from tornado import web
 
-from . import control_plane, inference, llm, management, observability, openai, tokens
+from server_extension.handlers import (
+    control_plane,
+    inference,
+    llm,
+    management,
+    observability,
+    openai,
+    tokens,
+)
 
 
 def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:

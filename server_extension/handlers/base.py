@@ -7,10 +7,10 @@ from urllib.parse import unquote_plus
 
 from tornado import httputil, web
 
-from ..deployer import Deployer
-from ..registry import KEY_PREFIX, Registry
-from ..store import ExperimentStore
-from ..tokens import TOKEN_PREFIX
+from server_extension.serving.deployer import Deployer
+from server_extension.workspace.registry import KEY_PREFIX, Registry
+from server_extension.workspace.tokens import TOKEN_PREFIX
+from workbench_core.store import ExperimentStore
 
 # Keys under which the extension app puts its services into the Tornado settings.
 DEPLOYER = "agents_workbench_deployer"

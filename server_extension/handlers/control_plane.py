@@ -34,13 +34,13 @@ from typing import Any
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from ..callers import DEFAULT_SCOPE
-from ..options import MEMORY_SCOPES, OptionError, validate_options
-from ..projects import project_of, projects
-from ..registry import AgentRecord, NotFound, RegistryError, TokenRecord
-from ..store import METRIC_FIELDS, Experiment, StoreError
-from ..tokens import bearer, verify
-from .base import ServicesMixin, endpoint_url
+from server_extension.handlers.base import ServicesMixin, endpoint_url
+from server_extension.serving.options import MEMORY_SCOPES, OptionError, validate_options
+from server_extension.workspace.callers import DEFAULT_SCOPE
+from server_extension.workspace.projects import project_of, projects
+from server_extension.workspace.registry import AgentRecord, NotFound, RegistryError, TokenRecord
+from server_extension.workspace.tokens import bearer, verify
+from workbench_core.store import METRIC_FIELDS, Experiment, StoreError
 
 PREFIX = "/agents/arena"
 CLI = PREFIX + "/api/cli/v1"

@@ -22,13 +22,24 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from ..callers import DEPLOYMENT_KEY, Caller
-from ..deployer import AgentBusy, AgentUnavailable, LiveDeployment, RequestTimeout
-from ..metrics import DeploymentMetrics, MetricsStore, clip
-from ..runtimes.base import RequestError
-from ..tokens import verify as verify_token
-from ..worker import serving
-from .base import MAX_BODY_BYTES, METRICS, ServicesMixin, scrub_query, serving_elsewhere
+from server_extension.handlers.base import (
+    MAX_BODY_BYTES,
+    METRICS,
+    ServicesMixin,
+    scrub_query,
+    serving_elsewhere,
+)
+from server_extension.serving.deployer import (
+    AgentBusy,
+    AgentUnavailable,
+    LiveDeployment,
+    RequestTimeout,
+)
+from server_extension.serving.metrics import DeploymentMetrics, MetricsStore, clip
+from server_extension.serving.runtimes.base import RequestError
+from server_extension.serving.worker import serving
+from server_extension.workspace.callers import DEPLOYMENT_KEY, Caller
+from server_extension.workspace.tokens import verify as verify_token
 
 log = logging.getLogger("agents_workbench.inference")
 

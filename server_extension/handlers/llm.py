@@ -18,11 +18,17 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ..callers import visible_owner
-from ..deployer import LiveDeployment
-from ..sessions import MAX_PAGE_SIZE, PAGE_SIZE
-from .base import SESSIONS
-from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
+from server_extension.handlers.base import SESSIONS
+from server_extension.handlers.inference import (
+    NAME,
+    InferenceError,
+    InferenceHandler,
+    bearer_key,
+    guard,
+)
+from server_extension.serving.deployer import LiveDeployment
+from server_extension.workspace.callers import visible_owner
+from server_extension.workspace.sessions import MAX_PAGE_SIZE, PAGE_SIZE
 
 PARAM_DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "do_sample": True,
@@ -126,7 +132,7 @@ class LLMHandler(InferenceHandler):
 
     @property
     def sessions(self) -> Any:
-        """The server's :class:`~server_extension.sessions.SessionStore`."""
+        """The server's :class:`~server_extension.workspace.sessions.SessionStore`."""
         return self.settings[SESSIONS]
 
     async def history(self, agent: str, session_id: str | None) -> list[dict[str, str]]:

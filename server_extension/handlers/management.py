@@ -15,10 +15,16 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..options import OptionError, validate_options
-from ..registry import AgentRecord, NotFound, RegistryError
-from ..store import Experiment, StoreError, validate_name
-from .base import METRICS, SESSIONS, ServicesMixin, endpoint_url, scrub_query
+from server_extension.handlers.base import (
+    METRICS,
+    SESSIONS,
+    ServicesMixin,
+    endpoint_url,
+    scrub_query,
+)
+from server_extension.serving.options import OptionError, validate_options
+from server_extension.workspace.registry import AgentRecord, NotFound, RegistryError
+from workbench_core.store import Experiment, StoreError, validate_name
 
 AUTH_RESOURCE = "agents"
 NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"

@@ -8,7 +8,7 @@ keeping) request and response bodies in that log. Off by default and not persist
 restart turns it off again, so payloads are kept only while somebody is looking.
 
 The same numbers reach Prometheus through jupyter_server's ``/metrics`` (see
-``server_extension/metrics.py``).
+``server_extension/serving/metrics.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..metrics import MetricsStore
-from .base import METRICS
-from .management import NAME, ManagementHandler
+from server_extension.handlers.base import METRICS
+from server_extension.handlers.management import NAME, ManagementHandler
+from server_extension.serving.metrics import MetricsStore
 
 MAX_LOG_LIMIT = 10_000
 

@@ -14,7 +14,7 @@ and request log, the same body limit. Only the error shape differs: OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``. The model is reached through the
 deployer's ``invoke``/``stream`` seam only; chat and completions go through the runtime's
 batched ``complete``, so concurrent requests with the same settings share one ``generate``.
-Request bodies are checked by :mod:`server_extension.openai_schema`.
+Request bodies are checked by :mod:`server_extension.handlers.openai_schema`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ from typing import Any, cast
 
 from tornado.iostream import StreamClosedError
 
-from ..deployer import LiveDeployment, RequestTimeout
-from ..openai_schema import (
+from server_extension.handlers.inference import (
+    NAME,
+    InferenceError,
+    InferenceHandler,
+    bearer_key,
+    guard,
+)
+from server_extension.handlers.openai_schema import (
     OpenAIError,
     Request,
     chat_answer,
@@ -40,8 +46,8 @@ from ..openai_schema import (
     parse_completion,
     usage,
 )
-from ..runtimes.base import RequestError
-from .inference import NAME, InferenceError, InferenceHandler, bearer_key, guard
+from server_extension.serving.deployer import LiveDeployment, RequestTimeout
+from server_extension.serving.runtimes.base import RequestError
 
 # Status -> OpenAI's error type and code for errors raised by the shared inference code
 # (authentication, unknown agent, body limits) rather than by this module.

@@ -12,9 +12,9 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..registry import TokenRecord
-from ..tokens import TokenError, listing, mint, revoke
-from .management import ManagementHandler
+from server_extension.handlers.management import ManagementHandler
+from server_extension.workspace.registry import TokenRecord
+from server_extension.workspace.tokens import TokenError, listing, mint, revoke
 
 TOKEN_ID = r"(?P<token_id>[0-9a-f]{32})"  # noqa: S105 - a URL pattern, not a secret
 

@@ -1,0 +1,292 @@
+"""The Jupyter server extension: builds the workbench services and registers its routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop
+from traitlets import Bool, Enum, Float, Int, Unicode, default
+
+from server_extension.handlers import all_routes, route_first
+from server_extension.handlers.base import (
+    DEPLOYER,
+    MAX_BODY_BYTES,
+    METRICS,
+    REGISTRY,
+    SERVING,
+    SESSIONS,
+    STORE,
+)
+from server_extension.serving.deployer import Deployer
+from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
+from server_extension.serving.ray_backend import RayBackend
+from server_extension.serving.reconciler import Reconciler, ServingLease
+from server_extension.serving.worker.serving import Limits
+from server_extension.workspace.registry import Registry
+from server_extension.workspace.sessions import SessionStore
+from workbench_core import discovery
+from workbench_core.store import ExperimentStore, default_root
+
+# The episode player renders gymnasium environments (pygame, hence SDL) in the kernel, which
+# inherits this process's environment. Frames are drawn offscreen, but SDL still probes for a
+# display and prints "XDG_RUNTIME_DIR is invalid or not set" on headless machines; its dummy
+# drivers draw the same frames without that probe. Only where no window could open anyway
+# (Linux without a display), so a desktop user's render_mode="human" still gets its window;
+# a driver the user chose is kept.
+OFFSCREEN_SDL = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+
+
+def quiet_offscreen_rendering() -> None:
+    """Give kernels started from here SDL's dummy drivers on a headless Linux machine."""
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.platform.startswith("linux") and headless:
+        for name, value in OFFSCREEN_SDL.items():
+            os.environ.setdefault(name, value)
+
+
+class AgentsWorkbenchApp(ExtensionApp):
+    """Serves experiments' checkpoints as agents under ``<base_url>agents/``."""
+
+    name = "server_extension"
+    description = "agents-workbench: deploy trained checkpoints as HTTP endpoints"
+
+    root_dir = Unicode(
+        help="Workspace folder: experiments/ and the registry. "
+        "Default: $AGENTS_WORKBENCH_ROOT, else ~/agents-workbench."
+    ).tag(config=True)
+
+    @default("root_dir")
+    def _default_root(self) -> str:
+        return str(default_root())
+
+    device = Unicode("cpu", help="Torch device for runtimes: 'cpu' or 'cuda'.").tag(config=True)
+    worker_threads = Int(
+        4, help="Threads that run an agent's calls in its worker (under isolation='thread': "
+        "the server's threads for all agents).").tag(config=True)
+    torch_threads = Int(
+        0, help="torch.set_num_threads for each agent's worker (for the server process under "
+        "isolation='thread'); 0: half the machine's cores in each worker (torch's default "
+        "in the server under isolation='thread')."
+    ).tag(config=True)
+    health_check_interval = Float(
+        30.0, help="Seconds between health probes of deployed agents; 0 turns them off."
+    ).tag(config=True)
+    health_check_failures = Int(
+        2, help="Failed probes in a row before a Deployed agent becomes Failed."
+    ).tag(config=True)
+    request_timeout = Float(60.0, help="Seconds a model call may take before 504.").tag(config=True)
+    max_body_mb = Float(32.0, help="Largest inference request body, in MiB (413 above).").tag(
+        config=True
+    )
+    batching = Enum(
+        ["auto", "on", "off"], "auto",
+        help="Gather concurrent calls to one agent into one batched call: get_action into "
+        "one forward, LLM generate requests with the same settings into one generate. For "
+        "get_action 'auto' does so only for policies whose forward is costly (at least 0.5 ms, "
+        "measured at load): for small MLPs the gathering costs more than it saves. LLM "
+        "generate is batched under 'auto' and 'on'.",
+    ).tag(config=True)
+    inline_below_ms = Float(
+        0.0, help="Serve get_action on the event loop, skipping the hop to a worker thread, "
+        "for agents of this package's AgileRL runtime whose 8-row call measured at most this "
+        "many ms at load (and requests of at most 8 float32 rows). About doubles what a core "
+        "serves for demo-sized MLPs; the price is that such a call can no longer time out "
+        "(a hang would stall the server). 0 (the default) keeps every call on a thread."
+    ).tag(config=True)
+    isolation = Enum(
+        ["process", "thread"], "process",
+        help="Where local agents' models run. 'process' (the default): each agent in a worker "
+        "process this server supervises, so a checkpoint that crashes, hangs or eats memory "
+        "costs only its agent. 'thread': inside this server on worker threads (no isolation; "
+        "for debugging a runtime with a debugger, or the inline path).",
+    ).tag(config=True)
+    load_timeout = Float(
+        120.0, help="Seconds a worker may take to load and probe a checkpoint before the agent "
+        "is Failed and the worker stopped.",
+    ).tag(config=True)
+    worker_memory_mb = Float(
+        4096.0, help="Memory one agent's worker may use, in MiB (its heap is capped at this and "
+        "its resident size watched); past it the call fails or the worker is stopped with the "
+        "reason. 0: no limit.",
+    ).tag(config=True)
+    max_concurrent_calls = Int(
+        64, help="Calls one agent holds at once (in its worker or queued for it); more are "
+        "answered 429 with Retry-After.",
+    ).tag(config=True)
+    max_batch_rows = Int(
+        65536, help="Rows (leading-axis length) one get_action or predict call may carry "
+        "(400 above).",
+    ).tag(config=True)
+    max_array_mb = Float(
+        256.0, help="Bytes the arrays of one call may decode to, in MiB (400 above).",
+    ).tag(config=True)
+    worker_restart_limit = Int(
+        3, help="Times an agent's worker is restarted after dying within two minutes before "
+        "the agent is left Failed.",
+    ).tag(config=True)
+    metrics_enabled = Bool(
+        True, help="Keep request counts, latencies and a request log per deployment (shown in "
+        "the panel, under agents/api/agents/<name>/metrics and in the server's /metrics)."
+    ).tag(config=True)
+    sessions_per_agent = Int(
+        1000, help="Chat sessions an LLM agent keeps; past it the least recently updated go."
+    ).tag(config=True)
+    sessions_per_caller = Int(
+        100, help="Chat sessions one client address keeps per agent; past it its own least "
+        "recently updated go first."
+    ).tag(config=True)
+    request_log_size = Int(
+        200, help="Requests each deployment's request log keeps (the most recent ones)."
+    ).tag(config=True)
+
+    backend = Enum(
+        ["local", "ray"], "local",
+        help="Serving backend of agents whose options name none: 'local' runs models in this "
+        "server, 'ray' deploys each agent as a Ray Serve application (see ray_address).",
+    ).tag(config=True)
+    ray_address = Unicode(
+        None, allow_none=True,
+        help="Ray cluster for the 'ray' backend (host:port of the head, or ray://host:10001). "
+        "Empty: a local Ray is started on first use, with ray_num_cpus CPUs.",
+    ).tag(config=True)
+    ray_num_cpus = Int(
+        0, help="CPUs of the local Ray started when ray_address is empty; 0 means all."
+    ).tag(config=True)
+    ray_replica_cpus = Float(
+        1.0, help="CPUs Ray reserves for each replica of a 'ray' agent (fractions allowed)."
+    ).tag(config=True)
+
+    def initialize_settings(self) -> None:
+        """Open the store and registry, build the deployer, write the discovery file."""
+        root = Path(self.root_dir).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        self._share_log()
+        quiet_offscreen_rendering()
+        if self.torch_threads > 0 and self.isolation == "thread":
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        self.store = ExperimentStore(root)
+        self.registry = Registry(root / "registry.sqlite3")
+        self.sessions = SessionStore(root / "sessions.sqlite3",
+                                     max_per_agent=self.sessions_per_agent,
+                                     max_per_caller=self.sessions_per_caller)
+        # Nothing of Ray is imported until an agent asks for the 'ray' backend.
+        self.ray_backend = RayBackend(
+            self.ray_address, num_cpus=self.ray_num_cpus or None,
+            replica_cpus=self.ray_replica_cpus, request_timeout=self.request_timeout,
+        )
+        self.deployer = Deployer(
+            self.registry,
+            self.store,
+            device=self.device,
+            worker_threads=self.worker_threads,
+            health_check_interval=self.health_check_interval,
+            health_check_failures=self.health_check_failures,
+            request_timeout=self.request_timeout,
+            batching=self.batching,
+            inline_below_ms=self.inline_below_ms,
+            backend=self.backend,
+            backends={"ray": self.ray_backend.load},
+            isolation=self.isolation,
+            load_timeout=self.load_timeout,
+            worker_memory_mb=self.worker_memory_mb,
+            max_concurrent_calls=self.max_concurrent_calls,
+            limits=Limits(max_rows=self.max_batch_rows,
+                          max_array_bytes=int(self.max_array_mb * 1024 * 1024)),
+            torch_threads=self.torch_threads,
+            restart_limit=self.worker_restart_limit,
+        )
+        self.metrics: MetricsStore | None = None
+        if self.metrics_enabled:
+            self.metrics = MetricsStore(log_size=self.request_log_size)
+            register_collector(self.metrics)
+            self.settings[METRICS] = self.metrics
+        self.settings.update({
+            DEPLOYER: self.deployer,
+            STORE: self.store,
+            REGISTRY: self.registry,
+            SESSIONS: self.sessions,
+            MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
+        })
+        # Another server may serve this workspace already (workspace.py): until the lease is
+        # decided, Connect only writes the registry.
+        self.deployer.serves = False
+        self.lease = ServingLease(root)
+        self.settings[SERVING] = self.lease
+        self.reconciler = Reconciler(self.deployer, self.lease)
+        # The loop may not run yet while extensions load; restore agents once it does.
+        IOLoop.current().add_callback(self._start_serving)
+        self._discovery_path: Path | None = None
+        IOLoop.current().add_callback(self._write_discovery)
+        self.log.info("agents-workbench serving experiments from %s", root)
+
+    def _start_serving(self) -> None:
+        server = self.serverapp
+        if server is not None:  # the Voila app sets the URL itself (it has no serverapp)
+            self.lease.url = server.connection_url
+        self.deployer.serves = self.lease.try_acquire()
+        if not self.deployer.serves:
+            self.log.info("agents-workbench: another server (%s) loads this workspace's "
+                          "agents; this one follows its registry", self.lease.holder_url())
+        self.deployer.start()
+        self.reconciler.start()
+
+    def _share_log(self) -> None:
+        # The workbench's modules log under "agents_workbench"; send that where Jupyter's own
+        # log goes, with its format, instead of Python's bare last-resort handler.
+        workbench_log = logging.getLogger("agents_workbench")
+        if not workbench_log.handlers and isinstance(self.log, logging.Logger):
+            for handler in self.log.handlers:
+                workbench_log.addHandler(handler)
+            workbench_log.setLevel(self.log.getEffectiveLevel())
+            workbench_log.propagate = False
+
+    def _write_discovery(self) -> None:
+        server = self.serverapp
+        if server is None:
+            return
+        path = discovery.runtime_file(runtime_dir=Path(server.runtime_dir))
+        discovery.write(
+            discovery.ServerInfo(
+                url=server.connection_url, token=server.identity_provider.token or "",
+                pid=os.getpid(), root=str(self.store.root),
+            ),
+            path,
+        )
+        self._discovery_path = path
+
+    def initialize_handlers(self) -> None:
+        """Register management and inference routes under the server's base_url."""
+        self.handlers.extend(all_routes())
+
+    def _prepare_handlers(self) -> None:
+        # jupyter_server adds self.handlers to the web app here; then put them first in line.
+        super()._prepare_handlers()
+        assert self.serverapp is not None
+        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()})
+
+    async def stop_extension(self) -> None:
+        """Drop loaded runtimes and remove the discovery file; registry rows stay."""
+        self.reconciler.stop()
+        await self.deployer.stop()
+        self.lease.release()
+        # After the deployer closed its runtimes, so their Serve applications go first.
+        await asyncio.to_thread(self.ray_backend.shutdown)
+        if self.metrics is not None:
+            unregister_store(self.metrics)
+        self.registry.close()
+        self.sessions.close()
+        if self._discovery_path is not None:
+            self._discovery_path.unlink(missing_ok=True)
+
+    def current_activity(self) -> dict[str, Any] | None:
+        """Deployed agents count as activity, so an idle-culled server keeps serving them."""
+        live = [r.name for r in self.registry.list() if r.status == "Deployed"]
+        return {"deployed_agents": live} if live else None

@@ -1,0 +1,432 @@
+"""The server side of worker processes: start them warm, relay calls, notice deaths.
+
+Every worker is forked from one template process (multiprocessing's fork server) that has
+already imported torch, AgileRL (and transformers, when the workspace has LLM experiments):
+a fork takes tens of milliseconds where a fresh interpreter would spend seconds importing.
+The template starts in the background when the server starts on a workspace with experiments
+(:func:`warm_template`), so the first Connect finds it ready.
+
+A :class:`WorkerProcess` owns one child: a socket to it (an asyncio protocol, so relaying a
+call costs the event loop a write and a callback), the calls in flight, and the reason it
+died. Deaths are noticed when the socket closes; the exit status comes from the fork server.
+Calls past their deadline, and workers past their memory limit, are killed by a sweep that
+runs a few times a second.
+
+Threading: everything here runs on the event loop except :func:`warm_template` and the
+blocking part of :meth:`WorkerProcess.start`, which run on a thread.
+
+Example::
+
+    worker = WorkerProcess("cartpole", settings, log_dir, on_exit=print)
+    await worker.start()
+    header, _ = await worker.call({"op": "load"}, timeout=120)
+    header, body = await worker.call({"op": "relay", "route": "get_action"}, request_body)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from multiprocessing import forkserver, spawn
+from pathlib import Path
+from typing import Any
+
+from server_extension.serving.worker import child, protocol
+from server_extension.serving.worker.protocol import ProtocolError
+
+log = logging.getLogger("agents_workbench.workers")
+
+_CTX = multiprocessing.get_context("forkserver")
+WORKER_NAME = "agents-workbench worker"
+_PREPARATION = spawn.get_preparation_data
+
+
+def _worker_preparation(name: str) -> dict[str, Any]:
+    # multiprocessing re-imports the parent's __main__ in every child it starts, by module
+    # name or file path. For a worker that would be whatever launched the server (a console
+    # script, a user's own script without a __main__ guard, which would start a second server
+    # in every worker); workers need nothing from it, so they get none.
+    data = _PREPARATION(name)
+    if name.startswith(WORKER_NAME):
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+spawn.get_preparation_data = _worker_preparation
+_TEMPLATE_LOCK = threading.Lock()
+# What the template imported (set once: the fork server's preload list cannot change).
+_TEMPLATE: dict[str, list[str]] = {}
+PRELOAD_ENV = "AGENTS_WORKBENCH_PRELOAD"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class WorkerDied(RuntimeError):
+    """The worker process is gone; the message says why (exit code, signal, last output)."""
+
+
+class WorkerTimeout(TimeoutError):
+    """A call ran past its deadline; the worker was stopped."""
+
+
+class WorkerBusy(RuntimeError):
+    """The worker already holds as many calls as it may."""
+
+
+class WorkerCallError(RuntimeError):
+    """The worker answered a call with an error: ``kind`` is request, load, memory or
+    internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def warm_template(frameworks: list[str]) -> None:
+    """Start the template process importing ``frameworks``, unless it runs already (blocking).
+
+    The first caller decides what the template imports; later workers import anything else
+    they need themselves.
+    """
+    with _TEMPLATE_LOCK:
+        if "frameworks" not in _TEMPLATE:
+            _TEMPLATE["frameworks"] = sorted(set(frameworks))
+            os.environ[PRELOAD_ENV] = ",".join(_TEMPLATE["frameworks"])
+            _CTX.set_forkserver_preload([f"{__package__}.template"])
+        forkserver.ensure_running()
+
+
+def template_frameworks() -> list[str] | None:
+    """What the template imported, or ``None`` before it was started."""
+    return _TEMPLATE.get("frameworks")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _tail(path: Path, lines: int = 6, chars: int = 800) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    out = " | ".join(kept)
+    return out[-chars:]
+
+
+class _Connection(asyncio.Protocol):
+    """Parses frames from the worker and hands them to its :class:`WorkerProcess`."""
+
+    def __init__(self, owner: WorkerProcess) -> None:
+        self.owner = owner
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        try:
+            while len(buf) >= 8:
+                header_len, body_len = protocol.parse_prefix(bytes(buf[:8]))
+                end = 8 + header_len + body_len
+                if len(buf) < end:
+                    break
+                header = protocol.parse_header(bytes(buf[8:8 + header_len]))
+                body = bytes(buf[8 + header_len:end])
+                del buf[:end]
+                self.owner._on_frame(header, body)
+        except (ProtocolError, KeyError, ValueError, TypeError) as exc:
+            # A worker that sends garbage is not trusted further.
+            self.owner.kill(f"the worker broke the protocol ({exc})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._on_closed()
+
+
+class WorkerProcess:
+    """One worker process and the calls in flight to it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str, settings: dict[str, Any], log_dir: Path, *,
+                 on_exit: Callable[[WorkerProcess], None], max_calls: int = 64,
+                 memory_mb: float = 0.0) -> None:
+        self.name = name
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.{next(self._ids)}.log"
+        self.on_exit = on_exit
+        self.max_calls = max(1, max_calls)
+        self.memory_bytes = int(memory_mb * 1024 * 1024)
+        self.proc: Any = None
+        self.started_at = 0.0
+        self.reason: str | None = None  # why it died, once it has
+        self.peak_rss = 0
+        self._kill_reason: str | None = None
+        self._conn: _Connection | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # call id -> [deadline (monotonic), timeout]; streams have an entry here too.
+        self._deadlines: dict[int, tuple[float, float, str]] = {}
+        self._streams: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._exited = asyncio.Event()
+        self._reaper: asyncio.Future[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id once started."""
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Started and not known to be gone."""
+        return self.proc is not None and self.reason is None
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent and not yet answered."""
+        return len(self._deadlines)
+
+    async def start(self) -> None:
+        """Fork the worker from the template and connect to it."""
+        parent, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.log_path.touch(mode=0o600)
+        self.proc = _CTX.Process(
+            target=child.main, args=(sock, str(self.log_path), self.settings),
+            name=f"{WORKER_NAME} {self.name}", daemon=False)
+        try:
+            frameworks = [str(self.settings.get("framework", ""))]
+            await asyncio.to_thread(self._start_blocking, frameworks)
+        finally:
+            sock.close()
+        self.started_at = time.time()
+        loop = asyncio.get_running_loop()
+        parent.setblocking(False)
+        _, conn = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
+        self._conn = conn
+
+    def _start_blocking(self, frameworks: list[str]) -> None:
+        warm_template(frameworks)
+        self.proc.start()
+        # multiprocessing polls every child it knows at each start() (from whatever thread
+        # calls it) and joins them at exit. This one is polled by its own reaper only, and
+        # the server must not wait for workers when it exits.
+        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        if self._conn is None or self._conn.transport is None or self.reason is not None:
+            raise WorkerDied(self.reason or "the worker is not running")
+        self._conn.transport.write(protocol.pack(header, body))
+
+    def _begin(self, timeout: float, late: str | None) -> int:
+        if len(self._deadlines) >= self.max_calls:
+            raise WorkerBusy(f"{self.max_calls} calls are in flight already")
+        call_id = next(self._ids)
+        late = late or (f"the worker did not answer a call within {timeout:g} s and was "
+                        "stopped (AgentsWorkbenchApp.request_timeout)")
+        self._deadlines[call_id] = (time.monotonic() + timeout, timeout, late)
+        return call_id
+
+    def _raise_error(self, answer: dict[str, Any]) -> None:
+        error = answer.get("error") or {}
+        kind = str(error.get("type", "internal"))
+        message = str(error.get("message", "the worker gave no reason"))
+        if kind == "died":
+            raise WorkerDied(message)
+        raise WorkerCallError(kind, message)
+
+    async def call(self, header: dict[str, Any], body: bytes = b"", *,
+                   timeout: float = 60.0, late: str | None = None,
+                   ) -> tuple[dict[str, Any], bytes]:
+        """Send one call and wait for its answer frame.
+
+        :class:`WorkerTimeout` past ``timeout`` (the worker is killed: a call that does not
+        return holds the model for good), :class:`WorkerDied` if the worker dies first,
+        :class:`WorkerCallError` when the worker answers with an error, :class:`WorkerBusy`
+        when ``max_calls`` are in flight already.
+        """
+        call_id = self._begin(timeout, late)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        deadline = self._deadlines[call_id][0]
+        try:
+            self._send({**header, "id": call_id}, body)
+            answer, payload = await future
+        except WorkerDied as exc:
+            if time.monotonic() >= deadline:
+                raise WorkerTimeout(str(exc)) from exc
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+            self._deadlines.pop(call_id, None)
+        if not answer.get("ok"):
+            self._raise_error(answer)
+        return answer, payload
+
+    async def stream(self, header: dict[str, Any], *, timeout: float,
+                     ) -> AsyncGenerator[str, None]:
+        """Send a streaming call; yield its text pieces. Closing the iterator cancels it.
+
+        ``timeout`` bounds the wait for each piece, not the whole stream.
+        """
+        call_id = self._begin(timeout, None)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._streams[call_id] = queue
+        finished = False
+        try:
+            self._send({**header, "id": call_id, "op": "stream"})
+            while True:
+                item = await queue.get()
+                if "chunk" in item:
+                    yield str(item["chunk"])
+                    continue
+                finished = True
+                if not item.get("ok"):
+                    self._raise_error(item)
+                return
+        finally:
+            self._streams.pop(call_id, None)
+            self._deadlines.pop(call_id, None)
+            if not finished and self.alive:
+                with contextlib.suppress(WorkerDied):
+                    self._send({"op": "cancel", "id": 0, "target": call_id})
+
+    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
+        call_id = int(header["id"])
+        queue = self._streams.get(call_id)
+        if queue is not None:
+            queue.put_nowait(header)
+            entry = self._deadlines.get(call_id)
+            if entry is not None:  # a piece arrived: the next one has the whole timeout
+                self._deadlines[call_id] = (time.monotonic() + entry[1], entry[1], entry[2])
+            return
+        future = self._pending.get(call_id)
+        if future is not None and not future.done():
+            future.set_result((header, body))
+
+    # -- supervision ------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Kill the worker if a call is past its deadline or its memory is past the limit."""
+        if not self.alive:
+            return
+        for deadline, _, late in list(self._deadlines.values()):
+            if now > deadline:
+                self.kill(late)
+                return
+        rss = rss_bytes(self.proc.pid)
+        self.peak_rss = max(self.peak_rss, rss)
+        if self.memory_bytes and rss > self.memory_bytes:
+            self.kill(f"the worker used more than {self.memory_bytes // (1024 * 1024)} MiB "
+                      f"({rss // (1024 * 1024)} MiB resident; "
+                      "AgentsWorkbenchApp.worker_memory_mb raises the limit)")
+
+    def kill(self, reason: str) -> None:
+        """Stop the worker now (SIGKILL); ``reason`` becomes why it died."""
+        if self._kill_reason is None:
+            self._kill_reason = reason
+        pid = self.pid
+        if pid is not None and self.reason is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the worker because it is no longer wanted (Disconnect, Delete, shutdown)."""
+        if self.reason is not None:
+            return
+        self._kill_reason = self._kill_reason or "stopped by the server"
+        self.kill(self._kill_reason)
+        self._finish(self._kill_reason)
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.close()
+
+    def _on_closed(self) -> None:
+        if self.reason is None:  # not closed by us: find out why it went
+            self._reaper = asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        proc = self.proc
+        code = None
+        if proc is not None:
+            # The socket closes as the process dies; the fork server reports the status a
+            # moment later. A worker that closed its socket but lives on is killed.
+            for _ in range(40):
+                code = proc.exitcode
+                if code is not None:
+                    break
+                await asyncio.sleep(0.025)
+            if code is None:
+                self.kill(self._kill_reason or "the worker closed its connection")
+                for _ in range(40):
+                    code = proc.exitcode
+                    if code is not None:
+                        break
+                    await asyncio.sleep(0.025)
+        if self.reason is not None:
+            return  # closed by the server meanwhile
+        self._finish(self._describe_exit(code))
+        try:
+            self.on_exit(self)
+        finally:
+            self.log_path.unlink(missing_ok=True)
+
+    def _finish(self, reason: str) -> None:
+        self.reason = reason
+        died = WorkerDied(reason)
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(died)
+        self._pending.clear()
+        for queue in self._streams.values():
+            queue.put_nowait({"ok": False, "error": {"type": "died", "message": reason}})
+        self._exited.set()
+        if self._kill_reason == "stopped by the server":
+            self.log_path.unlink(missing_ok=True)
+
+    async def wait(self) -> str:
+        """Wait until the worker is gone; why it went."""
+        await self._exited.wait()
+        return self.reason or ""
+
+    def _describe_exit(self, code: int | None) -> str:
+        if self._kill_reason is not None:
+            base = self._kill_reason
+        elif code is None:
+            base = "the worker stopped answering"
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            base = f"the worker was killed by {name}"
+            if -code == signal.SIGKILL:
+                base += " (from outside the server: the system's out-of-memory killer, or a user)"
+            elif -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL):
+                base = f"the worker crashed ({name})"
+        else:
+            base = f"the worker exited with code {code}"
+        tail = _tail(self.log_path)
+        return f"{base}; its last output: {tail}" if tail else base
