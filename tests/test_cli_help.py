@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from server_extension.cli import build_parser, main
+from server_extension.hosts.cli import build_parser, main
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:

@@ -11,16 +11,16 @@ import nbformat
 import pytest
 from nbformat.sign import NotebookNotary
 
-from server_extension import cli
+from server_extension.hosts import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 RENDER = """
 import sys
 if sys.argv[1] == "quiet":
-    from server_extension.app import quiet_offscreen_rendering
+    from server_extension.hosts.app import quiet_offscreen_rendering
     quiet_offscreen_rendering()
-from server_extension.demo_classic import play_episode
+from workbench_core.episodes import play_episode
 episode = play_episode({"kind": "gymnasium", "id": "CartPole-v1", "kwargs": {}}, None,
                        seed=0, render=True, max_frames=2)
 print("frames", len(episode.frames), episode.frames[0].shape)
