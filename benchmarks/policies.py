@@ -27,8 +27,9 @@ CNN_SHAPE = (4, 84, 84)
 def _save(root: Path, name: str, observation_space: Any, action_space: Any,
           net_config: dict[str, Any]) -> None:
     import torch
-    from agents_widget.tracking import save_checkpoint, start_experiment
     from agilerl.algorithms import DQN
+
+    from agents_widget.tracking import save_checkpoint, start_experiment
 
     torch.manual_seed(0)
     agent = DQN(observation_space, action_space, net_config=net_config)

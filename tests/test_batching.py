@@ -153,9 +153,10 @@ def test_other_calls_pass_through(dqn: AgileRLRuntime) -> None:
 def save_recurrent(root: Path) -> Runtime:
     """A real recurrent PPO, saved as an experiment and loaded by the workbench's loader."""
     import torch
-    from agents_widget.tracking import save_checkpoint, start_experiment
     from agilerl.algorithms import PPO
     from gymnasium import spaces
+
+    from agents_widget.tracking import save_checkpoint, start_experiment
 
     torch.manual_seed(0)
     agent = PPO(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(2), recurrent=True,

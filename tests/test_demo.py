@@ -94,8 +94,8 @@ def test_evaluation_score_is_what_the_deployed_agent_scores(demo_experiments: Pa
     """Replaying every checkpoint as the server serves it, on the evaluation seeds, gives
     exactly the logged evaluation score."""
     import gymnasium as gym
-    from agents_widget.agilerl_training import EVAL_SEED
 
+    from agents_widget.agilerl_training import EVAL_SEED
     from server_extension.serving.runtimes import load_runtime
 
     exp = ExperimentStore(demo_experiments.parent).get(name)

@@ -181,6 +181,7 @@ def test_ppo_continuous_mean_equals_agilerl(tmp_path: Path) -> None:
     """Continuous PPO (clipped and squashed) serves the Gaussian mean, as AgileRL's
     evaluation-mode get_action does once the standard deviation is negligible."""
     import gymnasium as gym
+
     from agents_widget.tracking import save_checkpoint, start_experiment
 
     env = gym.make("Pendulum-v1")

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+
 from agents_widget.tracking import (
     resume_experiment,
     save_checkpoint,
     start_experiment,
     workspace_root,
 )
-
 from workbench_core import store
 from workbench_core.store import (
     Checkpoint,
