@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from tornado.iostream import StreamClosedError
 
-from ..deployer import LiveDeployment, RequestTimeout
+from ..deployer import AgentUnavailable, LiveDeployment, RequestTimeout
 from ..openai_schema import (
     OpenAIError,
     Request,
@@ -119,6 +119,9 @@ class OpenAIHandler(InferenceHandler):
             raise OpenAIError(400, str(exc), code="invalid_value") from exc
         except RequestTimeout as exc:
             raise OpenAIError(504, str(exc), kind="timeout", code="timeout") from exc
+        except AgentUnavailable as exc:  # no replica or worker to answer right now
+            raise OpenAIError(503, str(exc), kind="server_error", code="unavailable",
+                              headers={"Retry-After": "1"}) from exc
 
     async def run_stream(self, live: LiveDeployment, prompt: str, request: Request,
                          chunk: Any) -> None:
