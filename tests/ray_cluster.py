@@ -32,9 +32,9 @@ from typing import Any
 import psutil
 
 RAY = str(Path(sys.executable).with_name("ray"))
-# A raylet that waits longer than this for its Python agents aborts its start (Ray 2.60); on
-# a busy 2-core machine that happens, so a node start is tried a few times.
-START_ATTEMPTS = 4
+# A raylet whose dashboard agent takes more than about 15 s to come up aborts its start
+# (Ray 2.60); on a busy 2-core machine that happens, so a node start is tried a few times.
+START_ATTEMPTS = 6
 NODE_START_TIMEOUT = 150.0
 
 
@@ -97,6 +97,7 @@ class MultiNodeCluster:
     def __init__(self, root: Path, *, head_cpus: int = 1,
                  head_resources: dict[str, float] | None = None) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.head_cpus = head_cpus
         self.head_resources = head_resources or {}
         self.port = free_port()
@@ -148,7 +149,9 @@ class MultiNodeCluster:
         for attempt in range(1, START_ATTEMPTS + 1):
             temp_dir = self.root / f"{name}-{attempt}"
             log_path = self.root / f"{name}-{attempt}.log"
+            # No log monitor: one Python process fewer competing with the agent's start.
             command = [RAY, "start", "--block", "--disable-usage-stats",
+                       "--include-log-monitor=false",
                        f"--temp-dir={temp_dir}", f"--resources={json.dumps(resources)}",
                        f"--node-manager-port={free_port()}",
                        f"--object-manager-port={free_port()}",

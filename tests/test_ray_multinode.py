@@ -151,8 +151,8 @@ def test_lost_node_fails_the_agent_and_a_returning_node_brings_it_back(
     assert agent["status"] == "Deployed", agent
     cluster.cluster.stop_node(cluster.worker)
 
-    # No node has agents_node now: Serve cannot place the replicas. The agent goes Pending,
-    # then Failed with Ray's reason; every request meanwhile is right or a clear 503/504.
+    # No node has agents_node now: Serve cannot place the replicas. The agent goes Failed
+    # with Ray's reason; every request meanwhile is right or a clear 503/504.
     seen: list[str] = []
     deadline = time.monotonic() + NODE_TIMEOUT
     while True:
@@ -164,7 +164,10 @@ def test_lost_node_fails_the_agent_and_a_returning_node_brings_it_back(
         _assert_answer(_act(server, agent))
         assert time.monotonic() < deadline, f"never Failed; statuses {seen}"
         time.sleep(0.5)
-    assert "Pending" in seen, seen
+    # Pending lasts from one failed probe to the next, which may be milliseconds apart (the
+    # probes that waited on the lost replica fail together): it is allowed, not required.
+    assert seen[0] == "Deployed", seen
+    assert set(seen) <= {"Deployed", "Pending", "Failed"}, seen
     assert "Health check failed" in state["error"]
     assert "Ray Serve application" in state["error"], state["error"]
     refused = _act(server, agent)
