@@ -268,7 +268,9 @@ class RayRuntime(Runtime):
         self.app_name = app_name
         self.kind = kind
         self._handle = handle
-        self._stream_handle = handle.options(stream=True)
+        # Made on the first stream: Ray Client refuses streaming handles, and agents that never
+        # stream (policies, classifiers) should serve through it all the same.
+        self._streaming: Any = None
         self._timeout = timeout
         self._closed = False
         # Calls waiting on a replica; close() cancels them, since calls to an application being
@@ -319,7 +321,14 @@ class RayRuntime(Runtime):
 
     def _stream(self, method: str, prompt: str, params: dict[str, Any],
                 cancelled: Any) -> Iterator[str]:
-        response = getattr(self._stream_handle, method).remote(prompt, params)
+        if self._streaming is None:
+            try:
+                self._streaming = self._handle.options(stream=True)
+            except RuntimeError as exc:  # Ray Client: "Streaming DeploymentHandles are not..."
+                raise RayCallError(f"Ray Serve application {self.app_name} cannot stream: "
+                                   f"{_short(exc)} Use the non-streaming routes, or give "
+                                   "ray_address as host:port (GCS) instead.") from exc
+        response = getattr(self._streaming, method).remote(prompt, params)
         try:
             for piece in response:
                 if cancelled.is_set():
@@ -337,9 +346,9 @@ class RayRuntime(Runtime):
     def probe_pid(self) -> int:
         """Probe, returning the process id of the replica that answered.
 
-        Serve's own view is asked first: with no replica running (its node lost, no node left
-        with the resources it needs) a probe would only wait out the timeout, while Serve
-        says why at once.
+        Serve's own view is asked first: when it has given a deployment up as unhealthy with
+        no replica running (its node lost, no node left with the resources it needs), a probe
+        would only wait out the timeout, while Serve says why at once.
         """
         self.backend.check_running(self.app_name)
         pid: int = self._result(self._handle.probe.remote())
@@ -463,10 +472,13 @@ class RayBackend:
         for deployment in app.deployments.values():
             running = {getattr(s, "value", str(s)): n
                        for s, n in deployment.replica_states.items()}.get("RUNNING", 0)
-            if running == 0:
+            status = str(deployment.status).rsplit(".", 1)[-1]
+            # Only Serve's own verdict fails fast: a replica being replaced (killed, or its
+            # node lost a moment ago) is waited for by the probe, as a request would be.
+            if running == 0 and status in ("UNHEALTHY", "DEPLOY_FAILED"):
                 reason = deployment.message or app.message or "no replica is running"
                 raise RayCallError(f"Ray Serve application {app_name} has no running replica "
-                                   f"({str(app.status).rsplit('.', 1)[-1]}): {reason}")
+                                   f"({status}): {reason}")
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Delete this server's applications and leave Ray (stopping it if we started it)."""
