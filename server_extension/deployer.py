@@ -5,6 +5,8 @@ Lifecycle (see the inference contract)::
     Undeployed --connect--> Pending --loaded + probe answered--> Deployed
     Pending --load or probe failed--> Failed (error holds the reason)
     Deployed --health probe fails--> Pending --fails again--> Failed (runtime dropped)
+    Failed --probe answers--> Deployed (runtimes that recover by themselves: Ray, kept live
+                                        and probed, their calls refused with a 503)
     any --disconnect--> Undeployed
 
 Where models run: with ``isolation="process"`` (the server's default) each local agent is
