@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.loadgen import run_wrk
 from benchmarks.policies import CNN, DEMO, body_for, ensure_workspace, sample_obs
 from benchmarks.servers import WorkbenchServer
-from server_extension.serving.ray_backend import APP_PREFIX, start_local_ray
+from server_extension.serving.ray_backend import app_prefix, start_local_ray
 
 DEPLOY_TIMEOUT = 300.0
 
@@ -120,7 +120,8 @@ def measure(root: Path, *, seconds: float = 10.0, connections: int = 64, num_cpu
 
     say(f"starting a local Ray with {num_cpus} CPUs")
     address = start_local_ray(num_cpus, logging_level=logging.ERROR)
-    remote = WorkbenchServer(_own_root(logs, "ray", experiments), logs, batching="off", extra=[
+    ray_root = _own_root(logs, "ray", experiments)
+    remote = WorkbenchServer(ray_root, logs, batching="off", extra=[
         f"--AgentsWorkbenchApp.ray_address={address}", "--AgentsWorkbenchApp.backend=ray",
         "--AgentsWorkbenchApp.ray_replica_cpus=1"])
     remote.log_path = logs / "workbench-ray.log"
@@ -135,7 +136,7 @@ def measure(root: Path, *, seconds: float = 10.0, connections: int = 64, num_cpu
         out["cartpole_ray_rps_c1"] = result.rps
         out["ray_overhead_ms_per_request"] = round(
             out["cartpole_ray_mean_ms"] - out["cartpole_local_mean_ms"], 3)
-        out.update(_handle_styles(f"{APP_PREFIX}cp-ray-", calls=2000, in_flight=8))
+        out.update(_handle_styles(f"{app_prefix(ray_root)}cp-ray-", calls=2000, in_flight=8))
         remote.disconnect("cp-ray")
         for replicas in (1, 2):
             say(f"ray backend: CNN, {replicas} replica(s)")

@@ -20,7 +20,12 @@ import pytest
 from agilerl.arena.exceptions import ArenaInferenceError
 from agilerl.arena.inference import Agent
 
-from server_extension.serving.ray_backend import APP_PREFIX, scale_config
+from server_extension.serving.ray_backend import (
+    APP_PREFIX,
+    actor_options,
+    app_prefix,
+    scale_config,
+)
 from tests.ray_support import RAY_DEPLOY_TIMEOUT, REPLICA_CPUS, ray_server_args
 from tests.servers import ServerProcess, copy_workspace, free_port, running_server, wait_until
 
@@ -28,16 +33,17 @@ pytest_plugins = ["tests.ray_fixtures"]
 pytestmark = pytest.mark.slow
 
 
-def _apps(prefix: str) -> dict[str, Any]:
-    """Serve applications on the module's cluster whose name starts with ``prefix``."""
+def _apps(agent: str) -> dict[str, Any]:
+    """The workbench's Serve applications on the module's cluster serving agent ``agent``
+    (``awb-<workspace tag>-<agent>-<suffix>``), whichever workspace they belong to."""
     from ray import serve
 
     return {name: app for name, app in serve.status().applications.items()
-            if name.startswith(prefix)}
+            if name.startswith(APP_PREFIX) and name.split("-", 2)[-1].startswith(f"{agent}-")}
 
 
 def _only_app(agent: str) -> str:
-    apps = _apps(f"{APP_PREFIX}{agent}-")
+    apps = _apps(agent)
     assert len(apps) == 1, apps
     return next(iter(apps))
 
@@ -96,7 +102,7 @@ def test_ray_agent_lifecycle_and_replicas(ray_server: ServerProcess) -> None:
     assert np.asarray(actions).shape == (16,)
 
     assert ray_server.api("POST", "agents/cp-ray/disconnect").json()["status"] == "Undeployed"
-    wait_until(lambda: not _apps(f"{APP_PREFIX}cp-ray-"), timeout=60,
+    wait_until(lambda: not _apps("cp-ray"), timeout=60,
                what="the Serve application to be deleted")
     gone = ray_server.session.get(agent["endpoint"] + "/status", timeout=10)
     assert gone.status_code == 404
@@ -112,7 +118,7 @@ def test_autoscaling_bounds_start_at_the_minimum(ray_server: ServerProcess) -> N
         action, _ = client.get_action(np.zeros(4, np.float32))
     assert int(action) in (0, 1)
     ray_server.api("DELETE", "agents/cp-auto")
-    wait_until(lambda: not _apps(f"{APP_PREFIX}cp-auto-"), timeout=60,
+    wait_until(lambda: not _apps("cp-auto"), timeout=60,
                what="the Serve application to be deleted")
 
 
@@ -150,7 +156,7 @@ def test_killed_replica_is_replaced_and_the_agent_keeps_answering(
             assert time.monotonic() < deadline, f"no answer after the kill; statuses {seen}"
             time.sleep(0.5)
     assert int(action) in (0, 1)
-    assert set(failures) <= {500, 504}, failures  # never a 4xx: the client did nothing wrong
+    assert set(failures) <= {503, 504}, failures  # never a 4xx or a 500: a clear retry-later
     assert "Failed" not in seen, seen
     new_pid = _probe_pid(app_name)
     assert new_pid != old_pid
@@ -167,7 +173,7 @@ def test_llm_and_supervised_agents_on_ray(tmp_path: Path, advanced_experiments: 
     with running_server(root, extra_args=ray_server_args(ray_cluster)) as server:
         chat = server.deploy("chat", "tiny-chat-sft", timeout=RAY_DEPLOY_TIMEOUT)
         iris = server.deploy("iris", "iris-classifier", timeout=RAY_DEPLOY_TIMEOUT)
-        assert len(_apps(f"{APP_PREFIX}chat-")) == len(_apps(f"{APP_PREFIX}iris-")) == 1
+        assert len(_apps("chat")) == len(_apps("iris")) == 1
         with Agent(chat["endpoint"], api_key=chat["api_key"]) as client:
             assert client.metadata is not None
             assert client.metadata.agent is not None
@@ -223,6 +229,49 @@ def test_scale_options_are_checked_at_creation(server: ServerProcess) -> None:
     assert (status, "between min_replicas and max_replicas" in text) == (400, True)
     status, text = create({"backend": "cluster"})
     assert (status, "['local', 'ray']" in text) == (400, True)
+
+
+def test_ray_resources_are_checked_at_creation(server: ServerProcess) -> None:
+    def create(resources: Any, backend: str = "ray") -> tuple[int, str]:
+        answer = server.api("POST", "agents", json={
+            "name": "cp-placed", "experiment": "cartpole-dqn",
+            "options": {"backend": backend, "ray_resources": resources}})
+        return answer.status_code, answer.text
+
+    refused = {
+        "not an object": (["agents_node"], "must be an object"),
+        "empty": ({}, "must be an object"),
+        "negative": ({"agents_node": -1}, "above 0"),
+        "zero": ({"agents_node": 0}, "above 0"),
+        "a string amount": ({"agents_node": "1"}, "must be a number"),
+        "a bool amount": ({"agents_node": True}, "must be a number"),
+        "fractional above 1": ({"agents_node": 1.5}, "whole number"),
+        "too large": ({"agents_node": 10**6}, "at most"),
+        "a built-in resource": ({"CPU": 1}, "built-in resource 'CPU'"),
+        "a blank name": ({" ": 1}, "not a resource name"),
+    }
+    for case, (value, words) in refused.items():
+        status, error = create(value)
+        assert (case, status) == (case, 400), error
+        assert words in error, (case, error)
+    status, error = create({"agents_node": 1}, backend="local")
+    assert (status, "apply to the 'ray' backend" in error) == (400, True), error
+    answer = server.api("POST", "agents", json={
+        "name": "cp-placed", "experiment": "cartpole-dqn",
+        "options": {"backend": "ray", "ray_resources": {"agents_node": 0.5, "gpu_box": 2}}})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["options"]["ray_resources"] == {"agents_node": 0.5, "gpu_box": 2}
+    server.api("DELETE", "agents/cp-placed")
+
+
+def test_placement_and_workspace_names_reach_serve(tmp_path: Path) -> None:
+    assert actor_options({}, 0.25) == {"num_cpus": 0.25}
+    assert actor_options({"ray_resources": {"agents_node": 1}}, 1.0) == {
+        "num_cpus": 1.0, "resources": {"agents_node": 1}}
+    one, other = tmp_path / "a", tmp_path / "b"
+    assert app_prefix(one) != app_prefix(other)
+    assert app_prefix(one) == app_prefix(tmp_path / "x" / ".." / "a")  # the same folder
+    assert app_prefix(one).startswith(APP_PREFIX)
 
 
 def test_scale_config_maps_options_to_serve() -> None:

@@ -219,6 +219,16 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 404, f"No deployed agent at agents/d/{name}: it does not exist, is not "
                 "connected, or is still loading. Connect it in the Agents panel and wait for "
                 f"status Deployed.{serving_elsewhere(self.settings)}")
+        if live.failed:
+            # Kept for its backend to recover (a Ray agent whose node was lost): a clear 503
+            # now rather than a call that waits out the timeout.
+            try:
+                reason = self.registry.get(name).error or "its health check failed"
+            except Exception:  # noqa: BLE001 - deleted meanwhile; the reason is secondary
+                reason = "its health check failed"
+            raise InferenceError(
+                503, f"Agent {name!r} is Failed ({reason}); it turns Deployed again by itself "
+                "once its replicas answer, or Connect retries it.", {"Retry-After": "5"})
         return live
 
     def authenticate(self, name: str) -> LiveDeployment:

@@ -46,7 +46,7 @@ from server_extension.handlers.openai_schema import (
     parse_completion,
     usage,
 )
-from server_extension.serving.deployer import LiveDeployment, RequestTimeout
+from server_extension.serving.deployer import AgentUnavailable, LiveDeployment, RequestTimeout
 from server_extension.serving.runtimes.base import RequestError
 
 # Status -> OpenAI's error type and code for errors raised by the shared inference code
@@ -125,6 +125,9 @@ class OpenAIHandler(InferenceHandler):
             raise OpenAIError(400, str(exc), code="invalid_value") from exc
         except RequestTimeout as exc:
             raise OpenAIError(504, str(exc), kind="timeout", code="timeout") from exc
+        except AgentUnavailable as exc:  # no replica or worker to answer right now
+            raise OpenAIError(503, str(exc), kind="server_error", code="unavailable",
+                              headers={"Retry-After": "1"}) from exc
 
     async def run_stream(self, live: LiveDeployment, prompt: str, request: Request,
                          chunk: Any) -> None:

@@ -181,6 +181,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         self.ray_backend = RayBackend(
             self.ray_address, num_cpus=self.ray_num_cpus or None,
             replica_cpus=self.ray_replica_cpus, request_timeout=self.request_timeout,
+            workspace=root,
         )
         self.deployer = Deployer(
             self.registry,
@@ -237,6 +238,12 @@ class AgentsWorkbenchApp(ExtensionApp):
                           "agents; this one follows its registry", self.lease.holder_url())
         self.deployer.start()
         self.reconciler.start()
+        if self.deployer.serves and self.ray_address and any(
+                record.options.get("backend", self.backend) == "ray"
+                for record in self.registry.list()):
+            # A server of this workspace killed earlier may have left applications on the
+            # cluster; joining now takes them over even if no Ray agent reconnects.
+            self.ray_backend.adopt()
 
     def _share_log(self) -> None:
         # The workbench's modules log under "agents_workbench"; send that where Jupyter's own

@@ -5,6 +5,8 @@ Lifecycle (see the inference contract)::
     Undeployed --connect--> Pending --loaded + probe answered--> Deployed
     Pending --load or probe failed--> Failed (error holds the reason)
     Deployed --health probe fails--> Pending --fails again--> Failed (runtime dropped)
+    Failed --probe answers--> Deployed (runtimes that recover by themselves: Ray, kept live
+                                        and probed, their calls refused with a 503)
     any --disconnect--> Undeployed
 
 Where models run: with ``isolation="process"`` (the server's default) each local agent is
@@ -120,6 +122,8 @@ class LiveDeployment:
     instance_id: str = field(default_factory=lambda: "inst_" + secrets.token_hex(6))
     loaded_at: float = field(default_factory=time.time)
     health_failures: int = 0
+    # Failed by its health check but kept, since its backend recovers by itself (Ray).
+    failed: bool = False
 
 
 def _describe(exc: BaseException) -> str:
@@ -674,23 +678,29 @@ class Deployer:
         for name, live in list(self._live.items()):
             try:
                 await self.invoke(live, "probe")
-            except AgentUnavailable:
-                continue  # its worker died: _worker_exited restarts or fails it
             except Exception as exc:  # noqa: BLE001 - any probe failure counts
+                if isinstance(exc, AgentUnavailable) and isinstance(live.runtime, WorkerRuntime):
+                    continue  # its worker died: _worker_exited restarts or fails it
                 if self._live.get(name) is not live:
                     continue
                 live.health_failures += 1
                 reason = f"Health check failed: {_describe(exc)}"
                 log.warning("Agent %s: %s", name, reason)
                 if live.health_failures >= self.health_check_failures:
-                    self._live.pop(name, None)
-                    self._close_runtime(live.runtime)
+                    if getattr(live.runtime, "recovers", False):
+                        # Its backend keeps trying to bring replicas back (ray_backend): the
+                        # agent stays Failed, its calls answered 503, until a probe succeeds.
+                        live.failed = True
+                    else:
+                        self._live.pop(name, None)
+                        self._close_runtime(live.runtime)
                     self._set_if_exists(name, status="Failed", error=reason)
                 else:
                     self._set_if_exists(name, status="Pending", error=reason)
                 continue
             if self._live.get(name) is live and live.health_failures:
                 live.health_failures = 0
+                live.failed = False
                 self._set_if_exists(name, status="Deployed", error=None)
 
     # -- helpers ------------------------------------------------------------------------

@@ -60,9 +60,40 @@ def _replica_count(key: str) -> Callable[[Any, Experiment], Any]:
     return check
 
 
+def _ray_resources(value: Any, experiment: Experiment) -> Any:
+    # Checked here rather than left to Ray: Ray takes a bad quantity at deploy time and only
+    # says so in the replica's scheduling error, minutes later.
+    hint = ('options.ray_resources must be an object of custom Ray resource names and '
+            'amounts each replica needs, e.g. {"agents_node": 1}')
+    if not isinstance(value, Mapping) or not value:
+        raise OptionError(f"{hint}; got {value!r}.")
+    if len(value) > MAX_RAY_RESOURCES:
+        raise OptionError(f"{hint}; at most {MAX_RAY_RESOURCES} names, got {len(value)}.")
+    checked: dict[str, float | int] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise OptionError(f"{hint}; {name!r} is not a resource name.")
+        if name in RAY_BUILTIN_RESOURCES:
+            raise OptionError(
+                f"options.ray_resources may not name Ray's built-in resource {name!r}: CPUs per "
+                "replica are the server's AgentsWorkbenchApp.ray_replica_cpus; name a custom "
+                "resource the chosen nodes were started with (ray start --resources).")
+        if (isinstance(amount, bool) or not isinstance(amount, (int, float))
+                or not 0 < amount <= MAX_RAY_RESOURCE_AMOUNT):
+            raise OptionError(
+                f"options.ray_resources[{name!r}] must be a number above 0 and at most "
+                f"{MAX_RAY_RESOURCE_AMOUNT}, got {amount!r}.")
+        if amount > 1 and amount != int(amount):
+            # Ray's own rule: only amounts up to 1 may be fractional.
+            raise OptionError(
+                f"options.ray_resources[{name!r}] above 1 must be a whole number, got {amount!r}.")
+        checked[name] = amount
+    return checked
+
+
 def _check_scale(options: Mapping[str, Any]) -> None:
     # Replica counts only mean something on Ray, and the bounds must hold together.
-    present = [k for k in SCALE_KEYS if k in options]
+    present = [k for k in RAY_ONLY_KEYS if k in options]
     if present and options.get("backend") == "local":
         raise OptionError(
             f"options {present} apply to the 'ray' backend; drop them or set backend 'ray'.")
@@ -83,6 +114,12 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 # Replica options (ray backend): a fixed count, or autoscaling bounds with replicas as start.
 SCALE_KEYS: tuple[str, ...] = ("replicas", "min_replicas", "max_replicas")
 MAX_REPLICAS = 64
+# Placement (ray backend): custom resources each replica needs, so Ray puts replicas only on
+# nodes started with them (ray start --resources='{"agents_node": 2}').
+RAY_ONLY_KEYS: tuple[str, ...] = (*SCALE_KEYS, "ray_resources")
+RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+MAX_RAY_RESOURCES = 16
+MAX_RAY_RESOURCE_AMOUNT = 10_000
 # Whose chat sessions an LLM agent keeps apart: each access token its own ("user", the
 # default) or one shared set for the workspace ("organization"). See sessions.py.
 MEMORY_SCOPES: tuple[str, ...] = ("user", "organization")
@@ -91,6 +128,7 @@ MEMORY_SCOPES: tuple[str, ...] = ("user", "organization")
 CHECKERS: dict[str, Callable[[Any, Experiment], Any]] = {
     "backend": _backend,
     **{key: _replica_count(key) for key in SCALE_KEYS},
+    "ray_resources": _ray_resources,
     "decoder": _decoder,
     "memory_scope": _memory_scope,
 }

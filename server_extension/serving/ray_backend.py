@@ -32,6 +32,7 @@ multi-node cluster the workspace must sit on storage every node mounts at the sa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -42,6 +43,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from server_extension.serving.deployer import AgentUnavailable, RequestTimeout
 from server_extension.serving.runtimes import (
     AgentKind,
     RequestError,
@@ -53,7 +55,8 @@ from workbench_core.store import Checkpoint, Experiment, ExperimentStore
 
 log = logging.getLogger("agents_workbench.ray")
 
-# Serve application names start with this, so an operator can tell the workbench's apart.
+# Serve application names start with this, so an operator can tell the workbench's apart;
+# then comes the workspace tag (workspace_tag), so two workspaces on one cluster keep apart.
 APP_PREFIX = "awb-"
 # Methods the replica dispatches; anything else is refused (the handle is not a free RPC).
 _RUNTIME_CALLS = frozenset(
@@ -72,6 +75,27 @@ INSTALL_HINT = (
     "The 'ray' backend needs Ray Serve in the Jupyter server's environment: "
     "pip install 'agents-workbench[ray]' (ray[serve]), then restart the server."
 )
+
+
+def workspace_tag(root: str | os.PathLike[str]) -> str:
+    """Six hex digits naming a workspace on a cluster: from its absolute path, which every node
+    sees alike (the workspace sits on shared storage at the same path)."""
+    path = os.path.realpath(os.fspath(root))
+    return hashlib.sha256(path.encode()).hexdigest()[:6]
+
+
+def app_prefix(root: str | os.PathLike[str]) -> str:
+    """The start of every Serve application name of the workspace at ``root``."""
+    return f"{APP_PREFIX}{workspace_tag(root)}-"
+
+
+def actor_options(options: Mapping[str, Any], replica_cpus: float) -> dict[str, Any]:
+    """``ray_actor_options`` of an agent's replicas: the server's CPUs per replica and the
+    agent's ``ray_resources`` (placement on nodes started with those resources)."""
+    chosen: dict[str, Any] = {"num_cpus": replica_cpus}
+    if options.get("ray_resources"):
+        chosen["resources"] = dict(options["ray_resources"])
+    return chosen
 
 
 def scale_config(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,12 +245,28 @@ def start_local_ray(num_cpus: int, *, attempts: int = LOCAL_START_ATTEMPTS,
     return address
 
 
-class RayCallError(RuntimeError):
-    """A call that Ray could not complete (replica gone, cluster unreachable, timeout)."""
+class RayCallError(AgentUnavailable):
+    """A call that Ray could not complete (no replica, node lost, cluster unreachable): a 503."""
+
+
+class RayCallTimeout(RayCallError, RequestTimeout):
+    """No replica answered within the request timeout (a 504)."""
+
+
+def _call_error(app_name: str, exc: BaseException) -> RayCallError:
+    cls = RayCallTimeout if isinstance(exc, TimeoutError) else RayCallError
+    return cls(f"Ray Serve application {app_name}: {_short(exc)}")
 
 
 class RayRuntime(Runtime):
-    """A :class:`Runtime` whose calls go to a Serve application's replicas."""
+    """A :class:`Runtime` whose calls go to a Serve application's replicas.
+
+    ``recovers``: when its health check fails, Serve keeps trying to place replicas (on a node
+    that returns, for one), so the deployer keeps probing a Failed Ray agent and turns it
+    Deployed again once a replica answers.
+    """
+
+    recovers = True
 
     def __init__(self, backend: RayBackend, app_name: str, handle: Any, kind: AgentKind,
                  timeout: float) -> None:
@@ -234,7 +274,9 @@ class RayRuntime(Runtime):
         self.app_name = app_name
         self.kind = kind
         self._handle = handle
-        self._stream_handle = handle.options(stream=True)
+        # Made on the first stream: Ray Client refuses streaming handles, and agents that never
+        # stream (policies, classifiers) should serve through it all the same.
+        self._streaming: Any = None
         self._timeout = timeout
         self._closed = False
         # Calls waiting on a replica; close() cancels them, since calls to an application being
@@ -251,7 +293,7 @@ class RayRuntime(Runtime):
         try:
             return response.result(timeout_s=self._timeout)
         except Exception as exc:
-            raise RayCallError(f"Ray Serve application {self.app_name}: {_short(exc)}") from exc
+            raise _call_error(self.app_name, exc) from exc
         finally:
             with self._lock:
                 self._pending.discard(response)
@@ -285,14 +327,21 @@ class RayRuntime(Runtime):
 
     def _stream(self, method: str, prompt: str, params: dict[str, Any],
                 cancelled: Any) -> Iterator[str]:
-        response = getattr(self._stream_handle, method).remote(prompt, params)
+        if self._streaming is None:
+            try:
+                self._streaming = self._handle.options(stream=True)
+            except RuntimeError as exc:  # Ray Client: "Streaming DeploymentHandles are not..."
+                raise RayCallError(f"Ray Serve application {self.app_name} cannot stream: "
+                                   f"{_short(exc)} Use the non-streaming routes, or give "
+                                   "ray_address as host:port (GCS) instead.") from exc
+        response = getattr(self._streaming, method).remote(prompt, params)
         try:
             for piece in response:
                 if cancelled.is_set():
                     break
                 yield piece
         except Exception as exc:  # surfaced to the client as an in-band stream error
-            raise RayCallError(f"Ray Serve application {self.app_name}: {_short(exc)}") from exc
+            raise _call_error(self.app_name, exc) from exc
         finally:
             response.cancel()
 
@@ -301,7 +350,13 @@ class RayRuntime(Runtime):
         self.probe_pid()
 
     def probe_pid(self) -> int:
-        """Probe, returning the process id of the replica that answered."""
+        """Probe, returning the process id of the replica that answered.
+
+        Serve's own view is asked first: when it has given a deployment up as unhealthy with
+        no replica running (its node lost, no node left with the resources it needs), a probe
+        would only wait out the timeout, while Serve says why at once.
+        """
+        self.backend.check_running(self.app_name)
         pid: int = self._result(self._handle.probe.remote())
         return pid
 
@@ -357,8 +412,13 @@ class RayBackend:
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  replica_cpus: float = 1.0, request_timeout: float = 60.0,
                  start_timeout: float = 180.0, torch_threads: int = 1,
-                 max_ongoing_requests: int = 8) -> None:
+                 max_ongoing_requests: int = 8,
+                 workspace: str | os.PathLike[str] | None = None) -> None:
         self.address = address or None
+        # Names of this workspace's applications start with it; without a workspace (a
+        # backend used on its own) only the common prefix, and no orphans are swept.
+        self.app_prefix = app_prefix(workspace) if workspace is not None else APP_PREFIX
+        self.workspace = workspace
         self.num_cpus = num_cpus
         self.replica_cpus = replica_cpus
         self.request_timeout = request_timeout
@@ -391,6 +451,40 @@ class RayBackend:
             self._control.submit(self._delete, app_name)
         except RuntimeError:
             log.debug("Ray backend already shut down; %s goes with it", app_name)
+
+    def adopt(self) -> None:
+        """Join the cluster in the background and take over what a previous server of this
+        workspace left on it (see :meth:`_sweep_orphans`); failures are logged only, and
+        the first deploy tries again."""
+        def join() -> None:
+            try:
+                self._ensure_ray()
+            except Exception as exc:  # noqa: BLE001 - the agents' own Connect reports it
+                log.warning("Could not join Ray to take over old applications: %s", exc)
+        with contextlib.suppress(RuntimeError):  # shut down already
+            self._control.submit(join)
+
+    def check_running(self, app_name: str) -> None:
+        """:class:`RayCallError` with Serve's reason unless ``app_name`` has a running replica."""
+        from ray import serve
+
+        try:
+            app = serve.status().applications.get(app_name)
+        except Exception as exc:  # the controller (or the cluster) is unreachable
+            raise _call_error(app_name, exc) from exc
+        if app is None:
+            raise RayCallError(f"Ray Serve application {app_name} is gone from the cluster "
+                               "(deleted outside the workbench?); Disconnect and Connect.")
+        for deployment in app.deployments.values():
+            running = {getattr(s, "value", str(s)): n
+                       for s, n in deployment.replica_states.items()}.get("RUNNING", 0)
+            status = str(deployment.status).rsplit(".", 1)[-1]
+            # Only Serve's own verdict fails fast: a replica being replaced (killed, or its
+            # node lost a moment ago) is waited for by the probe, as a request would be.
+            if running == 0 and status in ("UNHEALTHY", "DEPLOY_FAILED"):
+                reason = deployment.message or app.message or "no replica is running"
+                raise RayCallError(f"Ray Serve application {app_name} has no running replica "
+                                   f"({status}): {reason}")
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Delete this server's applications and leave Ray (stopping it if we started it)."""
@@ -440,6 +534,34 @@ class RayBackend:
         # No HTTP proxy: requests reach replicas through handles from this server only.
         serve.start(proxy_location="Disabled")
         self._connected = True
+        if self.address is not None:
+            self._sweep_orphans()
+
+    def _sweep_orphans(self) -> None:
+        """Delete this workspace's applications that this server did not create.
+
+        They are what a server of this workspace left when it was killed (``kill -9``): the
+        agents they served are connected again from the registry under fresh names, and an
+        agent deleted meanwhile has no use for one. Only this workspace's prefix is touched.
+        """
+        from ray import serve
+
+        if self.app_prefix == APP_PREFIX:
+            return
+        try:
+            names = list(serve.status().applications)
+        except Exception:
+            log.warning("Could not list Ray Serve applications", exc_info=True)
+            return
+        for name in names:
+            if name.startswith(self.app_prefix) and name not in self._apps:
+                log.info("Deleting Ray Serve application %s, left by an earlier server of this "
+                         "workspace", name)
+                try:
+                    serve.delete(name)
+                except Exception:
+                    log.warning("Could not delete Ray Serve application %s", name,
+                                exc_info=True)
 
     def _deploy(self, experiment: Experiment, checkpoint: Checkpoint, device: str,
                 options: dict[str, Any], name: str) -> Runtime:
@@ -448,10 +570,10 @@ class RayBackend:
         from ray.serve.api import RunTarget
 
         # A fresh name per load: a late delete of a stale load never hits the current one.
-        app_name = f"{APP_PREFIX}{name}-{secrets.token_hex(3)}"
+        app_name = f"{self.app_prefix}{name}-{secrets.token_hex(3)}"
         deployment: Any = serve.deployment(
             AgentReplica, name="agent",
-            ray_actor_options={"num_cpus": self.replica_cpus},
+            ray_actor_options=actor_options(options, self.replica_cpus),
             max_ongoing_requests=self.max_ongoing_requests,
             max_constructor_retry_count=1,
             health_check_period_s=2, health_check_timeout_s=30,
