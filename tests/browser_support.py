@@ -217,3 +217,84 @@ def gone(locator: Any) -> None:
 
     expect(locator).to_be_hidden(timeout=STEP_MS)
 
+
+
+# -- layout checks: clipped text and blank pages ------------------------------------------------
+
+# Text that does not fit its box: a button, table cell, header, label, dropdown or tab whose
+# content is wider (or, where text wraps, taller) than the box shows; plus controls sticking
+# out past the panel's right edge, where the notebook cuts them off. Scrollable boxes (code,
+# the chat log) are meant to scroll and are left out.
+CLIPPED_JS = r"""
+() => {
+  const panel = document.querySelector('.awb-panel');
+  if (!panel) return [{what: 'no .awb-panel on the page'}];
+  const edge = panel.getBoundingClientRect().right;
+  const seen = new Set();
+  const out = [];
+  const selector = ['button', '.awb-td', '.awb-th', '.widget-label', 'label',
+    '.widget-html-content', '.lm-TabBar-tabLabel', 'select', '.widget-toggle-button'].join(',');
+  for (const el of panel.querySelectorAll(selector)) {
+    if (seen.has(el) || !el.offsetParent) continue;
+    seen.add(el);
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const style = getComputedStyle(el);
+    const scrolls = v => ['auto', 'scroll'].includes(v);
+    if (scrolls(style.overflowX) || scrolls(style.overflowY)) continue;
+    const text = (el.innerText || el.value || '').trim().slice(0, 60);
+    const wide = el.scrollWidth > el.clientWidth + 1;
+    const tall = el.tagName !== 'SELECT' && el.scrollHeight > el.clientHeight + 2
+      && style.overflowY !== 'visible';
+    const sticksOut = box.right > edge + 1;
+    if ((wide || tall || sticksOut) && (text || el.tagName === 'SELECT')) {
+      out.push({what: el.tagName.toLowerCase() + '.' + String(el.className).split(' ')
+                  .filter(c => c).slice(0, 3).join('.'),
+                text, scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+                scrollHeight: el.scrollHeight, clientHeight: el.clientHeight,
+                right: Math.round(box.right), panelRight: Math.round(edge)});
+    }
+  }
+  for (const select of panel.querySelectorAll('select:not([multiple])')) {
+    if (select.offsetParent && select.selectedIndex < 0 && select.options.length)
+      out.push({what: 'select shows blank', text: select.closest('.widget-dropdown')
+                  ?.innerText.trim().slice(0, 60)});
+  }
+  return out;
+}
+"""
+
+
+def clipped(page: Any) -> list[dict[str, Any]]:
+    """What in the panel has its text cut off (see ``CLIPPED_JS``); [] when all fits."""
+    return list(page.evaluate(CLIPPED_JS))
+
+
+def assert_fits(page: Any, where: str) -> None:
+    """Fail, naming each element, when any text in the panel is clipped."""
+    found = clipped(page)
+    assert not found, f"clipped text at {where}: {found}"
+
+
+def assert_not_blank(page: Any, where: str) -> None:
+    """The panel is on screen with something in it: never a blank area after an action.
+
+    Part of the panel must lie inside the viewport (in the notebook's scrolled area too) and
+    show text there.
+    """
+    state = page.evaluate(
+        "() => { const p = document.querySelector('.awb-panel'); if (!p) return 'no panel';"
+        " const r = p.getBoundingClientRect();"
+        " if (r.bottom < 40 || r.top > window.innerHeight - 40) return 'panel off screen: '"
+        " + Math.round(r.top) + '..' + Math.round(r.bottom);"
+        " return p.innerText.trim() ? '' : 'panel empty'; }")
+    assert not state, f"blank page after {where}: {state}"
+
+
+def at_widths(page: Any, where: str, widths: tuple[int, ...] = (1280, 1440)) -> None:
+    """``assert_fits`` at each window width (the height stays)."""
+    height = (page.viewport_size or VIEWPORT)["height"]
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(300)  # a relayout, and Lumino's resize handlers
+        assert_fits(page, f"{where}, {width} px")
