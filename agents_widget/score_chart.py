@@ -23,10 +23,12 @@ _CHART_JS = r"""
 const NS = "http://www.w3.org/2000/svg";
 const W = 440, H = 240, LEFT = 56, RIGHT = 14, TOP = 28, BOTTOM = 34;
 
-function label(v) {
-  const a = Math.abs(v);
-  const digits = a >= 100 ? 0 : a >= 10 ? 1 : 2;
-  return v.toLocaleString("en-US", { maximumFractionDigits: digits });
+// Enough decimals that the ticks of a narrow range (a loss moving in its third decimal)
+// do not all read the same.
+function label(v, span) {
+  const digits = Math.min(4, Math.max(0, Math.ceil(-Math.log10(span / 3)) + 1));
+  return v.toLocaleString("en-US", { maximumFractionDigits: digits,
+                                     minimumFractionDigits: Math.min(digits, 2) });
 }
 
 function render({ model, el }) {
@@ -66,7 +68,7 @@ function render({ model, el }) {
       const v = y0 + (y1 - y0) * i / 3;
       add("line", { x1: LEFT, x2: W - RIGHT, y1: sy(v), y2: sy(v), ...grid });
       add("text", { x: LEFT - 6, y: sy(v) + 4, "text-anchor": "end", "font-size": 10,
-                    fill: "currentColor" }, label(v));
+                    fill: "currentColor" }, label(v, y1 - y0));
     }
     for (const s of [Math.min(...xs), Math.max(...xs)]) {
       add("text", { x: sx(s), y: H - BOTTOM + 14, "text-anchor": "middle", "font-size": 10,
@@ -91,7 +93,7 @@ function render({ model, el }) {
                                   (on ? " awb-chart-chosen" : ""), "data-step": step });
       dot.style.cursor = "pointer";
       const tip = document.createElementNS(NS, "title");
-      tip.textContent = `step ${step.toLocaleString("en-US")}: ${label(value)}` +
+      tip.textContent = `step ${step.toLocaleString("en-US")}: ${label(value, (y1 - y0) / 10)}` +
         (on ? " (chosen)" : " (click to choose this checkpoint)");
       dot.appendChild(tip);
       dot.addEventListener("click", () => model.send({ type: "pick", step }));

@@ -27,19 +27,19 @@ from .viewkit import close_tree, gap
 # panel's edge, where the notebook cuts them off. Every row's grid has the same template and
 # only fixed minimums, so the columns line up from row to row whatever the cells hold.
 ACTIONS_WIDTH = "minmax(135px, 280px)"
-# Headers do not wrap: "Source Experiment" needs 140 px.
+# Headers do not wrap: "Source Experiment" needs 150 px with its padding.
 COLUMNS: dict[Tab, list[tuple[str, str]]] = {
     "classic": [
         ("Agent", "minmax(100px, 1fr)"),
         ("Description", "minmax(100px, 1.6fr)"),
-        ("Source Experiment", "minmax(140px, 1.2fr)"),
+        ("Source Experiment", "minmax(150px, 1.2fr)"),
         ("Status", "minmax(105px, 1fr)"),
         ("Actions", ACTIONS_WIDTH),
     ],
     "advanced": [
         ("Agent", "minmax(100px, 1fr)"),
-        ("Description", "minmax(90px, 1.4fr)"),
-        ("Source Experiment", "minmax(140px, 1.1fr)"),
+        ("Description", "minmax(100px, 1.4fr)"),
+        ("Source Experiment", "minmax(150px, 1.1fr)"),
         ("Base Model", "minmax(110px, 1.1fr)"),
         ("Status", "minmax(105px, 1fr)"),
         ("Actions", ACTIONS_WIDTH),

@@ -255,10 +255,14 @@ CLIPPED_JS = r"""
                 right: Math.round(box.right), panelRight: Math.round(edge)});
     }
   }
+  // A dropdown with a default must show it; a required choice (label ending in "*") starts
+  // empty on purpose.
   for (const select of panel.querySelectorAll('select:not([multiple])')) {
-    if (select.offsetParent && select.selectedIndex < 0 && select.options.length)
-      out.push({what: 'select shows blank', text: select.closest('.widget-dropdown')
-                  ?.innerText.trim().slice(0, 60)});
+    const label = (select.closest('.widget-dropdown')?.querySelector('label')?.innerText
+                   || '').trim();
+    if (select.offsetParent && select.selectedIndex < 0 && select.options.length
+        && !label.endsWith('*'))
+      out.push({what: 'select shows blank', text: label});
   }
   return out;
 }
