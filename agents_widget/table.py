@@ -186,6 +186,7 @@ class AgentRow(widgets.VBox):
 
         super().__init__([self.grid, self.reason, self.details_box],
                          layout=widgets.Layout(width="100%"))
+        self.add_class("awb-agent")
         self.update(agent)
 
     # -- values --------------------------------------------------------------------------------

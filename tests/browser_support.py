@@ -129,6 +129,18 @@ def row(page: Any, agent: str) -> Any:
         has=page.locator(".awb-td b", has_text=re.compile(f"^{re.escape(agent)}$")))
 
 
+def agent_block(page: Any, agent: str) -> Any:
+    """All of an agent's part of the table: its row, the Failed line under it, its details."""
+    return page.locator(".awb-agent").filter(has=row(page, agent))
+
+
+def broken_images(page: Any) -> int:
+    """How many visible images in the panel show the browser's broken-image icon."""
+    return int(page.evaluate(
+        "() => Array.from(document.querySelectorAll('.awb-panel img'))"
+        ".filter(i => i.offsetParent && i.complete && i.naturalWidth === 0).length"))
+
+
 def pill(page: Any, agent: str, status: str) -> Any:
     """The status pill ``status`` in an agent's row."""
     return row(page, agent).locator(f".awb-pill-{status}")

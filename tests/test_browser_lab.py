@@ -51,7 +51,10 @@ def server(tmp_path_factory: pytest.TempPathFactory,
     root = tmp_path_factory.mktemp("browser-lab") / "ws"
     made = start_server(root, demo_experiments,
                         extra_args=["--LabApp.expose_app_in_browser=True",
-                                    "--JupyterNotebookApp.expose_app_in_browser=True"])
+                                    "--JupyterNotebookApp.expose_app_in_browser=True",
+                                    # Layouts saved by earlier runs (left area closed...)
+                                    # must not leak into this one, or out of it.
+                                    f"--LabApp.workspaces_dir={root.parent / 'workspaces'}"])
     shutil.copy(REPO / "notebooks" / "Agents.ipynb", root / "Agents.ipynb")
     try:
         yield made
@@ -98,7 +101,9 @@ def test_lab_panel_fits_connects_in_place_and_stays_in_view_after_create(
         page.set_viewport_size({"width": 1280, "height": 900})
         run_notebook(page, f"{server.url}lab/tree/Agents.ipynb?token={server.token}")
         pill(page, name, "Undeployed").wait_for()
-        page.wait_for_function(LEFT_OPEN)  # the file browser is open, as a newcomer has it
+        # The file browser open, as a newcomer has it.
+        page.evaluate("window.jupyterapp.shell.expandLeft()")
+        page.wait_for_function(LEFT_OPEN)
         at_widths(page, "Lab, file browser open, Classic RL")
         page.get_by_role("tab", name="Advanced Training").click()
         at_widths(page, "Lab, file browser open, Advanced Training")
@@ -137,7 +142,7 @@ def test_lab_panel_fits_connects_in_place_and_stays_in_view_after_create(
         assert api.agent(name)["connected"] is False
 
         # File browser closed: the panel gets the whole width, and still fits.
-        page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+        page.evaluate("window.jupyterapp.shell.collapseLeft()")
         page.wait_for_function(f"() => !({LEFT_OPEN})()")
         at_widths(page, "Lab, file browser closed")
 
