@@ -126,8 +126,11 @@ class ChatPlayground(widgets.VBox):
         self.live = widgets.HTML()  # the turn in flight: the prompt and the reply so far
         self.conversation = widgets.VBox([self.transcript, self.live])
         self.conversation.add_class("awb-chat-log")
+        # "auto" and stretched, not 100%: the widget's own margins came on top of 100% and
+        # pushed its right edge out of the playground's frame.
         self.prompt = widgets.Textarea(placeholder="Ask the agent something…",
-                                       layout=widgets.Layout(width="100%", height="64px"))
+                                       layout=widgets.Layout(width="auto", height="64px",
+                                                             align_self="stretch"))
         self.send_button = widgets.Button(description="Send", icon="paper-plane",
                                           button_style="primary")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
@@ -157,7 +160,8 @@ class ChatPlayground(widgets.VBox):
         self._sampling_controls()
 
         self.sessions = widgets.Select(options=[], rows=5, description="Sessions",
-                                       layout=widgets.Layout(width="100%"))
+                                       layout=widgets.Layout(width="auto",
+                                                             align_self="stretch"))
         self.load_button = widgets.Button(description="Load", icon="folder-open",
                                           tooltip="Show the chosen session and continue it")
         self.delete_button = widgets.Button(description="Delete", icon="trash",

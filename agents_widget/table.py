@@ -175,7 +175,7 @@ class AgentRow(widgets.VBox):
             grid_template_columns=grid_template(tab), width="100%", padding="4px 0"))
         self.grid.add_class("awb-row")
         # A Failed agent's reason: under the row, full width, not squeezed into Status.
-        self.reason = widgets.HTML(layout=widgets.Layout(display="none", width="100%"))
+        self.reason = widgets.HTML(layout=widgets.Layout(display="none", width="auto"))
         self.reason.add_class("awb-reason-line")
         self.details_box = widgets.Box(layout=widgets.Layout(width="100%"))
 

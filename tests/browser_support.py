@@ -234,9 +234,10 @@ def gone(locator: Any) -> None:
 # -- layout checks: clipped text and blank pages ------------------------------------------------
 
 # Text that does not fit its box: a button, table cell, header, label, dropdown or tab whose
-# content is wider (or, where text wraps, taller) than the box shows; plus controls sticking
-# out past the panel's right edge, where the notebook cuts them off. Scrollable boxes (code,
-# the chat log) are meant to scroll and are left out.
+# content is wider (or, where text wraps, taller) than the box shows; plus anything, text
+# fields and lists included, sticking out past the right edge of the panel or of a box that
+# clips it (a playground's frame). Scrollable boxes (code, the chat log) are meant to scroll,
+# so their own overflow is left out.
 CLIPPED_JS = r"""
 () => {
   const panel = document.querySelector('.awb-panel');
@@ -245,7 +246,17 @@ CLIPPED_JS = r"""
   const seen = new Set();
   const out = [];
   const selector = ['button', '.awb-td', '.awb-th', '.widget-label', 'label',
-    '.widget-html-content', '.lm-TabBar-tabLabel', 'select', '.widget-toggle-button'].join(',');
+    '.widget-html-content', '.lm-TabBar-tabLabel', 'select', '.widget-toggle-button',
+    'textarea', 'input'].join(',');
+  // The right edge of what shows ``el``: the panel, or a box between that clips its overflow.
+  const clipRight = el => {
+    let right = edge;
+    for (let up = el.parentElement; up && up !== panel; up = up.parentElement) {
+      if (getComputedStyle(up).overflowX !== 'visible')
+        right = Math.min(right, up.getBoundingClientRect().right);
+    }
+    return right;
+  };
   for (const el of panel.querySelectorAll(selector)) {
     if (seen.has(el) || !el.offsetParent) continue;
     seen.add(el);
@@ -253,18 +264,20 @@ CLIPPED_JS = r"""
     if (box.width === 0 || box.height === 0) continue;
     const style = getComputedStyle(el);
     const scrolls = v => ['auto', 'scroll'].includes(v);
-    if (scrolls(style.overflowX) || scrolls(style.overflowY)) continue;
-    const text = (el.innerText || el.value || '').trim().slice(0, 60);
-    const wide = el.scrollWidth > el.clientWidth + 1;
-    const tall = el.tagName !== 'SELECT' && el.scrollHeight > el.clientHeight + 2
+    const limit = clipRight(el);
+    const sticksOut = box.right > limit + 1;
+    const field = ['TEXTAREA', 'INPUT', 'SELECT'].includes(el.tagName);
+    if (!sticksOut && (field || scrolls(style.overflowX) || scrolls(style.overflowY))) continue;
+    const text = (el.innerText || el.value || el.placeholder || '').trim().slice(0, 60);
+    const wide = !field && el.scrollWidth > el.clientWidth + 1;
+    const tall = !field && el.scrollHeight > el.clientHeight + 2
       && style.overflowY !== 'visible';
-    const sticksOut = box.right > edge + 1;
-    if ((wide || tall || sticksOut) && (text || el.tagName === 'SELECT')) {
+    if ((wide || tall || sticksOut) && (text || field)) {
       out.push({what: el.tagName.toLowerCase() + '.' + String(el.className).split(' ')
                   .filter(c => c).slice(0, 3).join('.'),
                 text, scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
                 scrollHeight: el.scrollHeight, clientHeight: el.clientHeight,
-                right: Math.round(box.right), panelRight: Math.round(edge)});
+                right: Math.round(box.right), shownTo: Math.round(limit)});
     }
   }
   // A dropdown with a default must show it; a required choice (label ending in "*") starts
