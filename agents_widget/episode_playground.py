@@ -124,8 +124,10 @@ class EpisodePlayground(widgets.VBox):
         self.status = widgets.HTML(value=html.escape(spec_error))
         # Hidden until there is a GIF: an Image with no bytes shows the browser's broken-image
         # icon, before the first run and during it.
-        self.animation = widgets.Image(format="gif", layout=widgets.Layout(max_width="100%",
-                                                                           display="none"))
+        # A fixed width: stretched to a wide notebook's width the frames blur and the row
+        # grows taller than the window.
+        self.animation = widgets.Image(format="gif", layout=widgets.Layout(
+            width="480px", max_width="100%", height="auto", display="none"))
         self.summary = widgets.HTML()
         self.run_button.on_click(lambda _button: self.run())
         super().__init__(children=[

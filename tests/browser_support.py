@@ -322,8 +322,9 @@ def assert_not_blank(page: Any, where: str) -> None:
 
 def at_widths(page: Any, where: str, widths: tuple[int, ...] = (1280, 1440)) -> None:
     """``assert_fits`` at each window width (the height stays)."""
-    height = (page.viewport_size or VIEWPORT)["height"]
+    before = page.viewport_size or VIEWPORT
     for width in widths:
-        page.set_viewport_size({"width": width, "height": height})
+        page.set_viewport_size({"width": width, "height": before["height"]})
         page.wait_for_timeout(300)  # a relayout, and Lumino's resize handlers
         assert_fits(page, f"{where}, {width} px")
+    page.set_viewport_size(before)  # the steps (and screenshots) after go on as before
