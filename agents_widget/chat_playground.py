@@ -126,8 +126,11 @@ class ChatPlayground(widgets.VBox):
         self.live = widgets.HTML()  # the turn in flight: the prompt and the reply so far
         self.conversation = widgets.VBox([self.transcript, self.live])
         self.conversation.add_class("awb-chat-log")
+        # "auto" and stretched, not 100%: the widget's own margins came on top of 100% and
+        # pushed its right edge out of the playground's frame.
         self.prompt = widgets.Textarea(placeholder="Ask the agent something…",
-                                       layout=widgets.Layout(width="100%", height="64px"))
+                                       layout=widgets.Layout(width="auto", height="64px",
+                                                             align_self="stretch"))
         self.send_button = widgets.Button(description="Send", icon="paper-plane",
                                           button_style="primary")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
@@ -138,13 +141,15 @@ class ChatPlayground(widgets.VBox):
 
         self.max_new_tokens = widgets.BoundedIntText(
             value=DEFAULT_PARAMS["max_new_tokens"], min=1, max=MAX_NEW_TOKENS,
-            description="Max tokens", layout=widgets.Layout(width="190px"))
+            description="Max tokens", style={"description_width": "initial"},
+            layout=widgets.Layout(width="170px"))
         self.temperature = widgets.BoundedFloatText(
             value=DEFAULT_PARAMS["temperature"], min=0.0, max=10.0, step=0.1,
-            description="Temperature", layout=widgets.Layout(width="190px"))
+            description="Temperature", style={"description_width": "initial"},
+            layout=widgets.Layout(width="170px"))
         self.top_p = widgets.BoundedFloatText(
             value=DEFAULT_PARAMS["top_p"], min=0.01, max=1.0, step=0.05, description="Top p",
-            layout=widgets.Layout(width="170px"))
+            style={"description_width": "initial"}, layout=widgets.Layout(width="130px"))
         self.do_sample = widgets.Checkbox(
             value=DEFAULT_PARAMS["do_sample"], description="Sample", indent=False,
             tooltip="Off: greedy decoding (temperature and top p are then ignored)",
@@ -155,7 +160,8 @@ class ChatPlayground(widgets.VBox):
         self._sampling_controls()
 
         self.sessions = widgets.Select(options=[], rows=5, description="Sessions",
-                                       layout=widgets.Layout(width="100%"))
+                                       layout=widgets.Layout(width="auto",
+                                                             align_self="stretch"))
         self.load_button = widgets.Button(description="Load", icon="folder-open",
                                           tooltip="Show the chosen session and continue it")
         self.delete_button = widgets.Button(description="Delete", icon="trash",
@@ -228,7 +234,7 @@ class ChatPlayground(widgets.VBox):
 
     def new_session(self) -> Future[None]:
         """Clear the view; the next message starts a new session."""
-        return self._submit(self._show, None, [])
+        return self._submit(self._new_session)
 
     def refresh_sessions(self) -> Future[None]:
         """Reload the list of past sessions."""
@@ -311,6 +317,13 @@ class ChatPlayground(widgets.VBox):
         css = "awb-chat-error" if error else "awb-chat-empty"
         self.status.value = f"<div class='{css}'>{html.escape(text)}</div>" if text else ""
 
+    def _new_session(self) -> None:
+        self._show(None, [])
+        # The new session is not on the server until its first message: highlight nothing
+        # rather than the session that is no longer on show.
+        self.sessions.value = None
+        self._say("New session: the next message starts it.")
+
     def _show(self, session_id: str | None, messages: list[dict[str, str]]) -> None:
         self.session_id = session_id
         self.messages = messages
@@ -378,10 +391,14 @@ class ChatPlayground(widgets.VBox):
         chosen = self.sessions.value
         self.sessions.options = options
         ids = [value for _label, value in options]
-        if chosen in ids:
-            self.sessions.value = chosen
-        elif self.session_id in ids:
+        # The session on show is the one highlighted (the old one stayed highlighted after
+        # New session); otherwise what the user picked in the list stays picked.
+        if self.session_id in ids:
             self.sessions.value = self.session_id
+        elif chosen in ids:
+            self.sessions.value = chosen
+        else:
+            self.sessions.value = None
 
     def _load(self, session_id: str) -> None:
         response = self._http.get(f"{self.endpoint}/sessions/{session_id}",

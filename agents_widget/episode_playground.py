@@ -123,7 +123,12 @@ class EpisodePlayground(widgets.VBox):
         self.run_button = widgets.Button(description="Run episode", icon="play",
                                          button_style="primary", disabled=self.spec is None)
         self.status = widgets.HTML(value=html.escape(spec_error))
-        self.animation = widgets.Image(format="gif", layout=widgets.Layout(max_width="100%"))
+        # Hidden until there is a GIF: an Image with no bytes shows the browser's broken-image
+        # icon, before the first run and during it.
+        # A fixed width: stretched to a wide notebook's width the frames blur and the row
+        # grows taller than the window.
+        self.animation = widgets.Image(format="gif", layout=widgets.Layout(
+            width="480px", max_width="100%", height="auto", display="none"))
         self.summary = widgets.HTML()
         self.run_button.on_click(lambda _button: self.run())
         super().__init__(children=[
@@ -180,6 +185,7 @@ class EpisodePlayground(widgets.VBox):
         else:
             self.last_episode, self.last_error = episode, None
             self.animation.value = gif
+            self.animation.layout.display = ""
             self.summary.value = _summary_html(episode)
             self.status.value = (f"Seed {seed}: {episode.length} steps played against the live "
                                  f"endpoint in {time.perf_counter() - started:.1f} s.")

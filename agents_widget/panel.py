@@ -40,6 +40,7 @@ from workbench_core.discovery import ServerInfo, ServerNotFound
 from .client import AgentInfo, ApiError, Tab, WorkbenchClient, WorkbenchError
 from .details import DeploymentDetails
 from .poller import StatusPoller
+from .scroll import ScrollKeeper
 from .state import TAB_LABELS, TABS, PanelState, chevron_visible, toggle_connects
 from .table import AgentRow, AgentTable, RowActions
 from .tokens_view import AccessTokens
@@ -124,7 +125,8 @@ class AgentsPanel(widgets.VBox):
         self.new_button.on_click(lambda _b: self.open_wizard())
         self.retry_button.on_click(lambda _b: self.retry_discovery())
 
-        super().__init__([stylesheet(), topbar, self.notice, self.training_line,
+        self.scroll = ScrollKeeper()
+        super().__init__([stylesheet(), self.scroll, topbar, self.notice, self.training_line,
                           self.tokens_area, self.body],
                          layout=widgets.Layout(width="100%", padding="4px"))
         self.add_class("awb-panel")
@@ -429,9 +431,11 @@ class AgentsPanel(widgets.VBox):
             self.close_wizard()
             self.wizard = NewAgentWizard(
                 tab, self.state.sources(tab),
-                on_create=self.create_agent, on_cancel=self.close_wizard)
+                on_create=self.create_agent, on_cancel=self.close_wizard,
+                taken=[a.name for a in self.state.agents])
             self.wizard_area.children = [self.wizard]
             self.body.selected_index = 1
+            self.scroll.reveal()
         return self.wizard
 
     def close_wizard(self) -> None:
@@ -442,6 +446,9 @@ class AgentsPanel(widgets.VBox):
             self.body.selected_index = 0
             if wizard is not None:
                 wizard.close()
+                # The tables are shorter than the wizard was: keep the panel, and the line
+                # saying what happened, on screen instead of an empty area below it.
+                self.scroll.reveal()
 
     def create_agent(self, request: CreateRequest) -> Future[None]:
         """Create the agent the wizard describes; errors show inline in the wizard."""

@@ -12,6 +12,7 @@ to the panel, which does the HTTP work off the kernel's event loop. Example::
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,24 +22,31 @@ from .client import AgentInfo, Tab
 from .state import TAB_LABELS, chevron_visible, toggle_connects, toggle_label
 from .viewkit import close_tree, gap
 
-ACTIONS_WIDTH = "270px"
+# The buttons sit in one line when the notebook is wide and wrap onto two when it is narrow
+# (JupyterLab at 1280 px with the file browser open): a fixed width would push them past the
+# panel's edge, where the notebook cuts them off. Every row's grid has the same template and
+# only fixed minimums, so the columns line up from row to row whatever the cells hold.
+ACTIONS_WIDTH = "minmax(135px, 280px)"
+# Headers do not wrap: "Source Experiment" needs 150 px with its padding.
 COLUMNS: dict[Tab, list[tuple[str, str]]] = {
     "classic": [
-        ("Agent", "minmax(110px, 1fr)"),
-        ("Description", "minmax(140px, 1.6fr)"),
-        ("Source Experiment", "minmax(130px, 1.2fr)"),
-        ("Status", "minmax(130px, 1fr)"),
+        ("Agent", "minmax(100px, 1fr)"),
+        ("Description", "minmax(100px, 1.6fr)"),
+        ("Source Experiment", "minmax(150px, 1.2fr)"),
+        ("Status", "minmax(105px, 1fr)"),
         ("Actions", ACTIONS_WIDTH),
     ],
     "advanced": [
-        ("Agent", "minmax(110px, 1fr)"),
-        ("Description", "minmax(140px, 1.4fr)"),
-        ("Source Experiment", "minmax(130px, 1.1fr)"),
-        ("Base Model", "minmax(120px, 1.1fr)"),
-        ("Status", "minmax(130px, 1fr)"),
+        ("Agent", "minmax(100px, 1fr)"),
+        ("Description", "minmax(100px, 1.4fr)"),
+        ("Source Experiment", "minmax(150px, 1.1fr)"),
+        ("Base Model", "minmax(110px, 1.1fr)"),
+        ("Status", "minmax(105px, 1fr)"),
         ("Actions", ACTIONS_WIDTH),
     ],
 }
+# A base model inside the workspace: shown as "experiment · step N" (the path is the tooltip).
+WORKSPACE_MODEL = re.compile(r"^(?:.*/)?experiments/([^/]+)/checkpoints/step_(\d+)(?:\.\w+)?/?$")
 
 
 def grid_template(tab: Tab) -> str:
@@ -47,8 +55,8 @@ def grid_template(tab: Tab) -> str:
 
 
 def status_html(agent: AgentInfo) -> str:
-    """A coloured status pill; a Failed row also shows its reason, and a Pending one whose
-    worker is restarting says why."""
+    """A coloured status pill; a Pending one whose worker is restarting says why (a Failed
+    row's reason goes under the row: :func:`reason_html`)."""
     pill = f"<span class='awb-pill awb-pill-{agent.status}'>{agent.status}</span>"
     if agent.status == "Pending" and agent.error:
         # The worker died while serving and is being restarted (deployer._worker_exited).
@@ -56,9 +64,32 @@ def status_html(agent: AgentInfo) -> str:
                  + "'>restarting…</span>")
     elif agent.status == "Pending":
         pill += " <span class='awb-hint'>loading…</span>"
-    if agent.status == "Failed" and agent.error:
-        pill += f"<div class='awb-reason'>{html.escape(agent.error)}</div>"
     return pill
+
+
+def reason_html(agent: AgentInfo) -> str:
+    """Why a Failed agent failed, for the full-width line under its row ("" otherwise).
+
+    The first line is the reason in the user's terms; what follows it (the library's own
+    error, a traceback) is folded away under "Details", open on demand.
+    """
+    if agent.status != "Failed" or not agent.error:
+        return ""
+    summary, _, rest = agent.error.strip().partition("\n")
+    folded = (f"<details><summary>Details</summary><pre>{html.escape(rest.strip())}</pre>"
+              "</details>") if rest.strip() else ""
+    return (f"<div class='awb-reason'><b>Failed:</b> {html.escape(summary.strip())}"
+            f"{folded}</div>")
+
+
+def base_model_html(base_model: str | None) -> str:
+    """The Base Model cell: short for a checkpoint in the workspace, the full value on hover."""
+    if not base_model:
+        return "<span class='awb-hint'>—</span>"
+    found = WORKSPACE_MODEL.match(base_model)
+    shown = (f"{html.escape(found[1])}<br><span class='awb-hint'>step {int(found[2]):,}</span>"
+             if found else html.escape(base_model))
+    return f"<span title='{html.escape(base_model, quote=True)}'>{shown}</span>"
 
 
 @dataclass(frozen=True)
@@ -112,7 +143,8 @@ class AgentRow(widgets.VBox):
         self.base_model_cell = widgets.HTML() if tab == "advanced" else None
         self.status_cell = widgets.HTML()
 
-        self.toggle_button = widgets.Button(layout=widgets.Layout(width="105px"))
+        # Wide enough for "Disconnect" and its icon, the longest label it takes.
+        self.toggle_button = widgets.Button(layout=widgets.Layout(width="122px"))
         self.delete_button = widgets.Button(description="Delete", icon="trash",
                                             layout=widgets.Layout(width="85px"),
                                             tooltip=f"Delete {agent.name}")
@@ -124,7 +156,8 @@ class AgentRow(widgets.VBox):
             icon="power-off", layout=widgets.Layout(width="40px", display="none"),
             tooltip=f"Disconnect {agent.name}: stop trying to serve it")
         self.buttons = gap(widgets.HBox([self.toggle_button, self.delete_button,
-                                         self.chevron, self.disconnect_button]), 4)
+                                         self.chevron, self.disconnect_button],
+                                        layout=widgets.Layout(flex_flow="row wrap")), 4)
         # The delete confirmation is built on the first Delete click: most rows never need
         # it, and its widgets were a fifth of a row's cost in a 200-agent table.
         self._confirm: DeleteConfirmation | None = None
@@ -141,6 +174,9 @@ class AgentRow(widgets.VBox):
         self.grid = widgets.GridBox(cells, layout=widgets.Layout(
             grid_template_columns=grid_template(tab), width="100%", padding="4px 0"))
         self.grid.add_class("awb-row")
+        # A Failed agent's reason: under the row, full width, not squeezed into Status.
+        self.reason = widgets.HTML(layout=widgets.Layout(display="none", width="auto"))
+        self.reason.add_class("awb-reason-line")
         self.details_box = widgets.Box(layout=widgets.Layout(width="100%"))
 
         self.toggle_button.on_click(lambda _b: self._actions.toggle(self.name))
@@ -148,7 +184,9 @@ class AgentRow(widgets.VBox):
         self.chevron.on_click(lambda _b: self._actions.expand(self.name))
         self.disconnect_button.on_click(lambda _b: self._actions.disconnect(self.name))
 
-        super().__init__([self.grid, self.details_box], layout=widgets.Layout(width="100%"))
+        super().__init__([self.grid, self.reason, self.details_box],
+                         layout=widgets.Layout(width="100%"))
+        self.add_class("awb-agent")
         self.update(agent)
 
     # -- values --------------------------------------------------------------------------------
@@ -169,9 +207,12 @@ class AgentRow(widgets.VBox):
             f"{html.escape(agent.experiment)}<br><span class='awb-hint'>"
             f"{html.escape(agent.checkpoint_rule)}{step}</span>")
         if self.base_model_cell is not None:
-            self.base_model_cell.value = html.escape(agent.base_model or "") or (
-                "<span class='awb-hint'>—</span>")
+            self.base_model_cell.value = base_model_html(agent.base_model)
         self.status_cell.value = status_html(agent)
+        reason = reason_html(agent)
+        if self.reason.value != reason:
+            self.reason.value = reason
+        self.reason.layout.display = "" if reason else "none"
         if not self.busy:
             self.toggle_button.description = toggle_label(agent)
             self.toggle_button.disabled = False
@@ -182,7 +223,9 @@ class AgentRow(widgets.VBox):
             "success" if connects else "")
         self.toggle_button.icon = "redo" if retry else ("plug" if connects else "power-off")
         self.toggle_button.tooltip = (
-            f"Load {agent.name} again and turn its endpoint on" if retry else "")
+            f"Load {agent.name} again and turn its endpoint on" if retry
+            else f"Load {agent.name} and turn its endpoint on" if connects
+            else f"Turn {agent.name}'s endpoint off (the agent stays, Undeployed)")
         self.chevron.layout.visibility = "visible" if visible else "hidden"
         self.chevron.layout.display = "none" if retry else ""
         self.chevron.disabled = not visible

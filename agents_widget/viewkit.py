@@ -15,8 +15,9 @@ CSS = """
 .awb-title { font-size: 1.35em; font-weight: 600; }
 .awb-subtitle { color: var(--jp-ui-font-color2, #666); }
 .awb-th { font-weight: 600; color: var(--jp-ui-font-color1, #222);
-  border-bottom: 1px solid var(--jp-border-color1, #bbb); padding: 4px 6px; }
-.awb-td { padding: 2px 6px; align-self: center; overflow: hidden; }
+  border-bottom: 1px solid var(--jp-border-color1, #bbb); padding: 4px 6px; white-space: nowrap; }
+.awb-td { padding: 2px 6px; align-self: center; overflow: hidden; overflow-wrap: anywhere; }
+.awb-td .widget-html-content, .awb-th .widget-html-content { line-height: 1.45; }
 .awb-row { border-bottom: 1px solid var(--jp-border-color3, #eee); align-items: center; }
 .awb-dim { opacity: 0.55; }
 .awb-chosen { background: var(--jp-brand-color3, #bbdefb); opacity: 1; }
@@ -26,7 +27,13 @@ CSS = """
 .awb-pill-Pending { background: #ef6c00; }
 .awb-pill-Deployed { background: #2e7d32; }
 .awb-pill-Failed { background: #c62828; }
-.awb-reason { color: #c62828; font-size: 0.85em; line-height: 1.3; white-space: normal; }
+.awb-reason { color: #c62828; line-height: 1.4; white-space: normal; overflow-wrap: anywhere;
+  padding: 2px 6px 6px 6px; }
+.awb-reason details { color: var(--jp-ui-font-color1, #222); margin-top: 2px; }
+.awb-reason summary { cursor: pointer; color: var(--jp-ui-font-color2, #666); }
+.awb-reason pre { white-space: pre-wrap; font-size: 0.9em; margin: 4px 0 0 0; max-height: 240px;
+  overflow: auto; }
+.awb-topbar .jupyter-button { width: auto; flex: 0 0 auto; }
 .awb-error { color: #c62828; white-space: pre-wrap; }
 .awb-hint { color: var(--jp-ui-font-color2, #666); font-size: 0.9em; }
 .awb-info { background: var(--jp-layout-color2, #f3f6fa); border-radius: 4px; padding: 8px 10px;

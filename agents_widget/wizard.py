@@ -20,8 +20,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .charts import has_series, score_chart
+from .charts import COLOURS, TITLES, has_series
 from .client import CheckpointInfo, ExperimentInfo, Tab
+from .score_chart import ScoreChart
 from .state import (
     TAB_LABELS,
     chosen_step,
@@ -36,7 +37,7 @@ TABLE_COLUMNS = "40px 110px 150px 150px"
 RULE_HELP = {
     "best": "Best: the checkpoint with the highest evaluation score.",
     "final": "Final: the checkpoint saved last (highest step).",
-    "specific": "Specific: pick any checkpoint in the table.",
+    "specific": "Specific: pick any checkpoint in the table, or click its dot on a chart.",
 }
 LATENT_FRAMEWORK = "latent_ppo"
 DECODER_FRAMEWORKS = ("torch",)
@@ -45,6 +46,36 @@ AGENT_INFO = (
     "HTTP endpoint with its own API key. It starts <i>Undeployed</i>; click <b>Connect</b> on "
     "its row to load it and turn the endpoint on, and <b>Disconnect</b> to turn it off again."
 )
+
+
+def name_example(experiments: Sequence[ExperimentInfo]) -> str:
+    """The name field's placeholder: a name made from this tab's first source experiment."""
+    return f"e.g. {experiments[0].name}-agent" if experiments else "e.g. my-agent"
+
+
+def score_notes(experiment: ExperimentInfo) -> list[str]:
+    """What each score of ``experiment`` measures, as HTML lines under the charts.
+
+    From what the training run recorded in experiment.json (``extra``); an LLM's training
+    score is minus its loss, so it is negative, which the note says in so many words.
+    """
+    notes = []
+    for field in ("training_score", "evaluation_score"):
+        meaning = experiment.extra.get(field)
+        values = [v for c in experiment.checkpoints
+                  if (v := getattr(c, field)) is not None]
+        values += [v for m in experiment.metrics if (v := getattr(m, field)) is not None]
+        minus_loss = isinstance(meaning, str) and meaning.lower().startswith("minus")
+        if not isinstance(meaning, str) and experiment.framework == "transformers" and (
+                field == "training_score" and values and max(values) <= 0):
+            meaning, minus_loss = "minus the training loss", True
+        if not isinstance(meaning, str) or not meaning:
+            continue
+        line = f"<b>{TITLES[field]}</b>: {html.escape(meaning)}"
+        if minus_loss and values and max(values) <= 0:
+            line += ", so it is below 0: higher (closer to 0) is better"
+        notes.append(line + ".")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -106,8 +137,11 @@ class NewAgentWizard(widgets.VBox):
 
     def __init__(self, tab: Tab, experiments: Sequence[ExperimentInfo],
                  on_create: Callable[[CreateRequest], object],
-                 on_cancel: Callable[[], None]) -> None:
+                 on_cancel: Callable[[], None], taken: Iterable[str] = ()) -> None:
         self.tab = tab
+        # Names of the agents that exist, so a duplicate is caught as it is typed (the
+        # server still has the last word at Create, for one made elsewhere meanwhile).
+        self.taken = frozenset(taken)
         self.experiments = {e.name: e for e in experiments}
         self._on_create = on_create
         self._on_cancel = on_cancel
@@ -123,7 +157,7 @@ class NewAgentWizard(widgets.VBox):
         self.steps_bar = widgets.HTML()
 
         # Step 1: Details
-        self.name = widgets.Text(description="Name *", placeholder="e.g. cartpole-agent",
+        self.name = widgets.Text(description="Name *", placeholder=name_example(experiments),
                                  continuous_update=True,
                                  layout=widgets.Layout(width="440px"),
                                  style={"description_width": "150px"})
@@ -139,9 +173,11 @@ class NewAgentWizard(widgets.VBox):
             tooltip=f"Experiments of this project type with checkpoints, with their {source_kind}",
             layout=widgets.Layout(width="440px"), style={"description_width": "150px"})
         # Where the agent runs: the server's default, this server, or Ray Serve replicas.
+        # "" rather than None for the default: a Dropdown reads None as "nothing selected"
+        # and shows an empty box.
         self.backend = widgets.Dropdown(
-            description="Backend", value=None,
-            options=[("Server default", None), ("Local (this server)", "local"),
+            description="Backend", value="",
+            options=[("Server default", ""), ("Local (this server)", "local"),
                      ("Ray Serve", "ray")],
             layout=widgets.Layout(width="440px"), style={"description_width": "150px"})
         info = widgets.HTML(f"<div class='awb-info'>{AGENT_INFO}</div>",
@@ -160,9 +196,10 @@ class NewAgentWizard(widgets.VBox):
         self.table = widgets.GridBox(layout=widgets.Layout(
             grid_template_columns=TABLE_COLUMNS, max_height="260px", overflow="auto",
             width="fit-content", border="1px solid var(--jp-border-color2, #ddd)"))
-        self.training_chart = widgets.Image(format="png", layout=widgets.Layout(width="440px"))
-        self.evaluation_chart = widgets.Image(format="png", layout=widgets.Layout(width="440px"))
-        self.charts = widgets.HBox([self.training_chart, self.evaluation_chart])
+        self.training_chart, self.evaluation_chart = (self._chart(field) for field in (
+            "training_score", "evaluation_score"))
+        self.charts = gap(widgets.HBox([self.training_chart, self.evaluation_chart],
+                                       layout=widgets.Layout(flex_flow="row wrap")), 12)
         self.charts_note = widgets.HTML()
         self.decoder = widgets.Dropdown(
             description="Decoder *", options=[], value=None,
@@ -202,6 +239,12 @@ class NewAgentWizard(widgets.VBox):
         self.go_to(0)
         self._on_details_change()
 
+    def _chart(self, field: str) -> ScoreChart:
+        """A score chart whose dots choose their checkpoint."""
+        chart = ScoreChart(TITLES[field], colour=COLOURS[field])
+        chart.on_pick(self.pick)
+        return chart
+
     # -- navigation ----------------------------------------------------------------------------
 
     @property
@@ -231,7 +274,9 @@ class NewAgentWizard(widgets.VBox):
     @property
     def details_complete(self) -> bool:
         """Name (trimmed, valid) and source experiment are set."""
-        return bool(NAME_RE.match(self.name.value.strip())) and self.source.value is not None
+        name = self.name.value.strip()
+        return (bool(NAME_RE.match(name)) and name not in self.taken
+                and self.source.value is not None)
 
     def _on_details_change(self, _change: Any = None) -> None:
         name = self.name.value.strip()
@@ -239,6 +284,10 @@ class NewAgentWizard(widgets.VBox):
             self.name_hint.value = (
                 "<span class='awb-hint'>Use 1-100 letters, digits, '.', '_' or '-', starting "
                 "with a letter or digit.</span>")
+        elif name in self.taken:
+            self.name_hint.value = (
+                f"<span class='awb-error'>An agent named {html.escape(name)} already exists; "
+                "pick another name.</span>")
         else:
             self.name_hint.value = ""
         self.next_button.disabled = not self.details_complete
@@ -293,18 +342,26 @@ class NewAgentWizard(widgets.VBox):
     def _render_charts(self, experiment: ExperimentInfo) -> None:
         metrics = experiment.metrics
         shown = []
-        for field, image in (("training_score", self.training_chart),
+        for field, chart in (("training_score", self.training_chart),
                              ("evaluation_score", self.evaluation_chart)):
-            if has_series(metrics, field):
-                image.value = score_chart(metrics, field)
-                image.layout.display = ""
+            points = [(m.step, value) for m in metrics
+                      if (value := getattr(m, field)) is not None]
+            marks = [(c.step, value) for c in experiment.checkpoints
+                     if (value := getattr(c, field)) is not None]
+            if has_series(metrics, field) or marks:
+                chart.points = [list(p) for p in points]
+                chart.marks = [list(m) for m in marks]
+                chart.layout.display = ""
                 shown.append(field)
             else:
-                image.value = b""
-                image.layout.display = "none"
+                chart.points, chart.marks = [], []
+                chart.layout.display = "none"
+        notes = score_notes(experiment)
         self.charts_note.value = "" if shown else (
             "<span class='awb-hint'>No metrics were logged for this experiment, so there are "
             "no charts.</span>")
+        if shown and notes:
+            self.charts_note.value = f"<div class='awb-hint'>{'<br>'.join(notes)}</div>"
 
     def _on_rule_change(self, _change: Any = None) -> None:
         self._render_table()
@@ -332,7 +389,13 @@ class NewAgentWizard(widgets.VBox):
         self._row_widgets = cells
         for widget in old:
             widget.close()  # rows are rebuilt on every rule change: free the old ones
+        self._mark_charts()
         self._update_create()
+
+    def _mark_charts(self) -> None:
+        """Ring the chosen checkpoint on both charts (none for Specific before a pick)."""
+        for chart in (self.training_chart, self.evaluation_chart):
+            chart.chosen = self.chosen_step
 
     def _table_row(self, ckpt: CheckpointInfo, chosen: int | None,
                    interactive: bool) -> list[widgets.Widget]:
@@ -372,10 +435,13 @@ class NewAgentWizard(widgets.VBox):
                     cell.add_class("awb-chosen")
                 else:
                     cell.remove_class("awb-chosen")
+        self._mark_charts()
         self._update_create()
 
     def pick(self, step: int) -> None:
-        """Choose Specific and the checkpoint at ``step`` (what clicking its radio does)."""
+        """Choose Specific and the checkpoint at ``step`` (its radio, or its dot on a chart)."""
+        if step not in self._radios:
+            return
         self.rule.value = "specific"
         self._radios[step].value = step
 
@@ -402,7 +468,7 @@ class NewAgentWizard(widgets.VBox):
                 return None
             name, decoder_step = self.decoder.value
             options = {"decoder": {"experiment": name, "step": decoder_step}}
-        if self.backend.value is not None:
+        if self.backend.value:
             options = {**(options or {}), "backend": self.backend.value}
         rule = str(self.rule.value)
         return CreateRequest(

@@ -129,6 +129,18 @@ def row(page: Any, agent: str) -> Any:
         has=page.locator(".awb-td b", has_text=re.compile(f"^{re.escape(agent)}$")))
 
 
+def agent_block(page: Any, agent: str) -> Any:
+    """All of an agent's part of the table: its row, the Failed line under it, its details."""
+    return page.locator(".awb-agent").filter(has=row(page, agent))
+
+
+def broken_images(page: Any) -> int:
+    """How many visible images in the panel show the browser's broken-image icon."""
+    return int(page.evaluate(
+        "() => Array.from(document.querySelectorAll('.awb-panel img'))"
+        ".filter(i => i.offsetParent && i.complete && i.naturalWidth === 0).length"))
+
+
 def pill(page: Any, agent: str, status: str) -> Any:
     """The status pill ``status`` in an agent's row."""
     return row(page, agent).locator(f".awb-pill-{status}")
@@ -217,3 +229,102 @@ def gone(locator: Any) -> None:
 
     expect(locator).to_be_hidden(timeout=STEP_MS)
 
+
+
+# -- layout checks: clipped text and blank pages ------------------------------------------------
+
+# Text that does not fit its box: a button, table cell, header, label, dropdown or tab whose
+# content is wider (or, where text wraps, taller) than the box shows; plus anything, text
+# fields and lists included, sticking out past the right edge of the panel or of a box that
+# clips it (a playground's frame). Scrollable boxes (code, the chat log) are meant to scroll,
+# so their own overflow is left out.
+CLIPPED_JS = r"""
+() => {
+  const panel = document.querySelector('.awb-panel');
+  if (!panel) return [{what: 'no .awb-panel on the page'}];
+  const edge = panel.getBoundingClientRect().right;
+  const seen = new Set();
+  const out = [];
+  const selector = ['button', '.awb-td', '.awb-th', '.widget-label', 'label',
+    '.widget-html-content', '.lm-TabBar-tabLabel', 'select', '.widget-toggle-button',
+    'textarea', 'input'].join(',');
+  // The right edge of what shows ``el``: the panel, or a box between that clips its overflow.
+  const clipRight = el => {
+    let right = edge;
+    for (let up = el.parentElement; up && up !== panel; up = up.parentElement) {
+      if (getComputedStyle(up).overflowX !== 'visible')
+        right = Math.min(right, up.getBoundingClientRect().right);
+    }
+    return right;
+  };
+  for (const el of panel.querySelectorAll(selector)) {
+    if (seen.has(el) || !el.offsetParent) continue;
+    seen.add(el);
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const style = getComputedStyle(el);
+    const scrolls = v => ['auto', 'scroll'].includes(v);
+    const limit = clipRight(el);
+    const sticksOut = box.right > limit + 1;
+    const field = ['TEXTAREA', 'INPUT', 'SELECT'].includes(el.tagName);
+    if (!sticksOut && (field || scrolls(style.overflowX) || scrolls(style.overflowY))) continue;
+    const text = (el.innerText || el.value || el.placeholder || '').trim().slice(0, 60);
+    const wide = !field && el.scrollWidth > el.clientWidth + 1;
+    const tall = !field && el.scrollHeight > el.clientHeight + 2
+      && style.overflowY !== 'visible';
+    if ((wide || tall || sticksOut) && (text || field)) {
+      out.push({what: el.tagName.toLowerCase() + '.' + String(el.className).split(' ')
+                  .filter(c => c).slice(0, 3).join('.'),
+                text, scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+                scrollHeight: el.scrollHeight, clientHeight: el.clientHeight,
+                right: Math.round(box.right), shownTo: Math.round(limit)});
+    }
+  }
+  // A dropdown with a default must show it; a required choice (label ending in "*") starts
+  // empty on purpose.
+  for (const select of panel.querySelectorAll('select:not([multiple])')) {
+    const label = (select.closest('.widget-dropdown')?.querySelector('label')?.innerText
+                   || '').trim();
+    if (select.offsetParent && select.selectedIndex < 0 && select.options.length
+        && !label.endsWith('*'))
+      out.push({what: 'select shows blank', text: label});
+  }
+  return out;
+}
+"""
+
+
+def clipped(page: Any) -> list[dict[str, Any]]:
+    """What in the panel has its text cut off (see ``CLIPPED_JS``); [] when all fits."""
+    return list(page.evaluate(CLIPPED_JS))
+
+
+def assert_fits(page: Any, where: str) -> None:
+    """Fail, naming each element, when any text in the panel is clipped."""
+    found = clipped(page)
+    assert not found, f"clipped text at {where}: {found}"
+
+
+def assert_not_blank(page: Any, where: str) -> None:
+    """The panel is on screen with something in it: never a blank area after an action.
+
+    Part of the panel must lie inside the viewport (in the notebook's scrolled area too) and
+    show text there.
+    """
+    state = page.evaluate(
+        "() => { const p = document.querySelector('.awb-panel'); if (!p) return 'no panel';"
+        " const r = p.getBoundingClientRect();"
+        " if (r.bottom < 40 || r.top > window.innerHeight - 40) return 'panel off screen: '"
+        " + Math.round(r.top) + '..' + Math.round(r.bottom);"
+        " return p.innerText.trim() ? '' : 'panel empty'; }")
+    assert not state, f"blank page after {where}: {state}"
+
+
+def at_widths(page: Any, where: str, widths: tuple[int, ...] = (1280, 1440)) -> None:
+    """``assert_fits`` at each window width (the height stays)."""
+    before = page.viewport_size or VIEWPORT
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": before["height"]})
+        page.wait_for_timeout(300)  # a relayout, and Lumino's resize handlers
+        assert_fits(page, f"{where}, {width} px")
+    page.set_viewport_size(before)  # the steps (and screenshots) after go on as before

@@ -25,6 +25,10 @@ import requests
 from tests.browser_support import (
     Api,
     Shots,
+    agent_block,
+    assert_not_blank,
+    at_widths,
+    broken_images,
     button,
     clipboard,
     details_part,
@@ -104,6 +108,7 @@ def test_empty_workspace_shows_both_tabs_and_gates_new_agent(tmp_path: Path,
         assert "No Classic RL experiment has checkpoints" in tooltip
         assert "start_experiment" in tooltip  # says what to do about it
         shown(page.get_by_text("No Classic RL experiment with checkpoints yet"))
+        at_widths(page, "Voila, empty Classic RL")
         shots.take(page, "classic-empty")
 
         page.get_by_role("tab", name="Advanced Training").click()
@@ -131,11 +136,16 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
     steps_available = sorted(c["step"] for c in experiment["checkpoints"])
     picked = steps_available[len(steps_available) // 2]
     name = "walkthrough"
+    taken = "already-here"
+    api.create(taken, "cartpole-dqn")
     seen: dict[str, Any] = {}
 
     def wizard(page: Any) -> None:
         open_app(page, page_url(app))
         assert visible_headers(page) == CLASSIC_HEADERS
+        # A visitor sees the panel, not notes for whoever runs the server.
+        assert "AGENTS_WORKBENCH_URL" not in page.inner_text("body")
+        at_widths(page, "Voila, Classic RL")
         shots.take(page, "classic-tab")
         button(page, "New Agent").click()
         wizard = page.locator(".awb-wizard")
@@ -147,6 +157,10 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         page.get_by_label("Name *").fill("not a name!")
         wizard.get_by_text("Use 1-100 letters, digits").wait_for()
         assert next_button.is_disabled()
+        # A name in use is caught here, as it is typed, not at Create on the next step.
+        page.get_by_label("Name *").fill(taken)
+        wizard.get_by_text(f"An agent named {taken} already exists").wait_for()
+        assert next_button.is_disabled()
         page.get_by_label("Name *").fill(name)
         page.get_by_label("Description").fill("CartPole, made in the browser")
         source = page.get_by_label("Source experiment *")
@@ -154,21 +168,32 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         source.select_option(index=labels.index("cartpole-dqn (CartPole-v1)"))
         page.wait_for_function("b => !b.disabled", arg=next_button.element_handle())
         gone(wizard.get_by_text("Use 1-100 letters"))
+        gone(wizard.get_by_text("already exists"))
+        assert page.get_by_label("Backend").evaluate(
+            "s => s.options[s.selectedIndex].text").replace("\xa0", " ") == "Server default"
+        at_widths(page, "Voila, wizard Details")
         shots.take(page, "wizard-details", docs="wizard-details")
         next_button.click()
 
-        # Checkpoint: the table and both score charts; each rule highlights its pick.
+        # Checkpoint: the table and both score charts; each rule highlights its pick, on
+        # the charts too.
         wizard.get_by_text("Best: the checkpoint with the highest evaluation score").wait_for()
-        charts = wizard.locator("img").filter(visible=True)
-        wait_until(lambda: charts.count() == 2 and all(
-            c.evaluate("i => i.complete && i.naturalWidth > 0") for c in charts.all()),
-            timeout=20, what="both score charts")
+        charts = wizard.locator(".awb-chart svg").filter(visible=True)
+        wait_until(lambda: charts.count() == 2, timeout=20, what="both score charts")
         chosen = wizard.locator(".awb-chosen")
 
         def chosen_step() -> int:
             return int(chosen.nth(1).inner_text().replace(",", ""))
 
-        assert chosen_step() == best_step(experiment["checkpoints"])
+        def ringed() -> list[str]:
+            return [str(d.get_attribute("data-step"))
+                    for d in wizard.locator(".awb-chart-chosen").all()]
+
+        best = best_step(experiment["checkpoints"])
+        assert chosen_step() == best
+        wait_until(lambda: ringed() == [str(best)] * 2, timeout=15,
+                   what="the Best checkpoint marked on both charts")
+        at_widths(page, "Voila, wizard Checkpoint")
         shots.take(page, "wizard-checkpoint-best", docs="wizard-checkpoint")
         button(page, "Final", wizard).click()
         wait_until(lambda: chosen_step() == steps_available[-1], timeout=15,
@@ -184,6 +209,18 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         radios.nth(index // 4).check()
         wait_until(lambda: "awb-chosen" in (step_cell.get_attribute("class") or ""),
                    timeout=15, what="the picked row highlighted")
+        wait_until(lambda: ringed() == [str(picked)] * 2, timeout=15,
+                   what="the picked checkpoint marked on both charts")
+        # A dot on a chart chooses its checkpoint too: the last one, then back to the pick.
+        last = steps_available[-1]
+        wizard.locator(f".awb-chart-point[data-step='{last}']").first.click()
+        wait_until(lambda: ringed() == [str(last)] * 2, timeout=15,
+                   what="the clicked checkpoint chosen")
+        last_cell = wizard.locator(".awb-td", has_text=re.compile(f"^{last:,}$"))
+        assert "awb-chosen" in (last_cell.get_attribute("class") or "")
+        wizard.locator(f".awb-chart-point[data-step='{picked}']").last.click()
+        wait_until(lambda: "awb-chosen" in (step_cell.get_attribute("class") or ""),
+                   timeout=15, what="the picked row highlighted again")
         shots.take(page, "wizard-checkpoint-specific")
         page.wait_for_function("b => !b.disabled", arg=create.element_handle())
         create.click()
@@ -191,6 +228,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         # Back on the table: the new row, Undeployed, with no chevron yet.
         pill(page, name, "Undeployed").wait_for()
         page.get_by_text(f"Created {name} (Undeployed)").wait_for()
+        assert_not_blank(page, "Create")
         chevron = row(page, name).locator("button:has(i.fa-chevron-down)")
         gone(chevron)
         shots.take(page, "created")
@@ -201,6 +239,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         pill(page, name, "Deployed").wait_for()
         assert page.evaluate("window.__awbSamePage === true")
         shown(chevron)
+        assert_not_blank(page, "Connect")
         agent = api.agent(name)
         assert agent["checkpoint_step"] == picked
         assert agent["description"] == "CartPole, made in the browser"
@@ -212,6 +251,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         value.wait_for()
         key = agent["api_key"]
         assert key not in page.content()
+        at_widths(page, "Voila, the expanded row")
         shots.take(page, "expanded-masked", docs="expanded-row")
         button(page, "Reveal").click()
         page.wait_for_function("k => document.querySelector('.aw-kt-value').textContent === k",
@@ -273,6 +313,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         page.locator(".awb-row button.mod-danger", has_text="Delete").click()
         row(page, name).wait_for(state="detached")
         assert api("GET", f"agents/{name}").status_code == 404
+        assert_not_blank(page, "Delete")
         shots.take(page, "deleted")
 
     def all_steps(page: Any) -> None:
@@ -280,7 +321,10 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         run_snippet()
         rotate_disconnect_delete(page)
 
-    in_browser(app.url, all_steps, shots)
+    try:
+        in_browser(app.url, all_steps, shots)
+    finally:
+        api("DELETE", f"agents/{taken}")
 
 
 def best_step(checkpoints: list[dict[str, Any]]) -> int:
@@ -306,8 +350,21 @@ def test_failed_agent_shows_its_reason_and_retry_reconnects(app: VoilaApp, api: 
         pill(page, name, "Failed").wait_for()
         reason = api.agent(name)["error"]
         assert reason
-        on_page = row(page, name).locator(".awb-reason").inner_text()
-        assert on_page.strip() == reason.strip()
+        # Under the row, full width: its first line on show, the rest folded away.
+        line = agent_block(page, name).locator(".awb-reason")
+        shown(line)
+        assert row(page, name).locator(".awb-reason").count() == 0  # not in Status
+        summary, _, rest = reason.strip().partition("\n")
+        assert line.evaluate("e => e.firstChild.nextSibling.textContent").strip() == (
+            summary.strip())
+        assert line.locator("details").count() == (1 if rest.strip() else 0)
+        assert line.locator("details[open]").count() == 0
+        box = line.bounding_box()
+        grid = row(page, name).bounding_box()
+        assert box is not None
+        assert grid is not None
+        assert box["width"] >= grid["width"] * 0.9
+        at_widths(page, "Voila, a Failed row")
         # Still switched on: Retry reconnects, the power button switches it off.
         shown(button(page, "Retry", row(page, name)))
         shown(row(page, name).locator("button:has(i.fa-power-off)"))
@@ -317,7 +374,7 @@ def test_failed_agent_shows_its_reason_and_retry_reconnects(app: VoilaApp, api: 
         checkpoint.write_bytes(good)  # the user fixes the file, then retries
         button(page, "Retry", row(page, name)).click()
         pill(page, name, "Deployed").wait_for()
-        gone(row(page, name).locator(".awb-reason"))
+        gone(agent_block(page, name).locator(".awb-reason"))
         shots.take(page, "retried")
         button(page, "Disconnect", row(page, name)).click()
         pill(page, name, "Undeployed").wait_for()
@@ -341,7 +398,13 @@ def test_episode_playground_plays_an_animation(app: VoilaApp, api: Api, shots: S
         pill(page, name, "Deployed").wait_for()
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
         page.get_by_text("Run an episode").click()
-        button(page, "Run episode").click()
+        run = button(page, "Run episode")
+        run.wait_for()
+        # No broken-image icon where the animation will be, before the first run or during it.
+        assert broken_images(page) == 0
+        at_widths(page, "Voila, the episode playground")
+        run.click()
+        assert broken_images(page) == 0
         page.get_by_text("steps played against the live endpoint").wait_for(timeout=120_000)
         animation = page.locator(".awb-details img").filter(visible=True)
         wait_until(lambda: animation.evaluate("i => i.complete && i.naturalWidth > 0"),

@@ -18,6 +18,7 @@ import pytest
 from tests.browser_support import (
     Api,
     Shots,
+    at_widths,
     button,
     details_part,
     in_browser,
@@ -80,6 +81,7 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
         open_app(page, f"{app.url}?token={app.token}")
         page.get_by_role("tab", name="Advanced Training").click()
         pill(page, name, "Deployed").wait_for()
+        at_widths(page, "Voila, Advanced Training")  # the Base Model cell, the headers
         shots.take(page, "advanced-tab", docs="advanced-tab")
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
         page.get_by_text("Chat playground").click()
@@ -120,8 +122,24 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
                 timeout=120_000)
             second = transcript.last.evaluate(REPLY_TEXT)
             assert second.strip() == "The capital of Germany is Berlin.", second
+        at_widths(page, "Voila, the chat playground")  # Temperature, prompt, Sessions
         shots.take(page, "chat", docs="chat-playground",
                    target=details_part(page, "Chat playground"))
+
+        # New session: the list no longer highlights the old session; after the first
+        # message it highlights the new one.
+        sessions = page.locator(".awb-details select[multiple], .awb-details select[size]")
+        selected = ("s => s.selectedIndex < 0 ? '' :"
+                    " s.options[s.selectedIndex].text.replace(/\\u00a0/g, ' ')")
+        before = sessions.first.evaluate(selected)
+        assert before.startswith("What is the capital of France?"), before
+        button(page, "New session").click()
+        page.wait_for_function(f"s => ({selected})(s) === ''",
+                               arg=sessions.first.element_handle())
+        prompt.fill("Hello")
+        button(page, "Send").click()
+        page.wait_for_function(f"s => ({selected})(s).startsWith('Hello')",
+                               arg=sessions.first.element_handle(), timeout=120_000)
 
     try:
         in_browser(app.url, steps, shots)

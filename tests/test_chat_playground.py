@@ -141,6 +141,7 @@ def test_new_session_clears_the_view_and_starts_another(llm: dict[str, Any]) -> 
     assert chat.messages == []
     assert chat.session_id is None
     assert chat.transcript.value == transcript_html([])
+    assert chat.sessions.value is None  # the old session is no longer the one highlighted
 
     chat.send("a fresh start").result(60)
     assert chat.session_id not in (None, old)
@@ -148,6 +149,7 @@ def test_new_session_clears_the_view_and_starts_another(llm: dict[str, Any]) -> 
     assert len(server_session(llm, str(chat.session_id)).json()["messages"]) == 2
     listed = [value for _label, value in chat.sessions.options]
     assert {old, chat.session_id} <= set(listed)
+    assert chat.sessions.value == chat.session_id  # the list highlights the new session
     chat.close()
 
 

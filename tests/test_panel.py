@@ -155,6 +155,8 @@ def test_wizard_walkthrough_creates_an_undeployed_row(panel: AgentsPanel,
     assert all(value.startswith(("cartpole", "pendulum")) for value in labels.values())
     assert "agent" in wizard.children[2].children[0].children[1].value.lower()  # info panel
 
+    assert wizard.backend.label == "Server default"  # shown, not a blank box
+    assert wizard.name.placeholder == f"e.g. {wizard.source.options[0][1]}-agent"
     assert wizard.next_button.disabled
     wizard.name.value = "   "
     wizard.source.value = "cartpole-dqn"
@@ -210,9 +212,21 @@ def test_wizard_walkthrough_creates_an_undeployed_row(panel: AgentsPanel,
     assert len(picked) == 1
     assert "awb-chosen" in picked[0][1]._dom_classes
 
-    # Charts of both scores, as PNG.
-    assert bytes(wizard.training_chart.value).startswith(b"\x89PNG")
-    assert bytes(wizard.evaluation_chart.value).startswith(b"\x89PNG")
+    # Charts of both scores, a dot per checkpoint; the chosen one is marked, and clicking
+    # another dot chooses it.
+    for chart in (wizard.training_chart, wizard.evaluation_chart):
+        assert chart.points
+        assert sorted(int(m[0]) for m in chart.marks) == sorted(c.step for c in ckpts)
+        assert chart.chosen == first
+    last = max(c.step for c in ckpts)
+    wizard.evaluation_chart.click(last)
+    assert wizard.chosen_step == last
+    assert wizard.training_chart.chosen == last
+    assert "awb-chosen" in next(row for row in rows() if row[0].value == last)[1]._dom_classes
+    wizard.rule.value = "best"
+    assert wizard.training_chart.chosen == best_step(ckpts)
+    wizard.training_chart.click(first)  # from Best: the click switches to Specific
+    assert (wizard.rule.value, wizard.chosen_step) == ("specific", first)
 
     wizard.back_button.click()
     assert wizard.step == 0
@@ -235,8 +249,19 @@ def test_wizard_walkthrough_creates_an_undeployed_row(panel: AgentsPanel,
 def test_wizard_shows_server_errors_inline(panel: AgentsPanel, live: ServerProcess) -> None:
     assert live.api("POST", "agents", json={"name": "taken",
                                              "experiment": "cartpole-ppo"}).status_code == 201
+    panel.refresh().result(30)
     wizard = panel.open_wizard()
     assert wizard is not None
+    wizard.name.value = "taken"
+    wizard.source.value = "cartpole-ppo"
+    # Caught on step 1, as typed: the panel knows the agents there are.
+    assert "already exists" in wizard.name_hint.value
+    assert wizard.next_button.disabled
+    wizard.cancel_button.click()
+    # One made elsewhere after the wizard opened: the server's answer shows at Create.
+    wizard = panel.open_wizard()
+    assert wizard is not None
+    wizard.taken = frozenset()
     wizard.name.value = "taken"
     wizard.source.value = "cartpole-ppo"
     wizard.next_button.click()
@@ -387,7 +412,13 @@ def test_advanced_row_shows_base_model_and_failed_reason(
         wait_until(lambda: "Failed" in row.status_cell.value, timeout=60, what="Failed")
         reason = empty.api("GET", "agents/broken").json()["error"]
         assert reason
-        assert html.escape(reason) in row.status_cell.value
+        # The reason is under the row, full width, not squeezed into the Status column; only
+        # its first line shows, the rest (the library's error) is folded away.
+        summary, _, rest = reason.strip().partition("\n")
+        assert row.reason.layout.display == ""
+        assert html.escape(summary.strip()) in row.reason.value
+        assert ("<details>" in row.reason.value) == bool(rest.strip())
+        assert "awb-reason" not in row.status_cell.value
         assert row.chevron.layout.visibility == "hidden"
 
         # Connected but Failed: the main button retries (as on the platform), and switching
@@ -405,6 +436,7 @@ def test_advanced_row_shows_base_model_and_failed_reason(
         wait_until(lambda: "Undeployed" in row.status_cell.value, what="Undeployed")
         assert row.toggle_button.description == "Connect"
         assert row.disconnect_button.layout.display == "none"
+        assert row.reason.layout.display == "none"
         assert empty.api("GET", "agents/broken").json()["connected"] is False
     finally:
         panel.close()

@@ -358,7 +358,7 @@ def test_wizard_backend_choice_reaches_the_agent_options(server: ServerProcess) 
         assert wizard is not None
         wizard.name.value = "from-wizard"
         wizard.source.value = "cartpole-dqn"
-        assert wizard.backend.value is None  # the server's default unless the user picks
+        assert wizard.backend.value == ""  # the server's default unless the user picks
         wizard.backend.value = "ray"
         wizard.next_button.click()
         wizard.create_button.click()
