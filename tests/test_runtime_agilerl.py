@@ -339,7 +339,11 @@ def test_unreadable_checkpoint_is_a_load_error(workspace_copy: Path, fault: str)
     # A damaged or foreign file is fixed by saving it again; experiment.json is not the cause.
     assert "'algorithm'" not in message
     if fault in ("truncated", "garbage"):
-        assert "truncated, corrupt" in message
+        # The advice on the first line (what the panel shows), the library's words below it.
+        advice, _, library = message.partition("\n")
+        assert "truncated, corrupt" in advice
+        assert "save_checkpoint" in advice
+        assert "Error" in library
     if fault != "a folder":
         assert "save_checkpoint" in message
 

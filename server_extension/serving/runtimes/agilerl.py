@@ -466,6 +466,10 @@ def _unreadable(exc: Exception) -> str:
             f"file: {type(exc).__name__}: {str(exc)[:200]})")
 
 
+def _library_error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 def _describe_checkpoint(path: Path) -> str:
     """A short account of what a checkpoint file holds, for error messages."""
     data, error = _read_checkpoint(path)
@@ -486,10 +490,13 @@ def _load_failure(path: Path, experiment: Experiment, class_name: str,
     """
     head = f"Could not load {path.name} of {experiment.name!r} as an AgileRL {class_name}: "
     data, error = _read_checkpoint(path)
+    # The advice comes first and the library's own words on a line of their own: the panel
+    # shows the first line and folds the rest away.
     if error is not None:
-        return (head + _unreadable(error) + ". Save that checkpoint again with "
-                "agent.save_checkpoint(path) (or train the experiment again), or pick "
-                "another checkpoint.")
+        return (head + "it is not a readable AgileRL checkpoint (truncated, corrupt or another "
+                "kind of file). Save that checkpoint again with agent.save_checkpoint(path) "
+                "(or train the experiment again), or pick another checkpoint.\n"
+                + _library_error(error))
     if not isinstance(data, dict) or "network_info" not in data:
         return (head + f"it holds a {type(data).__name__}, not an agent saved with "
                 "agent.save_checkpoint(path). Save the agent that way, or pick another "
@@ -500,9 +507,8 @@ def _load_failure(path: Path, experiment: Experiment, class_name: str,
                 f"{experiment.info.algorithm!r}. Pick a checkpoint of this experiment, or fix "
                 "'algorithm' in experiment.json if the experiment was trained with " + algo + ".")
     return (head + f"the file holds {'a ' + repr(algo) if algo else 'an AgileRL'} agent, but "
-            f"AgileRL failed on it ({type(load_error).__name__}: {str(load_error)[:200]}). "
-            "Save the checkpoint again with the AgileRL version installed here, or pick "
-            "another checkpoint.")
+            "AgileRL failed on it. Save the checkpoint again with the AgileRL version installed "
+            "here, or pick another checkpoint.\n" + _library_error(load_error))
 
 
 def _load_agent(cls: Any, path: Path, device: str) -> Any:
