@@ -31,6 +31,8 @@ from typing import Any
 
 import psutil
 
+from tests.ray_support import leave_ray
+
 RAY = str(Path(sys.executable).with_name("ray"))
 # A raylet whose dashboard agent takes more than about 15 s to come up aborts its start
 # (Ray 2.60); on a busy 2-core machine that happens, so a node start is tried a few times.
@@ -226,9 +228,7 @@ class MultiNodeCluster:
 
     def shutdown(self) -> None:
         """Kill every node (workers first, then the head); nothing of the cluster survives."""
-        import ray
-
-        ray.shutdown()
+        leave_ray()
         for node in reversed(self.nodes):
             self._kill(node)
         self.nodes.clear()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.ray_support import RAY_DEPLOY_TIMEOUT, ray_server_args
+from tests.ray_support import RAY_DEPLOY_TIMEOUT, leave_ray, ray_server_args
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def _priority(boost: int) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """The GCS address of a local Ray cluster started for this module, stopped after it."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from server_extension.serving.ray_backend import start_local_ray
 
     with _priority(-10), warnings.catch_warnings():
@@ -54,7 +54,7 @@ def ray_cluster() -> Iterator[str]:
     try:
         yield address
     finally:
-        ray.shutdown()
+        leave_ray()
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.ray)])

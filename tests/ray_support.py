@@ -14,3 +14,17 @@ def ray_server_args(address: str, *, default_backend: str = "ray") -> list[str]:
     return [f"--AgentsWorkbenchApp.ray_address={address}",
             f"--AgentsWorkbenchApp.backend={default_backend}",
             f"--AgentsWorkbenchApp.ray_replica_cpus={REPLICA_CPUS}"]
+
+
+def leave_ray() -> None:
+    """Disconnect this test process from its cluster, and forget Serve's controller handle.
+
+    Serve caches that handle in a module global, tied to the driver's job id; job ids start
+    again on every cluster, so the next module's driver on another cluster (same job id)
+    would be handed the old cluster's controller and fail with "Can't find actor".
+    """
+    import ray
+    from ray.serve import context
+
+    ray.shutdown()
+    context._disconnect()
