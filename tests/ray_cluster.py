@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from tests.ray_support import leave_ray
+from tests.ray_support import leave_ray, raised_priority
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # A raylet whose dashboard agent takes more than about 15 s to come up aborts its start
@@ -75,22 +74,6 @@ class Node:
     def alive(self) -> bool:
         """Whether its ``ray start`` is still running."""
         return self.process.poll() is None
-
-
-@contextlib.contextmanager
-def _boosted() -> Iterator[None]:
-    # Niceness is per thread on Linux and a child inherits its forking thread's: the node's
-    # daemons start ahead of the rest of the machine (where allowed), which keeps the
-    # raylet's wait for its agents from running out; this thread then returns to normal.
-    try:
-        os.nice(-10)
-    except PermissionError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.nice(10)
 
 
 class MultiNodeCluster:
@@ -161,7 +144,7 @@ class MultiNodeCluster:
                        f"--dashboard-agent-grpc-port={free_port()}",
                        f"--dashboard-agent-listen-port={free_port()}",
                        f"--metrics-export-port={free_port()}", *args]
-            with log_path.open("wb") as log, _boosted():
+            with log_path.open("wb") as log, raised_priority():
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                            env=node_env(), start_new_session=True)
             node = Node(name, process, log_path, temp_dir, dict(resources))

@@ -9,34 +9,13 @@ Tests that use it are marked ``ray``; ``-m "not ray"`` skips them where Ray cann
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from tests.ray_support import RAY_DEPLOY_TIMEOUT, leave_ray, ray_server_args
-
-
-@contextmanager
-def _priority(boost: int) -> Iterator[None]:
-    """Start child processes at a higher CPU priority (where allowed), then return to normal.
-
-    Ray 2.60's raylet aborts its own start when its Python agents take more than a few
-    seconds to come up, which is what happens on a shared 2-core machine under load; the
-    cluster's processes (and the replicas they spawn) keep the boost.
-    """
-    try:
-        os.nice(boost)
-    except PermissionError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.nice(-boost)
+from tests.ray_support import RAY_DEPLOY_TIMEOUT, leave_ray, raised_priority, ray_server_args
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +24,7 @@ def ray_cluster() -> Iterator[str]:
     pytest.importorskip("ray")
     from server_extension.serving.ray_backend import start_local_ray
 
-    with _priority(-10), warnings.catch_warnings():
+    with raised_priority(), warnings.catch_warnings():
         # A start that failed and was retried leaves Popen objects of processes it killed;
         # collected here, they would warn that they were never waited for.
         warnings.simplefilter("ignore", ResourceWarning)

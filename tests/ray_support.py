@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 # Joining Ray and starting a replica (which imports torch and AgileRL) takes tens of seconds
 # on a busy 2-core machine; the first deploy of a server waits this long.
 RAY_DEPLOY_TIMEOUT = 240.0
@@ -28,3 +32,23 @@ def leave_ray() -> None:
 
     ray.shutdown()
     context._disconnect()
+
+
+@contextmanager
+def raised_priority() -> Iterator[None]:
+    """Start child processes at a higher CPU priority (where allowed), then return to normal.
+
+    Ray 2.60's raylet aborts its own start when its Python agents take more than a few
+    seconds to come up, which is what happens on a shared 2-core machine under load. Niceness
+    is per thread on Linux and a child inherits its forking thread's, so the cluster's
+    processes (and the replicas they spawn) keep the boost while this thread goes back.
+    """
+    try:
+        os.nice(-10)
+    except PermissionError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.nice(10)
