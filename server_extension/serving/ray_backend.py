@@ -589,7 +589,7 @@ class RayBackend:
                            wait_for_applications_running=False)
             self._wait_running(app_name)
             handle = serve.get_app_handle(app_name)
-            described = handle.describe.remote().result(timeout_s=self.request_timeout)
+            described = self._first_answer(handle)
         except Exception:
             self._delete(app_name)
             raise
@@ -600,6 +600,24 @@ class RayBackend:
         cls = RayLLMRuntime if kind.llm else RayRuntime
         log.info("Agent %s serves from Ray application %s", name, app_name)
         return cls(self, app_name, handle, kind, self.request_timeout)
+
+    def _first_answer(self, handle: Any) -> dict[str, Any]:
+        """The replica's ``describe``, waiting up to ``start_timeout`` for a first answer.
+
+        A new handle learns of the replicas from the controller after the application reads
+        RUNNING; on a loaded machine, or with the replicas on another node, that can outlast
+        one request timeout (seen here when the multi-node tests ran right after another
+        module's cluster went down: the agent Failed with "Timed out resolving to ObjectRef").
+        """
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            wait = max(1.0, min(self.request_timeout, deadline - time.monotonic()))
+            try:
+                return dict(handle.describe.remote().result(timeout_s=wait))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("No replica answered the first call yet; asking again")
 
     def _wait_running(self, app_name: str) -> None:
         from ray import serve
