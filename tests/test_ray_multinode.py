@@ -45,6 +45,23 @@ class Cluster:
         self.worker = worker
 
 
+@pytest.fixture(scope="module", autouse=True)
+def auth_off() -> Iterator[None]:
+    """The servers this module starts join the cluster with token authentication off, as
+    its nodes run. They inherit this process's environment, and ``ray.init`` writes
+    ``RAY_AUTH_MODE=token`` into it: after an earlier module's local Ray, every deploy here
+    timed out ("Timed out resolving to ObjectRef")."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """Head plus one ``agents_node`` worker; every Ray process of it is gone afterwards."""
