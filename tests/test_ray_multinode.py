@@ -51,8 +51,13 @@ def auth_off() -> Iterator[None]:
     its nodes run. They inherit this process's environment, and ``ray.init`` writes
     ``RAY_AUTH_MODE=token`` into it: after an earlier module's local Ray, every deploy here
     timed out ("Timed out resolving to ObjectRef")."""
+    # This process is a driver too (it asks Serve where the replicas run), and Ray reads the
+    # mode into its config once; Ray's own test helper re-reads it, as Ray's tests do.
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    reset_auth_token_state()
     try:
         yield
     finally:
@@ -60,6 +65,7 @@ def auth_off() -> Iterator[None]:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = saved
+        reset_auth_token_state()
 
 
 @pytest.fixture(scope="module")
