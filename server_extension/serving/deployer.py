@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -70,7 +71,14 @@ from server_extension.serving.worker.supervisor import (
     rss_bytes,
     warm_template,
 )
-from server_extension.workspace.registry import AgentRecord, Registry
+from server_extension.workspace.registry import (
+    AgentRecord,
+    CheckpointChange,
+    Registry,
+    commit_change,
+    mark_change,
+    open_changes,
+)
 from workbench_core.store import ExperimentStore, StoreError
 
 T = TypeVar("T")
@@ -124,6 +132,14 @@ class LiveDeployment:
     health_failures: int = 0
     # Failed by its health check but kept, since its backend recovers by itself (Ray).
     failed: bool = False
+    # The checkpoint it serves (status route, traffic view) and the calls it is running:
+    # a checkpoint change closes the runtime it replaced only once those reach 0.
+    experiment: str = ""
+    checkpoint_step: int | None = None
+    in_flight: int = 0
+    # Set when a checkpoint change replaced it: calls that looked it up before the switch
+    # are handed to the agent's current deployment instead.
+    retired: bool = False
 
 
 def _describe(exc: BaseException) -> str:
@@ -206,6 +222,7 @@ class Deployer:
         # Connect then only marks the agent Pending in the registry.
         self.serves = True
         self._loading: dict[str, int] = {}  # name -> generation of the load in flight
+        self._changing: dict[str, int] = {}  # name -> id of the checkpoint change loading
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -339,6 +356,7 @@ class Deployer:
         self._live[name] = LiveDeployment(
             name=name, deployment_id=record.deployment_id, api_key=record.api_key,
             runtime=runtime, inline_obs_chars=inline_chars,
+            experiment=record.experiment, checkpoint_step=record.checkpoint_step,
         )
         log.info("Agent %s deployed in %.3f s", name, time.perf_counter() - started)
 
@@ -520,6 +538,13 @@ class Deployer:
                 self.unload(name)
         if not self.serves:
             return
+        for change in open_changes(self.registry):
+            if change.agent in self._live:
+                self.change_checkpoint(change)  # asked for through another server
+            elif change.agent not in self._loading:
+                mark_change(self.registry, change.id, "failed",
+                            "The agent was not serving when the change reached the server "
+                            "that loads it; Connect it, then change its checkpoint.")
         for record in records.values():
             if not record.connected or record.name in self._loading:
                 continue
@@ -543,6 +568,106 @@ class Deployer:
         if live is not None:
             live.api_key = key
         return self.registry.get(name)
+
+    # -- checkpoint changes -------------------------------------------------------------
+
+    def current(self, live: LiveDeployment) -> LiveDeployment:
+        """``live``, or the deployment that replaced it when a checkpoint change switched the
+        agent after the caller looked it up (same deployment, so the same key still holds)."""
+        if not live.retired:
+            return live
+        now = self._live.get(live.name)
+        if now is not None and now.deployment_id == live.deployment_id:
+            return now
+        return live
+
+    def changing(self, name: str) -> int | None:
+        """The id of the checkpoint change of ``name`` loading on this server, if any."""
+        return self._changing.get(name)
+
+    def change_checkpoint(self, change: CheckpointChange) -> None:
+        """Start moving the live agent to ``change``'s checkpoint; returns at once.
+
+        The checkpoint loads and is probed in a runtime of its own (a new worker process)
+        while the current one keeps serving. When it answers, the agent switches to it in one
+        step on the event loop; calls already running finish on the old runtime, which is then
+        closed. If it fails, the old one keeps serving and the change is marked ``failed``
+        with the reason; the agent's status is not touched. On a server that does not load the
+        workspace's agents this does nothing: the serving server picks the change up from the
+        registry (:meth:`sync`).
+        """
+        if not self.serves or change.agent in self._changing:
+            return
+        self._changing[change.agent] = change.id
+        mark_change(self.registry, change.id, "loading")
+        self._spawn(self._change(change))
+
+    async def _change(self, change: CheckpointChange) -> None:
+        name = change.agent
+        try:
+            await self._change_once(change)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the old one serving
+            log.warning("Agent %s: checkpoint %s did not take over: %s", name,
+                        change.checkpoint_step, _describe(exc))
+            try:
+                mark_change(self.registry, change.id, "failed", _describe(exc))
+            except Exception:  # noqa: BLE001 - the agent was deleted meanwhile
+                log.debug("Agent %s vanished during its checkpoint change", name)
+        finally:
+            if self._changing.get(name) == change.id:
+                del self._changing[name]
+
+    async def _change_once(self, change: CheckpointChange) -> None:
+        name = change.agent
+        old = self._live.get(name)
+        if old is None:
+            raise RuntimeLoadError(
+                "The agent is not serving here (not Deployed); Connect it, then change its "
+                "checkpoint.")
+        generation = self._generation.get(name, 0)
+        started = time.perf_counter()
+        record = dataclasses.replace(
+            self.registry.get(name), experiment=change.experiment,
+            checkpoint_rule=change.checkpoint_rule, checkpoint_step=change.checkpoint_step)
+        if self._in_worker(record):
+            runtime: Runtime = await self._load_in_worker(record)
+        else:
+            runtime = await asyncio.wrap_future(
+                self._loaders.submit(self._load_and_probe, record))
+        inline_chars = 0
+        try:
+            if self.inline_below_ms > 0 and not isinstance(runtime, WorkerRuntime):
+                inline_chars = await asyncio.wrap_future(
+                    self._loaders.submit(inline_limit, runtime, self.inline_below_ms))
+            old = self._live.get(name)
+            if self._generation.get(name, 0) != generation or old is None:
+                raise RuntimeLoadError(
+                    "The agent was disconnected, restarted or deleted while the new "
+                    "checkpoint loaded; nothing was switched.")
+            commit_change(self.registry, change)
+        except BaseException:
+            self._close_runtime(runtime)
+            raise
+        # The switch: from here every lookup of the agent gets the new runtime.
+        new = LiveDeployment(
+            name=name, deployment_id=old.deployment_id, api_key=old.api_key, runtime=runtime,
+            inline_obs_chars=inline_chars, experiment=change.experiment,
+            checkpoint_step=change.checkpoint_step)
+        self._live[name] = new
+        old.retired = True
+        log.info("Agent %s now serves %s step %s (loaded beside the old in %.3f s)", name,
+                 change.experiment, change.checkpoint_step, time.perf_counter() - started)
+        self._spawn(self._retire(old))
+
+    async def _retire(self, old: LiveDeployment) -> None:
+        """Close ``old`` once the calls it was running have finished (or timed out)."""
+        deadline = time.monotonic() + self.request_timeout + 5.0
+        # One turn of the loop at least: a handler that looked the agent up in the same turn
+        # as the switch reaches relay() (and so counts in in_flight, or is redirected) next.
+        await asyncio.sleep(0.05)
+        while old.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._close_runtime(old.runtime)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -570,12 +695,17 @@ class Deployer:
         The body is decoded, checked against the limits, answered and encoded where the model
         is: in its worker, or on a worker thread here.
         """
+        live = self.current(live)
         runtime = live.runtime
-        if isinstance(runtime, WorkerRuntime):
-            answer, payload = await self._worker_call(
-                runtime, {"op": "relay", "route": route}, body)
-            return int(answer["status"]), payload, int(answer.get("rows") or 0)
-        return await self.call(serving.relay, runtime, route, body, self.limits)
+        live.in_flight += 1
+        try:
+            if isinstance(runtime, WorkerRuntime):
+                answer, payload = await self._worker_call(
+                    runtime, {"op": "relay", "route": route}, body)
+                return int(answer["status"]), payload, int(answer.get("rows") or 0)
+            return await self.call(serving.relay, runtime, route, body, self.limits)
+        finally:
+            live.in_flight -= 1
 
     async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
         """Call the runtime method or serving operation ``method`` with JSON-able ``args``.
@@ -586,12 +716,17 @@ class Deployer:
         back as itself (a 400), :class:`RequestTimeout` past the request timeout,
         :class:`AgentUnavailable` when the worker died, :class:`AgentBusy` when it is full.
         """
+        live = self.current(live)
         runtime = live.runtime
-        if isinstance(runtime, WorkerRuntime):
-            answer, _ = await self._worker_call(
-                runtime, {"op": "invoke", "name": method, "args": list(args)})
-            return answer.get("result")
-        return await self.call(serving.resolve(runtime, method), *args)
+        live.in_flight += 1
+        try:
+            if isinstance(runtime, WorkerRuntime):
+                answer, _ = await self._worker_call(
+                    runtime, {"op": "invoke", "name": method, "args": list(args)})
+                return answer.get("result")
+            return await self.call(serving.resolve(runtime, method), *args)
+        finally:
+            live.in_flight -= 1
 
     async def _worker_call(self, runtime: WorkerRuntime, header: dict[str, Any],
                            body: bytes = b"") -> tuple[dict[str, Any], bytes]:
@@ -622,6 +757,16 @@ class Deployer:
         is set when the consumer stops iterating (``aclose()``, a closed connection), so the
         model stops at its next token. Errors of the runtime are raised to the consumer.
         """
+        live = self.current(live)
+        live.in_flight += 1
+        try:
+            async for piece in self._stream(live, method, *args):
+                yield piece
+        finally:
+            live.in_flight -= 1
+
+    async def _stream(self, live: LiveDeployment, method: str, *args: Any,
+                      ) -> AsyncGenerator[str, None]:
         runtime = live.runtime
         if isinstance(runtime, WorkerRuntime):
             pieces = runtime.worker.stream({"name": method, "args": list(args)},

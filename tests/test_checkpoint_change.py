@@ -1,0 +1,259 @@
+"""Changing a live agent's checkpoint: under load, with no failed call, and back again.
+
+A real ``jupyter server`` serves ``flip-dqn`` (tests/checkpoint_fixtures.py): two real AgileRL
+checkpoints whose greedy actions are opposite on every row, so each answer names the
+checkpoint that gave it. Clients (the Arena client and plain HTTP) call ``get_action`` without
+pause while the checkpoint changes and rolls back; every answer must be exactly one
+checkpoint's answer to the batch, and none may fail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from agilerl.arena.inference import Agent
+
+from server_extension.serving.serde import decode_array, encode_array
+from tests.checkpoint_fixtures import (
+    BROKEN_STEP,
+    FLIP,
+    NEW_STEP,
+    OBS,
+    OLD_STEP,
+    expected_actions,
+    write_flip_experiment,
+)
+from tests.servers import ServerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--AgentsWorkbenchApp.health_check_interval=0"]
+
+
+@pytest.fixture(scope="module")
+def flip_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("checkpoint-change")
+    write_flip_experiment(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected(flip_root: Path) -> dict[int, list[int]]:
+    answers = expected_actions(flip_root)
+    # The premise of every check below: the two checkpoints disagree on every row.
+    assert all(a != b for a, b in zip(answers[OLD_STEP], answers[NEW_STEP], strict=True))
+    return answers
+
+
+@pytest.fixture(scope="module")
+def served(flip_root: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(flip_root, extra_args=ARGS).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def which(actions: list[int], expected: dict[int, list[int]]) -> int:
+    """The step whose answer ``actions`` is; fails on a batch mixing the two."""
+    for step, answer in expected.items():
+        if actions == answer:
+            return step
+    raise AssertionError(f"an answer from neither checkpoint (a mix?): {actions}")
+
+
+class Load:
+    """Clients calling get_action as fast as they can; every answer checked and logged."""
+
+    def __init__(self, agent: dict[str, Any], expected: dict[int, list[int]],
+                 clients: int = 4) -> None:
+        self.agent, self.expected = agent, expected
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, int]] = []  # (time answered, step)
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True)
+                        for i in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def _run(self, arena_client: bool) -> None:
+        endpoint, key = self.agent["endpoint"], self.agent["api_key"]
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        body = {"obs": encode_array(OBS), "batch_size": len(OBS)}
+        client = Agent(endpoint, api_key=key) if arena_client else None
+        try:
+            while not self.stop.is_set():
+                try:
+                    if client is not None:
+                        actions, _ = client.get_action(OBS, batched=True)
+                    else:
+                        reply = session.post(f"{endpoint}/get_action", json=body, timeout=30)
+                        if reply.status_code != 200:
+                            self.failures.append(f"HTTP {reply.status_code}: {reply.text}")
+                            continue
+                        actions = decode_array(reply.json()["action"], "action")
+                    got = [int(a) for a in np.asarray(actions).reshape(-1)]
+                    self.answers.append((time.monotonic(), which(got, self.expected)))
+                except Exception as exc:  # noqa: BLE001 - every failure is reported
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            session.close()
+            if client is not None:
+                client.close()
+
+    def steps_since(self, moment: float) -> set[int]:
+        return {step for when, step in list(self.answers) if when > moment}
+
+
+def change(server: ServerProcess, name: str, checkpoint: Any, **extra: Any) -> dict[str, Any]:
+    reply = server.api("POST", f"agents/{name}/checkpoint",
+                       json={"checkpoint": checkpoint, **extra})
+    assert reply.status_code == 202, reply.text
+    return reply.json()
+
+
+def settled(server: ServerProcess, name: str, change_id: int) -> dict[str, Any]:
+    """Wait until the change ``change_id`` served or failed; the agent as it then stands."""
+    def done() -> dict[str, Any] | None:
+        agent = server.api("GET", f"agents/{name}").json()
+        latest = agent["checkpoint_change"]
+        if latest["id"] == change_id and latest["outcome"] in ("serving", "failed"):
+            return agent
+        return None
+    return wait_until(done, timeout=90, what=f"change {change_id} of {name} to settle")
+
+
+def worker_pid(server: ServerProcess, name: str) -> int:
+    return int(server.api("GET", f"agents/{name}/metrics").json()["worker"]["pid"])
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A stopped child may linger as a zombie of the server until it is reaped.
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+            return "zombie" in fh.read()
+    except OSError:
+        return True
+
+
+def test_change_and_rollback_under_load_fail_no_call(
+        served: ServerProcess, expected: dict[int, list[int]]) -> None:
+    agent = served.deploy("flip", FLIP, OLD_STEP)
+    old_pid = worker_pid(served, "flip")
+    before = requests.get(f"{agent['endpoint']}/status", timeout=10).json()
+    with Load(agent, expected) as load:
+        wait_until(lambda: load.steps_since(0) == {OLD_STEP}, what="answers from step 1")
+        asked = time.monotonic()
+        changed = change(served, "flip", NEW_STEP)
+        assert changed["outcome"] == "loading"
+        assert changed["checkpoint_step"] == NEW_STEP
+        after = settled(served, "flip", changed["id"])
+        wait_until(lambda: NEW_STEP in load.steps_since(asked), what="answers from step 2")
+        switched = time.monotonic()
+        # From the switch on, only the new checkpoint answers (calls started before it may
+        # still finish on the old worker, so give those one second).
+        time.sleep(1.0)
+        assert load.steps_since(switched + 1.0) <= {NEW_STEP}
+        # Same endpoint, same key, Deployed all along; the old worker stops.
+        assert after["status"] == "Deployed"
+        assert (after["endpoint"], after["api_key"]) == (agent["endpoint"], agent["api_key"])
+        assert after["checkpoint"] == {"experiment": FLIP, "rule": "specific", "step": NEW_STEP}
+        status = requests.get(f"{agent['endpoint']}/status", timeout=10)
+        assert status.headers["X-Agent-Checkpoint-Experiment"] == FLIP
+        assert status.headers["X-Agent-Checkpoint-Step"] == str(NEW_STEP)
+        # A new instance serves the same deployment.
+        assert status.json()["deployment_id"] == before["deployment_id"]
+        assert status.json()["instance_id"] != before["instance_id"]
+        wait_until(lambda: pid_gone(old_pid), what="the old worker to stop")
+        assert worker_pid(served, "flip") != old_pid
+
+        # Roll back: the checkpoint before this one serves again, the same way.
+        assert after["rollback_to"]["checkpoint_step"] == OLD_STEP
+        back = served.api("POST", "agents/flip/rollback")
+        assert back.status_code == 202, back.text
+        assert back.json()["checkpoint_step"] == OLD_STEP
+        assert back.json()["rollback_of"] == after["rollback_to"]["id"]
+        rolled = settled(served, "flip", back.json()["id"])
+        assert rolled["checkpoint"]["step"] == OLD_STEP
+        assert rolled["status"] == "Deployed"
+        back_at = time.monotonic()
+        wait_until(lambda: load.steps_since(back_at + 1.0), what="answers after rollback")
+        assert load.steps_since(back_at + 1.0) == {OLD_STEP}
+    assert load.failures == []
+    assert len(load.answers) > 20
+    history = served.api("GET", "agents/flip/checkpoints").json()["history"]
+    assert [(h["checkpoint_step"], h["outcome"]) for h in history] == [
+        (OLD_STEP, "serving"), (NEW_STEP, "replaced"), (OLD_STEP, "replaced")]
+    assert all(h["server"] == served.url for h in history[:2])
+    # Rolling back again returns to the checkpoint the rollback replaced.
+    assert served.api("GET", "agents/flip").json()["rollback_to"]["checkpoint_step"] == NEW_STEP
+
+
+def test_failing_checkpoint_leaves_the_old_one_serving(
+        served: ServerProcess, expected: dict[int, list[int]]) -> None:
+    agent = served.deploy("flip-fails", FLIP, OLD_STEP)
+    pid = worker_pid(served, "flip-fails")
+    with Load(agent, expected, clients=2) as load:
+        attempt = change(served, "flip-fails", BROKEN_STEP)
+        after = settled(served, "flip-fails", attempt["id"])
+        shown = after["checkpoint_change"]
+        assert shown["outcome"] == "failed"
+        assert "load" in (shown["error"] or "").lower(), shown
+        assert after["status"] == "Deployed"
+        assert after["error"] is None
+        assert after["checkpoint"]["step"] == OLD_STEP
+        failed_at = time.monotonic()
+        wait_until(lambda: load.steps_since(failed_at), what="answers after the failure")
+    assert load.failures == []
+    assert {step for _, step in load.answers} == {OLD_STEP}
+    assert worker_pid(served, "flip-fails") == pid  # the old worker was never touched
+    # A failed attempt is not something to roll back to.
+    assert served.api("GET", "agents/flip-fails").json()["rollback_to"] is None
+
+
+def test_bad_change_requests_are_refused_clearly(served: ServerProcess) -> None:
+    served.api("POST", "agents", json={"name": "flip-idle", "experiment": FLIP,
+                                       "checkpoint": OLD_STEP})
+    idle = served.api("POST", "agents/flip-idle/checkpoint", json={"checkpoint": NEW_STEP})
+    assert idle.status_code == 409
+    assert "Deployed" in idle.json()["message"]
+    served.deploy("flip-bad", FLIP, OLD_STEP)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({}, "checkpoint is required"),
+        ({"checkpoint": 99}, "99"),
+        ({"checkpoint": "best", "experiment": "no-such"}, "no-such"),
+        ({"checkpoint": True}, "checkpoint is required"),
+    ]
+    for body, words in cases:
+        reply = served.api("POST", "agents/flip-bad/checkpoint", json=body)
+        assert reply.status_code == 400, (body, reply.text)
+        assert words in reply.json()["message"], (body, reply.text)
+    nothing = served.api("POST", "agents/flip-bad/rollback")
+    assert nothing.status_code == 409
+    assert "nothing to roll back" in nothing.json()["message"]
+    assert served.api("POST", "agents/none-such/checkpoint",
+                      json={"checkpoint": 1}).status_code == 404
+    anonymous = requests.post(served.url + "agents/api/agents/flip-bad/checkpoint",
+                              json={"checkpoint": NEW_STEP}, timeout=10)
+    assert anonymous.status_code in (401, 403)
