@@ -257,3 +257,85 @@ def test_bad_change_requests_are_refused_clearly(served: ServerProcess) -> None:
     anonymous = requests.post(served.url + "agents/api/agents/flip-bad/checkpoint",
                               json={"checkpoint": NEW_STEP}, timeout=10)
     assert anonymous.status_code in (401, 403)
+
+
+def test_split_answers_in_proportion_then_promote_and_abort(
+        served: ServerProcess, expected: dict[int, list[int]]) -> None:
+    agent = served.deploy("flip-split", FLIP, OLD_STEP)
+    with Load(agent, expected) as load:
+        split = served.api("POST", "agents/flip-split/split",
+                           json={"checkpoint": NEW_STEP, "percent": 30})
+        assert split.status_code == 202, split.text
+        assert split.json()["kind"] == "split"
+        wait_until(lambda: (served.api("GET", "agents/flip-split").json()["split"] or {})
+                   .get("outcome") == "canary", timeout=90, what="the canary to serve")
+        begun = time.monotonic()
+        wait_until(lambda: len([1 for w, _ in list(load.answers) if w > begun]) >= 300,
+                   timeout=120, what="300 answers during the split")
+        steps = [s for w, s in list(load.answers) if w > begun]
+        share = steps.count(NEW_STEP) / len(steps)
+        # 30 % asked; over 300+ calls a binomial share lies within +-0.12 (4 sd) of it.
+        assert 0.18 < share < 0.42, share
+        traffic = served.api("GET", "agents/flip-split/metrics").json()["checkpoints"]
+        assert [(t["role"], t["step"], t["percent"]) for t in traffic] == [
+            ("primary", OLD_STEP, 70), ("canary", NEW_STEP, 30)]
+        assert all(t["requests"] > 0 and t["errors"] == 0 for t in traffic), traffic
+        # Another change must wait for the split to end.
+        refused = served.api("POST", "agents/flip-split/checkpoint", json={"checkpoint": 1})
+        assert refused.status_code == 409
+        assert "Promote or Abort" in refused.json()["message"]
+
+        promoted = served.api("POST", "agents/flip-split/promote")
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["checkpoint"]["step"] == NEW_STEP
+        assert promoted.json()["split"] is None
+        after = time.monotonic() + 1.0
+        wait_until(lambda: load.steps_since(after), what="answers after Promote")
+        assert load.steps_since(after) == {NEW_STEP}
+
+        again = served.api("POST", "agents/flip-split/split",
+                           json={"checkpoint": OLD_STEP, "percent": 50})
+        assert again.status_code == 202, again.text
+        wait_until(lambda: OLD_STEP in load.steps_since(after), timeout=90,
+                   what="the second canary to answer")
+        aborted = served.api("POST", "agents/flip-split/abort")
+        assert aborted.status_code == 200, aborted.text
+        assert aborted.json()["checkpoint"]["step"] == NEW_STEP
+        later = time.monotonic() + 1.0
+        wait_until(lambda: load.steps_since(later), what="answers after Abort")
+        assert load.steps_since(later) == {NEW_STEP}
+    assert load.failures == []
+    outcomes = [(h["kind"], h["checkpoint_step"], h["outcome"]) for h in
+                served.api("GET", "agents/flip-split/checkpoints").json()["history"]]
+    assert outcomes[:2] == [("split", OLD_STEP, "aborted"), ("split", NEW_STEP, "serving")]
+    bad = served.api("POST", "agents/flip-split/split", json={"checkpoint": 1, "percent": 100})
+    assert bad.status_code == 400
+    assert "1 to 99" in bad.json()["message"]
+    nothing = served.api("POST", "agents/flip-split/promote")
+    assert nothing.status_code == 409
+
+
+def test_change_through_the_other_server_of_the_workspace(
+        served: ServerProcess, flip_root: Path, expected: dict[int, list[int]]) -> None:
+    """B shares A's workspace; A loads the agents. A change asked through B is made by A."""
+    agent = served.deploy("flip-shared", FLIP, OLD_STEP)
+    other = ServerProcess(flip_root, extra_args=ARGS).start()
+    try:
+        with Load(agent, expected, clients=2) as load:
+            asked = other.api("POST", "agents/flip-shared/checkpoint",
+                              json={"checkpoint": NEW_STEP})
+            assert asked.status_code == 202, asked.text
+            assert asked.json()["outcome"] == "requested"  # B loads nothing itself
+            seen = settled(served, "flip-shared", asked.json()["id"])
+            assert seen["checkpoint"]["step"] == NEW_STEP
+            assert seen["checkpoint_change"]["server"] == other.url
+            assert other.api("GET", "agents/flip-shared").json()["checkpoint"]["step"] \
+                == NEW_STEP
+            switched = time.monotonic() + 1.0
+            wait_until(lambda: load.steps_since(switched), what="answers after the change")
+            assert load.steps_since(switched) == {NEW_STEP}
+        assert load.failures == []
+        assert "Agent flip-shared now serves" in served.log()
+        assert "Agent flip-shared now serves" not in other.log()
+    finally:
+        other.stop()

@@ -27,6 +27,7 @@ from server_extension.workspace.registry import (
     AgentRecord,
     NotFound,
     RegistryError,
+    canary_of,
     checkpoint_history,
     previous_checkpoint,
 )
@@ -64,7 +65,9 @@ def checkpoint_json(handler: ServicesMixin, record: AgentRecord) -> dict[str, An
     to (see checkpoints.py)."""
     history = checkpoint_history(handler.registry, record.name, limit=1)
     previous = previous_checkpoint(handler.registry, record.name)
+    canary = canary_of(handler.registry, record.name)
     return {
+        "split": canary.to_json() if canary is not None else None,
         "checkpoint": {"experiment": record.experiment, "rule": record.checkpoint_rule,
                        "step": record.checkpoint_step},
         "checkpoint_change": history[0].to_json() if history else None,

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import random
 import secrets
 import shutil
 import tempfile
@@ -74,8 +76,10 @@ from server_extension.serving.worker.supervisor import (
 from server_extension.workspace.registry import (
     AgentRecord,
     CheckpointChange,
+    NotFound,
     Registry,
     commit_change,
+    get_change,
     mark_change,
     open_changes,
 )
@@ -117,6 +121,35 @@ class WorkerRuntime(Runtime):
         self.worker.close()
 
 
+class CheckpointTraffic:
+    """Calls answered by one checkpoint: count, errors, recent latencies (the traffic view
+    shows them per checkpoint while a split runs)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=2000)
+
+    def add(self, seconds: float, ok: bool) -> None:
+        """Count one call."""
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        self.latencies.append(seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts and p50/p95/p99 latency in ms over the recent calls."""
+        ordered = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+        return {"requests": self.requests, "errors": self.errors, "p50_ms": pct(0.5),
+                "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
 @dataclass
 class LiveDeployment:
     """A loaded runtime serving one agent's endpoint."""
@@ -140,6 +173,12 @@ class LiveDeployment:
     # Set when a checkpoint change replaced it: calls that looked it up before the switch
     # are handed to the agent's current deployment instead.
     retired: bool = False
+    # A split: this second checkpoint answers canary_percent % of the calls (sticky per LLM
+    # session) until Promote or Abort; canary_change is its registry row.
+    canary: LiveDeployment | None = None
+    canary_percent: int = 0
+    canary_change: int | None = None
+    traffic: CheckpointTraffic = field(default_factory=CheckpointTraffic)
 
 
 def _describe(exc: BaseException) -> str:
@@ -280,7 +319,7 @@ class Deployer:
         if self._sweeper is not None:
             self._sweeper.stop()
         for live in list(self._live.values()):
-            self._close_runtime(live.runtime)
+            self._close_live(live)
         self._live.clear()
         for worker in list(self._worker_set):
             worker.close()
@@ -308,7 +347,7 @@ class Deployer:
         self._generation[name] = generation
         old = self._live.pop(name, None)
         if old is not None:
-            self._close_runtime(old.runtime)
+            self._close_live(old)
         record = self.registry.update(name, status="Pending", connected=True, error=None)
         if self.serves:
             self._loading[name] = generation
@@ -408,9 +447,14 @@ class Deployer:
         self._worker_set.discard(worker)
         name = worker.name
         live = self._live.get(name)
+        if live is not None and live.canary is not None \
+                and getattr(live.canary.runtime, "worker", None) is worker:
+            self._drop_canary(live, f"Its worker stopped: {worker.reason or 'it exited'}")
+            return
         if live is None or getattr(live.runtime, "worker", None) is not worker:
             return  # it died while loading: _load_in_worker reports it
         self._live.pop(name, None)
+        self._drop_canary(live, "The worker of the checkpoint it split with restarted.")
         reason = worker.reason or "the worker stopped"
         log.warning("Agent %s: %s", name, reason)
         now = time.monotonic()
@@ -503,7 +547,7 @@ class Deployer:
         self._generation[name] = self._generation.get(name, 0) + 1
         live = self._live.pop(name, None)
         if live is not None:
-            self._close_runtime(live.runtime)
+            self._close_live(live)
         if record.deployment_id is None:
             return record
         return self.registry.update(name, status="Undeployed", connected=False, error=None)
@@ -516,7 +560,7 @@ class Deployer:
         live = self._live.pop(name, None)
         if live is not None:
             log.info("Agent %s changed in the registry elsewhere; unloaded here", name)
-            self._close_runtime(live.runtime)
+            self._close_live(live)
 
     def sync(self, *, reload_deployed: bool = False) -> None:
         """Bring the live runtimes in line with the registry after another server wrote it.
@@ -538,6 +582,8 @@ class Deployer:
                 self.unload(name)
         if not self.serves:
             return
+        for name in list(self._live):
+            self.settle_split(name)  # promoted or aborted through another server
         for change in open_changes(self.registry):
             if change.agent in self._live:
                 self.change_checkpoint(change)  # asked for through another server
@@ -580,6 +626,38 @@ class Deployer:
         if now is not None and now.deployment_id == live.deployment_id:
             return now
         return live
+
+    def target(self, live: LiveDeployment, sticky: str | None = None) -> LiveDeployment:
+        """The deployment that answers this call: the agent's current one, or its canary for
+        ``canary_percent`` % of the calls while a split runs. With ``sticky`` (an LLM session
+        id) the choice is a hash of it, so one conversation stays on one checkpoint."""
+        live = self.current(live)
+        canary = live.canary
+        if canary is None:
+            return live
+        if sticky is not None:
+            digest = hashlib.blake2b(sticky.encode(), digest_size=4).digest()
+            roll = int.from_bytes(digest, "big") % 100
+        else:
+            roll = random.randrange(100)  # noqa: S311 - traffic split, not security
+        return canary if roll < live.canary_percent else live
+
+    def checkpoint_traffic(self, name: str) -> list[dict[str, Any]]:
+        """Requests, errors and latency of each checkpoint serving ``name`` (two during a
+        split), for the traffic view."""
+        live = self._live.get(name)
+        if live is None:
+            return []
+        rows = [{"role": "primary", "experiment": live.experiment,
+                 "step": live.checkpoint_step,
+                 "percent": 100 - live.canary_percent if live.canary else 100,
+                 **live.traffic.to_json()}]
+        if live.canary is not None:
+            canary = live.canary
+            rows.append({"role": "canary", "experiment": canary.experiment,
+                         "step": canary.checkpoint_step, "percent": live.canary_percent,
+                         **canary.traffic.to_json()})
+        return rows
 
     def changing(self, name: str) -> int | None:
         """The id of the checkpoint change of ``name`` loading on this server, if any."""
@@ -644,20 +722,57 @@ class Deployer:
                 raise RuntimeLoadError(
                     "The agent was disconnected, restarted or deleted while the new "
                     "checkpoint loaded; nothing was switched.")
-            commit_change(self.registry, change)
+            if change.kind == "split":
+                mark_change(self.registry, change.id, "canary")
+            else:
+                commit_change(self.registry, change)
         except BaseException:
             self._close_runtime(runtime)
             raise
-        # The switch: from here every lookup of the agent gets the new runtime.
         new = LiveDeployment(
             name=name, deployment_id=old.deployment_id, api_key=old.api_key, runtime=runtime,
             inline_obs_chars=inline_chars, experiment=change.experiment,
             checkpoint_step=change.checkpoint_step)
+        if change.kind == "split":
+            old.canary, old.canary_change = new, change.id
+            old.canary_percent = int(change.percent or 0)
+            log.info("Agent %s: %s step %s answers %s%% of the calls (canary)", name,
+                     change.experiment, change.checkpoint_step, old.canary_percent)
+            return
+        # The switch: from here every lookup of the agent gets the new runtime.
         self._live[name] = new
         old.retired = True
         log.info("Agent %s now serves %s step %s (loaded beside the old in %.3f s)", name,
                  change.experiment, change.checkpoint_step, time.perf_counter() - started)
         self._spawn(self._retire(old))
+
+    def settle_split(self, name: str) -> None:
+        """Bring the agent's split in line with its registry row: Promote (the row now
+        ``serving``) makes the canary the agent's only checkpoint, Abort (``aborted``) drops it.
+        Both need no load, so they take effect at once; the checkpoint that stops serving is
+        closed after the calls it is running."""
+        live = self._live.get(name)
+        if live is None or live.canary is None or live.canary_change is None:
+            return
+        try:
+            outcome = get_change(self.registry, live.canary_change).outcome
+        except NotFound:
+            outcome = "aborted"  # the agent was deleted; unload() closes the rest
+        if outcome == "canary":
+            return
+        canary = live.canary
+        live.canary, live.canary_change, live.canary_percent = None, None, 0
+        if outcome == "serving":
+            self._live[name] = canary
+            live.retired = True
+            log.info("Agent %s: canary %s step %s promoted", name, canary.experiment,
+                     canary.checkpoint_step)
+            self._spawn(self._retire(live))
+        else:
+            canary.retired = True
+            log.info("Agent %s: canary %s step %s dropped", name, canary.experiment,
+                     canary.checkpoint_step)
+            self._spawn(self._retire(canary))
 
     async def _retire(self, old: LiveDeployment) -> None:
         """Close ``old`` once the calls it was running have finished (or timed out)."""
@@ -695,19 +810,25 @@ class Deployer:
         The body is decoded, checked against the limits, answered and encoded where the model
         is: in its worker, or on a worker thread here.
         """
-        live = self.current(live)
+        live = self.target(live)
         runtime = live.runtime
         live.in_flight += 1
+        started, status = time.perf_counter(), 500
         try:
             if isinstance(runtime, WorkerRuntime):
                 answer, payload = await self._worker_call(
                     runtime, {"op": "relay", "route": route}, body)
-                return int(answer["status"]), payload, int(answer.get("rows") or 0)
-            return await self.call(serving.relay, runtime, route, body, self.limits)
+                status = int(answer["status"])
+                return status, payload, int(answer.get("rows") or 0)
+            status, payload, rows = await self.call(
+                serving.relay, runtime, route, body, self.limits)
+            return status, payload, rows
         finally:
             live.in_flight -= 1
+            live.traffic.add(time.perf_counter() - started, status < 500)
 
-    async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
+    async def invoke(self, live: LiveDeployment, method: str, *args: Any,
+                     sticky: str | None = None) -> Any:
         """Call the runtime method or serving operation ``method`` with JSON-able ``args``.
 
         ``method`` is a public method of the runtime or a name in ``worker.serving.OPS``.
@@ -716,17 +837,26 @@ class Deployer:
         back as itself (a 400), :class:`RequestTimeout` past the request timeout,
         :class:`AgentUnavailable` when the worker died, :class:`AgentBusy` when it is full.
         """
-        live = self.current(live)
+        live = self.target(live, sticky)
         runtime = live.runtime
         live.in_flight += 1
+        started, ok = time.perf_counter(), False
         try:
             if isinstance(runtime, WorkerRuntime):
                 answer, _ = await self._worker_call(
                     runtime, {"op": "invoke", "name": method, "args": list(args)})
+                ok = True
                 return answer.get("result")
-            return await self.call(serving.resolve(runtime, method), *args)
+            result = await self.call(serving.resolve(runtime, method), *args)
+            ok = True
+            return result
+        except RequestError:
+            ok = True  # the caller's mistake, not the checkpoint's
+            raise
         finally:
             live.in_flight -= 1
+            if method != "probe":
+                live.traffic.add(time.perf_counter() - started, ok)
 
     async def _worker_call(self, runtime: WorkerRuntime, header: dict[str, Any],
                            body: bytes = b"") -> tuple[dict[str, Any], bytes]:
@@ -750,20 +880,26 @@ class Deployer:
             raise
 
     async def stream(self, live: LiveDeployment, method: str, *args: Any,
-                     ) -> AsyncGenerator[str, None]:
+                     sticky: str | None = None) -> AsyncGenerator[str, None]:
         """Iterate the text pieces of the streaming ``method`` as they come.
 
         The method is called as ``method(*args, cancelled)`` with a ``threading.Event`` that
         is set when the consumer stops iterating (``aclose()``, a closed connection), so the
         model stops at its next token. Errors of the runtime are raised to the consumer.
         """
-        live = self.current(live)
+        live = self.target(live, sticky)
         live.in_flight += 1
+        started, ok = time.perf_counter(), False
         try:
             async for piece in self._stream(live, method, *args):
                 yield piece
+            ok = True
+        except (RequestError, GeneratorExit):
+            ok = True  # the caller's mistake, or the caller went away
+            raise
         finally:
             live.in_flight -= 1
+            live.traffic.add(time.perf_counter() - started, ok)
 
     async def _stream(self, live: LiveDeployment, method: str, *args: Any,
                       ) -> AsyncGenerator[str, None]:
@@ -838,7 +974,7 @@ class Deployer:
                         live.failed = True
                     else:
                         self._live.pop(name, None)
-                        self._close_runtime(live.runtime)
+                        self._close_live(live)
                     self._set_if_exists(name, status="Failed", error=reason)
                 else:
                     self._set_if_exists(name, status="Pending", error=reason)
@@ -860,6 +996,26 @@ class Deployer:
             self.registry.update(name, **changes)
         except Exception:  # noqa: BLE001 - the agent was deleted meanwhile; nothing to record
             log.debug("Agent %s vanished before its status could be set", name)
+
+    def _close_live(self, live: LiveDeployment) -> None:
+        """Close a deployment's runtime and its canary's (the registry rows stay)."""
+        if live.canary is not None:
+            self._close_runtime(live.canary.runtime)
+        self._close_runtime(live.runtime)
+
+    def _drop_canary(self, live: LiveDeployment, reason: str) -> None:
+        """End a split that cannot go on; its row is marked failed with ``reason``."""
+        canary, change_id = live.canary, live.canary_change
+        if canary is None:
+            return
+        live.canary, live.canary_change, live.canary_percent = None, None, 0
+        canary.retired = True
+        self._close_runtime(canary.runtime)
+        if change_id is not None:
+            try:
+                mark_change(self.registry, change_id, "failed", reason)
+            except Exception:  # noqa: BLE001 - the agent was deleted meanwhile
+                log.debug("Agent %s vanished while its split ended", live.name)
 
     @staticmethod
     def _close_runtime(runtime: Runtime) -> None:

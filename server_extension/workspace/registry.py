@@ -400,8 +400,10 @@ MIGRATIONS.append(
         experiment TEXT NOT NULL,
         checkpoint_rule TEXT NOT NULL,
         checkpoint_step INTEGER NOT NULL,
-        outcome TEXT NOT NULL
-            CHECK (outcome IN ('requested', 'loading', 'serving', 'replaced', 'failed')),
+        kind TEXT NOT NULL DEFAULT 'change' CHECK (kind IN ('change', 'split')),
+        percent INTEGER,
+        outcome TEXT NOT NULL CHECK (outcome IN
+            ('requested', 'loading', 'serving', 'replaced', 'failed', 'canary', 'aborted')),
         error TEXT,
         server TEXT NOT NULL DEFAULT '',
         user TEXT NOT NULL DEFAULT '',
@@ -415,8 +417,10 @@ MIGRATIONS.append(
 
 # requested: waiting for the serving server; loading: its worker is starting beside the old;
 # serving: the agent answers with it now; replaced: it served before a later change; failed: it
-# never served (``error`` says why) and the checkpoint before it kept serving.
-CHANGE_OUTCOMES = ("requested", "loading", "serving", "replaced", "failed")
+# never served (``error`` says why) and the checkpoint before it kept serving. A split (kind
+# ``split``) loads the same way, then answers ``percent`` % of the calls as the ``canary``
+# until Promote (``serving``) or Abort (``aborted``).
+CHANGE_OUTCOMES = ("requested", "loading", "serving", "replaced", "failed", "canary", "aborted")
 
 
 @dataclass(frozen=True)
@@ -430,6 +434,8 @@ class CheckpointChange:
     checkpoint_step: int
     outcome: str
     requested_at: float
+    kind: str = "change"
+    percent: int | None = None
     error: str | None = None
     server: str = ""
     user: str = ""
@@ -447,26 +453,41 @@ def _change(row: sqlite3.Row) -> CheckpointChange:
 
 def request_change(registry: Registry, agent: str, *, experiment: str, rule: str, step: int,
                    server: str = "", user: str = "", rollback_of: int | None = None,
-                   ) -> CheckpointChange:
-    """Record that ``agent`` should move to ``experiment``'s ``step``; refused while another
-    change of it is still requested or loading (:class:`RegistryError`)."""
+                   kind: str = "change", percent: int | None = None) -> CheckpointChange:
+    """Record that ``agent`` should move to ``experiment``'s ``step`` (``kind="split"``: serve
+    it beside the current one for ``percent`` % of the calls); refused while another change of
+    it is still under way or a split is running (:class:`RegistryError`)."""
     with registry._tx() as db:
         if db.execute("SELECT 1 FROM agents WHERE name = ?", (agent,)).fetchone() is None:
             raise NotFound(f"No agent named {agent!r}.")
         busy = db.execute(
-            "SELECT id FROM checkpoint_changes WHERE agent = ? AND outcome IN"
-            " ('requested', 'loading')", (agent,)).fetchone()
+            "SELECT id, outcome FROM checkpoint_changes WHERE agent = ? AND outcome IN"
+            " ('requested', 'loading', 'canary')", (agent,)).fetchone()
+        if busy is not None and busy[1] == "canary":
+            raise RegistryError(
+                f"Agent {agent!r} is splitting its traffic with a canary (change {busy[0]}); "
+                "Promote or Abort it first.")
         if busy is not None:
             raise RegistryError(
                 f"Agent {agent!r} is already changing checkpoint (change {busy[0]}); wait "
                 "until it serves or fails, then try again.")
         cur = db.execute(
             "INSERT INTO checkpoint_changes (agent, experiment, checkpoint_rule, checkpoint_step,"
-            " outcome, server, user, rollback_of, requested_at)"
-            " VALUES (?, ?, ?, ?, 'requested', ?, ?, ?, ?)",
-            (agent, experiment, rule, step, server, user, rollback_of, time.time()))
+            " kind, percent, outcome, server, user, rollback_of, requested_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?)",
+            (agent, experiment, rule, step, kind, percent, server, user, rollback_of,
+             time.time()))
         change_id = int(cur.lastrowid or 0)
     return get_change(registry, change_id)
+
+
+def canary_of(registry: Registry, agent: str) -> CheckpointChange | None:
+    """The agent's running split (outcome ``canary``), if any."""
+    with registry._lock:
+        row = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE agent = ? AND outcome = 'canary'"
+            " ORDER BY id DESC LIMIT 1", (agent,)).fetchone()
+    return None if row is None else _change(row)
 
 
 def get_change(registry: Registry, change_id: int) -> CheckpointChange:
