@@ -339,3 +339,26 @@ def test_change_through_the_other_server_of_the_workspace(
         assert "Agent flip-shared now serves" not in other.log()
     finally:
         other.stop()
+
+
+def test_notebook_api_changes_rolls_back_and_reports_a_failure(served: ServerProcess) -> None:
+    from agents_widget.client import CheckpointChangeFailed, WorkbenchClient
+    from workbench_core.discovery import ServerInfo
+
+    served.deploy("flip-api", FLIP, OLD_STEP)
+    client = WorkbenchClient(ServerInfo(url=served.url, token=served.token))
+    try:
+        row = client.change_checkpoint("flip-api", NEW_STEP)
+        assert (row["checkpoint_step"], row["outcome"]) == (NEW_STEP, "serving")
+        agent = client.agent("flip-api")
+        assert agent.checkpoint_step == NEW_STEP
+        assert agent.rollback_to is not None
+        assert agent.rollback_to["checkpoint_step"] == OLD_STEP
+        with pytest.raises(CheckpointChangeFailed, match="still serves its previous"):
+            client.change_checkpoint("flip-api", BROKEN_STEP)
+        assert client.agent("flip-api").status == "Deployed"
+        assert client.rollback("flip-api")["checkpoint_step"] == OLD_STEP
+        assert [h["outcome"] for h in client.checkpoint_history("flip-api")] == [
+            "serving", "failed", "replaced", "replaced"]
+    finally:
+        client.close()
