@@ -31,9 +31,11 @@ from tests.checkpoint_fixtures import (
     expected_actions,
     write_flip_experiment,
 )
+from tests.panel_support import front_end
 from tests.servers import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
+__all__ = ["front_end"]  # a fixture used by name below
 
 ARGS = ["--AgentsWorkbenchApp.health_check_interval=0"]
 
@@ -361,4 +363,64 @@ def test_notebook_api_changes_rolls_back_and_reports_a_failure(served: ServerPro
         assert [h["outcome"] for h in client.checkpoint_history("flip-api")] == [
             "serving", "failed", "replaced", "replaced"]
     finally:
+        client.close()
+
+
+def test_panel_change_checkpoint_section(served: ServerProcess,
+                                         front_end: list[dict[str, Any]]) -> None:
+    """The expanded row's Change checkpoint: pick on the chart, change, see a failure, roll
+    back, split and promote, all against the real server."""
+    from agents_widget.checkpoint_change import CheckpointChanger
+    from agents_widget.client import AgentInfo, ExperimentInfo, WorkbenchClient
+    from agents_widget.details import DeploymentDetails
+    from workbench_core.discovery import ServerInfo
+
+    deployed = served.deploy("flip-panel", FLIP, OLD_STEP)
+    listed = served.api("GET", "experiments").json()["experiments"]
+    experiment = ExperimentInfo.from_json(next(e for e in listed if e["name"] == FLIP))
+    client = WorkbenchClient(ServerInfo(url=served.url, token=served.token))
+    details = DeploymentDetails(AgentInfo.from_json(served.api("GET", "agents/flip-panel")
+                                                    .json()), experiment,
+                                key=lambda: deployed["api_key"], on_rotate=lambda _n: None,
+                                client=client)
+    try:
+        view = details.checkpoint_view
+        assert isinstance(view, CheckpointChanger)
+        assert "step 1" in view.serving.value
+        assert view.rollback_button.disabled  # nothing served before
+        view.pick(NEW_STEP)  # a dot on a chart: Specific, that checkpoint
+        assert view.rule.value == "specific"
+        assert view.chosen == NEW_STEP
+        assert view.training_chart.chosen == NEW_STEP
+        future = view.change()
+        assert future is not None
+        agent = future.result(120)
+        assert agent.checkpoint_step == NEW_STEP
+        assert "step 2" in view.serving.value
+        assert "Done" in view.status.value
+        assert not view.rollback_button.disabled
+
+        view.pick(BROKEN_STEP)
+        broken = view.change()
+        assert broken is not None
+        broken.result(120)
+        assert "still serves" in view.status.value
+        assert "failed" in view.last_change.value
+        assert "step 2" in view.serving.value  # the old one serves on
+
+        assert view.rollback().result(120).checkpoint_step == OLD_STEP
+        view.pick(NEW_STEP)
+        view.percent.value = 40
+        split = view.split()
+        assert split is not None
+        assert split.result(120).split is not None
+        assert view.split_box.layout.display == ""
+        assert "40%" in view.last_change.value
+        assert view.change_button.disabled  # a split must end first
+        promoted = view.end_split("promote").result(60)
+        assert promoted.checkpoint_step == NEW_STEP
+        assert promoted.split is None
+        assert view.split_box.layout.display == "none"
+    finally:
+        details.close()
         client.close()
