@@ -242,7 +242,7 @@ class CheckpointChanger(widgets.VBox):
 def checkpoint_section(agent: AgentInfo, experiment: ExperimentInfo | None,
                        client: WorkbenchClient | None) -> CheckpointChanger | None:
     """The view for ``agent``'s expanded row, or ``None`` where it cannot change checkpoint
-    (no client, its experiment gone, or served by Ray, whose change is not supported yet)."""
-    if client is None or experiment is None or agent.options.get("backend") == "ray":
+    (no client, or its experiment is gone)."""
+    if client is None or experiment is None:
         return None
     return CheckpointChanger(agent, experiment, client)

@@ -160,15 +160,31 @@ def first_answer_after(clients: Clients, moment: float, step: int, timeout: floa
     raise TimeoutError(f"no answer from step {step}")
 
 
+def start_server(backend: str, root: Path, log_dir: Path) -> WorkbenchServer:
+    """A workbench server over ``root``; for ``ray``, joined to a local Ray started here."""
+    extra = ["--AgentsWorkbenchApp.health_check_interval=0",
+             "--AgentsWorkbenchApp.isolation=process"]
+    if backend == "ray":
+        from server_extension.serving.ray_backend import start_local_ray
+        from tests.ray_support import ray_server_args
+
+        extra += ray_server_args(start_local_ray(2, namespace="checkpoint-change-bench"))
+    return WorkbenchServer(root, log_dir, label=f"checkpoint-change-{backend}",
+                           extra=extra).start()
+
+
 def run_rl(args: argparse.Namespace, root: Path, log_dir: Path) -> dict[str, Any]:
     """The get_action part; returns its figures."""
     write_flip_experiment(root)
     expected = expected_actions(root)
-    server = WorkbenchServer(root, log_dir, label="checkpoint-change", extra=[
-        "--AgentsWorkbenchApp.health_check_interval=0",
-        "--AgentsWorkbenchApp.isolation=process"]).start()
+    server = start_server(args.backend, root, log_dir)
     try:
-        agent = server.deploy("flip", FLIP, OLD_STEP)
+        created = server.api("POST", "agents", json={
+            "name": "flip", "experiment": FLIP, "checkpoint": OLD_STEP,
+            "options": {"backend": args.backend}})
+        if created.status_code != 201:
+            raise RuntimeError(f"creating flip: {created.status_code} {created.text}")
+        agent = server.connect("flip", timeout=300)[0]
         pid = server.proc.pid if server.proc is not None else 0
         memory = MemoryWatch(pid)
         clients = Clients(agent["endpoint"], agent["api_key"], expected, args.clients)
@@ -208,6 +224,7 @@ def run_rl(args: argparse.Namespace, root: Path, log_dir: Path) -> dict[str, Any
         changing = clients.between(steady_end, changes_end)
         split_calls = clients.between(canary_from, canary_to)
         return {
+            "backend": args.backend,
             "clients": args.clients,
             "calls": len(clients.calls),
             "failed": sum(not c.ok for c in clients.calls),
@@ -233,6 +250,10 @@ def run_rl(args: argparse.Namespace, root: Path, log_dir: Path) -> dict[str, Any
         }
     finally:
         server.stop()
+        if args.backend == "ray":
+            from tests.ray_support import leave_ray
+
+            leave_ray()
 
 
 def run_llm(args: argparse.Namespace, root: Path, log_dir: Path) -> dict[str, Any]:
@@ -308,7 +329,7 @@ def report(rl: dict[str, Any], llm: dict[str, Any] | None, command: str) -> str:
     """The results file's markdown."""
     ch, st, sp, mem = rl["changes"], rl["steady"], rl["split"], rl["memory_pss_mb"]
     lines = [
-        "# Checkpoint change under load (local backend, worker processes)", "",
+        f"# Checkpoint change under load ({rl['backend']} backend)", "",
         f"Command: `{command}`", "",
         f"Machine: 2 shared cores, no GPU; {rl['clients']} keep-alive clients calling "
         "`get_action` (a 32-row CartPole batch) without pause against one `jupyter server`.",
@@ -325,7 +346,8 @@ def report(rl: dict[str, Any], llm: dict[str, Any] | None, command: str) -> str:
         f"{ch['switch_s']['median']:.2f} s, {ch['switch_s']['max']:.2f} s |",
         f"| 50/50 split: calls, canary share, failed, p99 | {sp['calls']}, "
         f"{sp['canary_share']:.3f}, {sp['failed']}, {sp['p99_ms']:.1f} ms |",
-        f"| peak PSS of server + workers: steady, switches, split | {mem['steady_peak']:.0f} "
+        f"| peak PSS of server + workers (Ray's own processes not counted): steady, "
+        "switches, split | {mem['steady_peak']:.0f} "
         f"MiB, {mem['changes_peak']:.0f} MiB, {mem['split_peak']:.0f} MiB |",
     ]
     if rl["failures"]:
@@ -343,12 +365,7 @@ def report(rl: dict[str, Any], llm: dict[str, Any] | None, command: str) -> str:
         ]
         if llm["broken_detail"]:
             lines.append(f"| broken | {'; '.join(llm['broken_detail'])} |")
-    lines += [
-        "", "## Ray backend", "",
-        "Not measured: a Ray-served agent's checkpoint change is refused (409, \"not supported "
-        "yet\"); see the README's *Change checkpoint* section.", "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady", type=float, default=10.0)
     parser.add_argument("--split", type=float, default=10.0)
     parser.add_argument("--no-llm", action="store_true")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="serve the get_action agent with workers (local) or Ray Serve")
     parser.add_argument("--llm-clients", type=int, default=4)
     parser.add_argument("--llm-changes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)

@@ -60,15 +60,6 @@ class CheckpointHandler(ManagementHandler):
                 name, record.status)
         return record
 
-    def check_backend(self, record: AgentRecord) -> None:
-        """409 for agents served by a backend whose update is not wired in yet (Ray)."""
-        backend = record.options.get("backend", self.deployer.backend)
-        if backend != "local":
-            raise web.HTTPError(
-                409, "Agent %s is served by the %s backend, whose checkpoint change is not "
-                "supported yet; create a new agent for the other checkpoint.", record.name,
-                backend)
-
     def start(self, record: AgentRecord, experiment: str, rule: str, step: int, *,
               rollback_of: int | None = None, kind: str = "change",
               percent: int | None = None) -> CheckpointChange:
@@ -89,7 +80,6 @@ class CheckpointHandler(ManagementHandler):
     async def post(self, name: str, action: str = "checkpoint") -> None:
         """Run ``action``: checkpoint, rollback, split, promote or abort."""
         record = self.live_record(name)
-        self.check_backend(record)
         if action in ("promote", "abort"):
             self.reply(self.end_split(record, action))
             return
