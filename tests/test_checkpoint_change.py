@@ -131,7 +131,8 @@ def change(server: ServerProcess, name: str, checkpoint: Any, **extra: Any) -> d
     return reply.json()
 
 
-def settled(server: ServerProcess, name: str, change_id: int) -> dict[str, Any]:
+def settled(server: ServerProcess, name: str, change_id: int,
+            timeout: float = 90.0) -> dict[str, Any]:
     """Wait until the change ``change_id`` served or failed; the agent as it then stands."""
     def done() -> dict[str, Any] | None:
         agent = server.api("GET", f"agents/{name}").json()
@@ -139,7 +140,7 @@ def settled(server: ServerProcess, name: str, change_id: int) -> dict[str, Any]:
         if latest["id"] == change_id and latest["outcome"] in ("serving", "failed"):
             return agent
         return None
-    return wait_until(done, timeout=90, what=f"change {change_id} of {name} to settle")
+    return wait_until(done, timeout=timeout, what=f"change {change_id} of {name} to settle")
 
 
 def worker_pid(server: ServerProcess, name: str) -> int:
@@ -424,3 +425,24 @@ def test_panel_change_checkpoint_section(served: ServerProcess,
     finally:
         details.close()
         client.close()
+
+
+def test_change_of_an_agent_served_in_the_server_process(
+        flip_root: Path, expected: dict[int, list[int]]) -> None:
+    """With isolation="thread" (the path Ray-served agents take too) the new runtime loads on
+    the loader pool and the old one is closed after its calls, with no failed call."""
+    server = ServerProcess(flip_root, extra_args=[
+        *ARGS, "--AgentsWorkbenchApp.isolation=thread"]).start()
+    try:
+        agent = server.deploy("flip-thread", FLIP, OLD_STEP)
+        with Load(agent, expected, clients=2) as load:
+            wait_until(lambda: load.steps_since(0) == {OLD_STEP}, what="answers from step 1")
+            asked = change(server, "flip-thread", NEW_STEP)
+            after = settled(server, "flip-thread", asked["id"])
+            assert after["checkpoint"]["step"] == NEW_STEP
+            switched = time.monotonic() + 1.0
+            wait_until(lambda: load.steps_since(switched), what="answers after the change")
+            assert load.steps_since(switched) == {NEW_STEP}
+        assert load.failures == []
+    finally:
+        server.stop()

@@ -40,14 +40,14 @@ def test_ray_agent_changes_and_rolls_back_under_load(
     with Load(agent, expected, clients=2) as load:
         wait_until(lambda: load.steps_since(0) == {OLD_STEP}, what="answers from step 1")
         asked = change(ray_served, "flip-ray", NEW_STEP)
-        after = settled(ray_served, "flip-ray", asked["id"])
+        after = settled(ray_served, "flip-ray", asked["id"], timeout=RAY_DEPLOY_TIMEOUT)
         assert after["checkpoint_change"]["outcome"] == "serving", after["checkpoint_change"]
         switched = time.monotonic() + 1.0
         wait_until(lambda: load.steps_since(switched), timeout=60, what="answers after it")
         assert load.steps_since(switched) == {NEW_STEP}
         back = ray_served.api("POST", "agents/flip-ray/rollback")
         assert back.status_code == 202, back.text
-        rolled = settled(ray_served, "flip-ray", back.json()["id"])
+        rolled = settled(ray_served, "flip-ray", back.json()["id"], timeout=RAY_DEPLOY_TIMEOUT)
         assert rolled["checkpoint"]["step"] == OLD_STEP
         later = time.monotonic() + 1.0
         wait_until(lambda: load.steps_since(later), timeout=60, what="answers after rollback")
