@@ -35,7 +35,6 @@ def describe_change(row: dict[str, Any] | None) -> str:
     if not row:
         return ""
     step = f"step {int(row['checkpoint_step']):,}"
-    who = row.get("user") or ""
     outcome = row.get("outcome")
     if outcome == "failed":
         reason = html.escape(str(row.get("error") or "unknown reason"))
@@ -48,8 +47,8 @@ def describe_change(row: dict[str, Any] | None) -> str:
                 "calls. Promote it or Abort.</span>")
     if outcome == "aborted":
         return f"<span class='awb-hint'>The split with {step} was aborted.</span>"
-    by = f" by {html.escape(who)}" if who else ""
-    return f"<span class='awb-ok'>Serving {step} since the last change{by}.</span>"
+    when = time.strftime("%H:%M:%S", time.localtime(float(row.get("finished_at") or 0)))
+    return f"<span class='awb-ok'>Serving {step} since {when}.</span>"
 
 
 class CheckpointChanger(widgets.VBox):
@@ -73,16 +72,18 @@ class CheckpointChanger(widgets.VBox):
             "training_score", "evaluation_score"))
         charts = gap(widgets.HBox([self.training_chart, self.evaluation_chart],
                                   layout=widgets.Layout(flex_flow="row wrap")), 12)
+        wide = widgets.Layout(width="auto")
         self.change_button = widgets.Button(
             description="Change checkpoint", icon="exchange", button_style="primary",
+            layout=wide,
             tooltip="Load the chosen checkpoint beside the one serving, then switch to it")
         self.rollback_button = widgets.Button(
-            description="Roll back", icon="undo",
+            description="Roll back", icon="undo", layout=wide,
             tooltip="Go back to the checkpoint that served before this one")
         self.percent = widgets.IntSlider(value=10, min=1, max=99, description="Canary %",
                                          style={"description_width": "70px"})
         self.split_button = widgets.Button(
-            description="Split traffic", icon="random",
+            description="Split traffic", icon="random", layout=wide,
             tooltip="Serve the chosen checkpoint beside this one for that share of the calls")
         self.promote_button = widgets.Button(description="Promote", icon="check",
                                              button_style="success")

@@ -418,6 +418,12 @@ def test_panel_change_checkpoint_section(served: ServerProcess,
         assert view.split_box.layout.display == ""
         assert "40%" in view.last_change.value
         assert view.change_button.disabled  # a split must end first
+        # The traffic view gives each checkpoint's figures while the split runs.
+        from agents_widget.metrics_view import headline
+
+        figures = headline(client.metrics("flip-panel"))
+        assert "primary step 1 (60%)" in figures
+        assert "canary step 2 (40%)" in figures
         promoted = view.end_split("promote").result(60)
         assert promoted.checkpoint_step == NEW_STEP
         assert promoted.split is None
