@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from server_extension.serving.deployer import Deployer, LiveDeployment
 from server_extension.serving.runtimes import Runtime
 from server_extension.workspace.registry import Registry
@@ -54,3 +56,42 @@ def test_no_split_and_retired_deployments_route_to_the_current_one(tmp_path: Pat
     dep._live["a"] = canary
     primary.retired = True
     assert dep.target(primary) is canary
+
+
+def test_changes_left_open_by_a_stopped_server_are_closed_on_start(tmp_path: Path) -> None:
+    """A serving server that dies mid-change leaves rows ``loading`` or ``canary``; the next
+    one to serve closes them (or the agent could never change again) and keeps requests."""
+    from server_extension.workspace.registry import (
+        AgentRecord,
+        RegistryError,
+        canary_of,
+        checkpoint_history,
+        mark_change,
+        request_change,
+    )
+
+    registry = Registry(tmp_path / "registry.sqlite3")
+    try:
+        for name in ("a", "b", "c"):
+            registry.create_agent(AgentRecord(name=name, tab="classic", experiment="e",
+                                              checkpoint_rule="best", checkpoint_step=1,
+                                              algo="DQN"))
+        loading = request_change(registry, "a", experiment="e", rule="specific", step=2)
+        mark_change(registry, loading.id, "loading")
+        split = request_change(registry, "b", experiment="e", rule="specific", step=2,
+                               kind="split", percent=20)
+        mark_change(registry, split.id, "canary")
+        asked = request_change(registry, "c", experiment="e", rule="specific", step=2)
+        with pytest.raises(RegistryError, match="already changing"):
+            request_change(registry, "a", experiment="e", rule="final", step=3)
+
+        Deployer(registry, ExperimentStore(tmp_path))._end_unfinished_changes()
+        assert [(c.outcome, bool(c.error)) for c in checkpoint_history(registry, "a")] == [
+            ("failed", True)]
+        assert canary_of(registry, "b") is None
+        assert checkpoint_history(registry, "b")[0].outcome == "aborted"
+        assert checkpoint_history(registry, "c")[0].id == asked.id
+        assert checkpoint_history(registry, "c")[0].outcome == "requested"
+        request_change(registry, "a", experiment="e", rule="final", step=3)  # free again
+    finally:
+        registry.close()

@@ -79,6 +79,7 @@ from server_extension.workspace.registry import (
     NotFound,
     Registry,
     commit_change,
+    end_unfinished_changes,
     get_change,
     mark_change,
     open_changes,
@@ -267,6 +268,8 @@ class Deployer:
 
     def start(self) -> None:
         """Bring back agents that were connected when the server last stopped (or crashed)."""
+        if self.serves:
+            self._end_unfinished_changes()
         records = self.registry.list()
         for record in records:
             if record.connected and record.status == "Failed":
@@ -582,6 +585,21 @@ class Deployer:
                 self.unload(name)
         if not self.serves:
             return
+        self._sync_changes(reload_deployed)
+        for record in records.values():
+            if not record.connected or record.name in self._loading:
+                continue
+            fresh_connect = record.status == "Pending" and record.error is None
+            orphaned = (reload_deployed and record.name not in self._live
+                        and record.status in ("Pending", "Deployed"))
+            if fresh_connect or orphaned:
+                self._begin_connect(record.name)
+
+    def _sync_changes(self, took_over: bool) -> None:
+        """Checkpoint changes and splits asked for, promoted or aborted through another
+        server (or left open by the server this one took over from)."""
+        if took_over:
+            self._end_unfinished_changes()
         for name in list(self._live):
             self.settle_split(name)  # promoted or aborted through another server
         for change in open_changes(self.registry):
@@ -591,14 +609,6 @@ class Deployer:
                 mark_change(self.registry, change.id, "failed",
                             "The agent was not serving when the change reached the server "
                             "that loads it; Connect it, then change its checkpoint.")
-        for record in records.values():
-            if not record.connected or record.name in self._loading:
-                continue
-            fresh_connect = record.status == "Pending" and record.error is None
-            orphaned = (reload_deployed and record.name not in self._live
-                        and record.status in ("Pending", "Deployed"))
-            if fresh_connect or orphaned:
-                self._begin_connect(record.name)
 
     def delete(self, name: str) -> None:
         """Disconnect and remove the agent."""
@@ -745,6 +755,15 @@ class Deployer:
         log.info("Agent %s now serves %s step %s (loaded beside the old in %.3f s)", name,
                  change.experiment, change.checkpoint_step, time.perf_counter() - started)
         self._spawn(self._retire(old))
+
+    def _end_unfinished_changes(self) -> None:
+        # This server just began loading the workspace's agents: no change is loading here and
+        # no canary is loaded, whatever the registry says of the server before.
+        closed = end_unfinished_changes(
+            self.registry, "The server that was loading this checkpoint stopped; the agent "
+            "serves the checkpoint it served before. Try the change again.")
+        if closed:
+            log.info("Closed %d checkpoint change(s) left open by a stopped server", closed)
 
     def settle_split(self, name: str) -> None:
         """Bring the agent's split in line with its registry row: Promote (the row now

@@ -567,3 +567,16 @@ def previous_checkpoint(registry: Registry, agent: str) -> CheckpointChange | No
             "SELECT * FROM checkpoint_changes WHERE agent = ? AND outcome = 'replaced'"
             " ORDER BY finished_at DESC, id DESC LIMIT 1", (agent,)).fetchone()
     return None if row is None else _change(row)
+
+
+def end_unfinished_changes(registry: Registry, reason: str) -> int:
+    """Close the changes a stopped serving server left open: ``loading`` ones fail and running
+    splits (``canary``) are aborted, both with ``reason``, so the agents can change again.
+    ``requested`` ones stay for the server that now loads. Returns how many were closed."""
+    now = time.time()
+    with registry._tx() as db:
+        cur = db.execute(
+            "UPDATE checkpoint_changes SET outcome = CASE outcome WHEN 'loading' THEN 'failed'"
+            " ELSE 'aborted' END, error = ?, finished_at = ?"
+            " WHERE outcome IN ('loading', 'canary')", (reason, now))
+    return int(cur.rowcount or 0)
