@@ -246,7 +246,8 @@ class GenerateStreamHandler(LLMHandler):
             await pieces.aclose()
         completion = "".join(produced)
         if self._metrics is not None:
-            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion))
+            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion,
+                                                          sticky=session_id))
         if not self._closed:
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},
