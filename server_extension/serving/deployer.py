@@ -263,6 +263,7 @@ class Deployer:
         self.serves = True
         self._loading: dict[str, int] = {}  # name -> generation of the load in flight
         self._changing: dict[str, int] = {}  # name -> id of the checkpoint change loading
+        self._splits: dict[str, LiveDeployment] = {}  # name -> the deployment with a canary
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -306,6 +307,7 @@ class Deployer:
             warm_template(frameworks)
 
     def _sweep(self) -> None:
+        self._drop_orphan_canaries()
         now = time.monotonic()
         for worker in list(self._worker_set):
             if worker.reason is not None:
@@ -600,6 +602,7 @@ class Deployer:
         server (or left open by the server this one took over from)."""
         if took_over:
             self._end_unfinished_changes()
+        self._drop_orphan_canaries()
         for name in list(self._live):
             self.settle_split(name)  # promoted or aborted through another server
         for change in open_changes(self.registry):
@@ -746,6 +749,7 @@ class Deployer:
         if change.kind == "split":
             old.canary, old.canary_change = new, change.id
             old.canary_percent = int(change.percent or 0)
+            self._splits[name] = old
             log.info("Agent %s: %s step %s answers %s%% of the calls (canary)", name,
                      change.experiment, change.checkpoint_step, old.canary_percent)
             return
@@ -781,6 +785,7 @@ class Deployer:
             return
         canary = live.canary
         live.canary, live.canary_change, live.canary_percent = None, None, 0
+        self._splits.pop(name, None)
         if outcome == "serving":
             self._live[name] = canary
             live.retired = True
@@ -993,7 +998,7 @@ class Deployer:
                         live.failed = True
                     else:
                         self._live.pop(name, None)
-                        self._close_live(live)
+                        self._close_runtime(live.runtime)
                     self._set_if_exists(name, status="Failed", error=reason)
                 else:
                     self._set_if_exists(name, status="Pending", error=reason)
@@ -1017,14 +1022,15 @@ class Deployer:
             log.debug("Agent %s vanished before its status could be set", name)
 
     def _close_live(self, live: LiveDeployment) -> None:
-        """Close a deployment's runtime and its canary's (the registry rows stay)."""
-        if live.canary is not None:
-            self._close_runtime(live.canary.runtime)
+        """Close a deployment's runtime, and end its split if it runs one."""
+        self._drop_canary(live, "The agent was disconnected, reloaded or stopped; the split "
+                          "ended.", outcome="aborted")
         self._close_runtime(live.runtime)
 
-    def _drop_canary(self, live: LiveDeployment, reason: str) -> None:
-        """End a split that cannot go on; its row is marked failed with ``reason``."""
+    def _drop_canary(self, live: LiveDeployment, reason: str, outcome: str = "failed") -> None:
+        """End a split that cannot go on; its row gets ``outcome`` with ``reason``."""
         canary, change_id = live.canary, live.canary_change
+        self._splits.pop(live.name, None)
         if canary is None:
             return
         live.canary, live.canary_change, live.canary_percent = None, None, 0
@@ -1032,9 +1038,16 @@ class Deployer:
         self._close_runtime(canary.runtime)
         if change_id is not None:
             try:
-                mark_change(self.registry, change_id, "failed", reason)
+                mark_change(self.registry, change_id, outcome, reason)
             except Exception:  # noqa: BLE001 - the agent was deleted meanwhile
                 log.debug("Agent %s vanished while its split ended", live.name)
+
+    def _drop_orphan_canaries(self) -> None:
+        # A primary dropped without _close_live (its health check failed it) leaves its canary
+        # running; end those splits here.
+        for name, primary in list(self._splits.items()):
+            if self._live.get(name) is not primary:
+                self._drop_canary(primary, "The checkpoint it split with stopped serving.")
 
     @staticmethod
     def _close_runtime(runtime: Runtime) -> None:
