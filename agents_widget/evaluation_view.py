@@ -209,9 +209,9 @@ def _summary_html(results: pd.DataFrame, recorded: float | None, step: Any,
 def _strip_svg(scores: list[float], recorded: float | None) -> str:
     """Each episode's score as a dot on one axis, the mean as a bar, the recorded score dashed."""
     values = [*scores, *([] if recorded is None else [recorded])]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    low, high = low - 0.05 * span, high + 0.05 * span
+    smallest, largest = min(values), max(values)
+    span = (largest - smallest) or 1.0
+    low, high = smallest - 0.05 * span, largest + 0.05 * span
 
     def x(value: float) -> float:
         return PAD + (value - low) / (high - low) * (CHART_W - 2 * PAD)
@@ -219,9 +219,10 @@ def _strip_svg(scores: list[float], recorded: float | None) -> str:
     mid = CHART_H / 2
     parts = [f"<line x1='{PAD}' y1='{mid + 22}' x2='{CHART_W - PAD}' y2='{mid + 22}' "
              "stroke='#999'/>",
-             f"<text x='{PAD}' y='{mid + 38}' font-size='11'>{_fmt(low)}</text>",
-             f"<text x='{CHART_W - PAD}' y='{mid + 38}' font-size='11' "
-             f"text-anchor='end'>{_fmt(high)}</text>"]
+             f"<text x='{x(smallest):.1f}' y='{mid + 38}' font-size='11' "
+             f"text-anchor='middle'>{_fmt(smallest)}</text>",
+             f"<text x='{x(largest):.1f}' y='{mid + 38}' font-size='11' "
+             f"text-anchor='middle'>{_fmt(largest)}</text>"]
     counts: dict[float, int] = {}
     for score in scores:
         stacked = counts.get(round(score, 6), 0)

@@ -25,10 +25,12 @@ from nbclient import NotebookClient
 
 from agents_widget.client import AgentInfo, WorkbenchClient
 from server_extension.demos.classic_multi_recurrent import TICTACTOE
+from tests.panel_support import front_end
 from tests.servers import REPO, ServerProcess, copy_workspace, start_server
 from workbench_core.discovery import ServerInfo
 
 pytest_plugins = ["tests.classic_fixtures"]
+__all__ = ["front_end"]  # a fixture used by name below
 pytestmark = pytest.mark.slow
 
 NOTEBOOK = REPO / "tests" / "notebooks" / "data_api.ipynb"
@@ -198,3 +200,69 @@ def test_evaluate_refuses_an_agent_without_an_endpoint(client: WorkbenchClient,
             evaluate("cartpole", episodes=0, client=client)
     finally:
         live.api("DELETE", "agents/idle")
+
+
+def test_tic_tac_toe_win_rate_through_the_endpoint_matches_training(
+        client: WorkbenchClient, deployed: dict[str, dict[str, Any]]) -> None:
+    from agents_widget.dataframes import find_experiment
+    from agents_widget.evaluation import evaluate, recorded_score, training_protocol
+
+    experiment = find_experiment(client, TICTACTOE)
+    served = client.agent("ttt-a")
+    games = evaluate("ttt-a", client=client, **training_protocol(experiment))
+    # Training scored the mean win rate against random moves over both sides, same seeds.
+    assert games["score"].mean() == pytest.approx(
+        recorded_score(experiment, served.checkpoint_step), abs=1e-9)
+    assert (games["score"] == (games["outcome"] == "win")).all()
+
+
+def test_the_evaluate_view_shows_served_and_recorded_scores(
+        client: WorkbenchClient, deployed: dict[str, dict[str, Any]],
+        front_end: list[dict[str, Any]]) -> None:
+    from agents_widget.dataframes import find_experiment
+    from agents_widget.evaluation_view import EvaluationView, evaluation_section
+
+    experiment = find_experiment(client, DQN)
+    section = evaluation_section(client.agent("cartpole"), experiment, client)
+    assert section is not None
+    view = section.children[0]
+    assert isinstance(view, EvaluationView)
+    assert not view.turn_based
+    view.episodes.value = 4
+    assert view.run() is not None
+    assert view.wait(timeout=120)
+    assert view.last_error is None, view.last_error
+    assert view.results is not None
+    assert len(view.results) == 4
+    assert "over 4 episodes, seeds 1000 to 1003" in view.summary.value
+    assert "the same as recorded" in view.summary.value
+    assert view.chart.value.count("<circle") == 4
+
+    # The untrained checkpoint: training's recorded score (for step 0: none) is not claimed.
+    step0 = EvaluationView("cartpole-step0", experiment, client)
+    step0.episodes.value = 2
+    step0.run()
+    assert step0.wait(timeout=120)
+    assert "recorded no evaluation score" in step0.summary.value
+
+
+def test_head_to_head_in_the_view(client: WorkbenchClient,
+                                  deployed: dict[str, dict[str, Any]],
+                                  front_end: list[dict[str, Any]]) -> None:
+    from agents_widget.dataframes import find_experiment
+    from agents_widget.evaluation_view import EvaluationView
+
+    view = EvaluationView("ttt-a", find_experiment(client, TICTACTOE), client)
+    assert view.turn_based
+    view.opponent.value = "ttt-b"
+    assert view.run_head_to_head(games=4) is not None
+    assert view.wait(timeout=120)
+    assert view.last_error is None, view.last_error
+    assert view.duel is not None
+    assert list(view.duel["player_1"]) == ["ttt-a", "ttt-b", "ttt-a", "ttt-b"]
+    assert "ttt-a vs ttt-b:" in view.duel_line.value
+    assert "over 4 games (sides alternated)" in view.duel_line.value
+    view.opponent.value = "nobody"
+    view.run_head_to_head(games=2)
+    assert view.wait(timeout=60)
+    assert "nobody" in (view.last_error or "")
