@@ -373,8 +373,15 @@ class WorkbenchClient:
 
     def experiments(self) -> list[ExperimentInfo]:
         """Every experiment with its checkpoints and metrics."""
+        return self.experiment_listing()[0]
+
+    def experiment_listing(self) -> tuple[list[ExperimentInfo], list[dict[str, str]]]:
+        """Every experiment, and every folder that is not a usable one (``broken``: its
+        ``name``, ``folder`` and ``error``)."""
         body = self._request("GET", "experiments")
-        return [ExperimentInfo.from_json(e) for e in body.get("experiments", [])]
+        broken = [{k: str(v) for k, v in b.items()} for b in body.get("broken") or []
+                  if isinstance(b, Mapping)]
+        return [ExperimentInfo.from_json(e) for e in body.get("experiments", [])], broken
 
     def agents(self) -> list[AgentInfo]:
         """Every agent, both tabs."""

@@ -32,7 +32,7 @@ EXPERIMENT_COLUMNS: dict[str, str] = {
     "name": "string", "tab": "string", "algorithm": "string", "framework": "string",
     "environment": "string", "dataset": "string", "multi_agent": "bool", "recurrent": "bool",
     "checkpoints": "Int64", "best_step": "Int64", "best_score": "Float64",
-    "last_step": "Int64", "status": "string",
+    "last_step": "Int64", "status": "string", "error": "string",
 }
 CHECKPOINT_COLUMNS: dict[str, str] = {
     "step": "Int64", "training_score": "Float64", "evaluation_score": "Float64",
@@ -89,10 +89,12 @@ def experiments(*, client: WorkbenchClient | None = None) -> pd.DataFrame:
 
     Columns: name, tab, algorithm, framework, environment, dataset, multi_agent, recurrent,
     checkpoints (how many), best_step and best_score (highest evaluation score), last_step,
-    status (``ready``, ``empty``, or the training mark: queued, training, failed, interrupted).
+    status (``ready``, ``empty``, the training mark: queued, training, failed, interrupted;
+    or ``broken`` for a folder that cannot be read as an experiment) and error (why).
     """
-    rows = []
-    for exp in resolve_client(client).experiments():
+    rows: list[dict[str, Any]] = []
+    listed, broken = resolve_client(client).experiment_listing()
+    for exp in listed:
         scored = [c for c in exp.checkpoints if c.evaluation_score is not None]
         best = max(scored, key=lambda c: (c.evaluation_score, c.step)) if scored else None
         rows.append({
@@ -104,7 +106,10 @@ def experiments(*, client: WorkbenchClient | None = None) -> pd.DataFrame:
             "best_score": best.evaluation_score if best else None,
             "last_step": max((c.step for c in exp.checkpoints), default=None),
             "status": _status(exp),
+            "error": (exp.training or {}).get("error"),
         })
+    rows += [{"name": b.get("name"), "status": "broken", "error": b.get("error"),
+              "checkpoints": 0} for b in broken]
     return _frame(rows, EXPERIMENT_COLUMNS)
 
 

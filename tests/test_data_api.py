@@ -1,11 +1,12 @@
 """The notebook data API (agents_widget.dataframes, .evaluation) against a live server.
 
 One real ``jupyter server`` over the quick demo's ``cartpole-dqn`` (plus an untrained step-0
-checkpoint saved into it here by AgileRL itself) and the quick ``tictactoe-ippo``, with four
-agents deployed. ``tests/notebooks/data_api.ipynb`` calls every function and checks columns,
-dtypes and row counts; it runs under nbval, and once more under nbclient so the saved
-notebook can be searched for every real key and token of the workspace. Evaluation through
-the endpoint is checked against the scores training recorded on the same seeds.
+checkpoint saved into it here by AgileRL itself), the quick ``tictactoe-ippo`` and a folder
+that is no experiment, with four agents deployed. ``tests/notebooks/data_api.ipynb`` calls
+every function and checks columns, dtypes and row counts; it runs under nbval, and once more
+under nbclient so the saved notebook can be searched for every real key and token of the
+workspace. Evaluation through the endpoint is checked against the scores training recorded on
+the same seeds.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, demo_experiments: Path,
     shutil.copytree(demo_experiments / DQN, root / "experiments" / DQN)
     shutil.copytree(classic_experiments / TICTACTOE, root / "experiments" / TICTACTOE)
     _add_untrained_checkpoint(root)
+    # A folder the store cannot read: experiments() lists it as broken, with the reason.
+    (root / "experiments" / "not-an-experiment").mkdir()
+    (root / "experiments" / "not-an-experiment" / "experiment.json").write_text("{not json")
     return root
 
 
@@ -106,9 +110,11 @@ def test_notebook_is_committed_without_outputs() -> None:
 
 def test_data_notebook_passes_nbval(live: ServerProcess,
                                     deployed: dict[str, dict[str, Any]]) -> None:
+    # --noconftest: tests/conftest.py groups test functions for xdist, and a notebook's cells
+    # are no functions; nbval needs none of its fixtures.
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         str(NOTEBOOK)],
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--noconftest", "-q", "-p",
+         "no:cacheprovider", str(NOTEBOOK)],
         cwd=REPO, env=_kernel_env(live), capture_output=True, text=True, timeout=300,
         check=False)
     assert done.returncode == 0, done.stdout + done.stderr
