@@ -5,6 +5,8 @@
 ``experiments()``, ``checkpoints(name)``, ``metrics(name)``, ``agents()``, ``traffic(agent)``
 and ``requests(agent)`` return pandas DataFrames; ``evaluate(agent)``, ``compare([...])``
 and ``head_to_head(a, b)`` play deployed agents through their live endpoints.
+``change_checkpoint(agent, step)``, ``rollback``, ``split``, ``promote``, ``abort`` and
+``checkpoint_history`` move a live agent to another checkpoint with no downtime.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from .tracking import start_experiment
 if TYPE_CHECKING:
     from .dataframes import agents, checkpoints, experiments, metrics, requests, traffic
     from .evaluation import compare, evaluate, head_to_head
+    from .live_checkpoints import (
+        abort,
+        change_checkpoint,
+        checkpoint_history,
+        promote,
+        rollback,
+        split,
+    )
     from .panel import AgentsPanel
 
-__all__ = ["AgentsPanel", "agents", "checkpoints", "compare", "evaluate", "experiments",
-           "head_to_head", "metrics", "requests", "start_experiment", "traffic"]
+__all__ = ["AgentsPanel", "abort", "agents", "change_checkpoint", "checkpoint_history",
+           "checkpoints", "compare", "evaluate", "experiments", "head_to_head", "metrics",
+           "promote", "requests", "rollback", "split", "start_experiment", "traffic"]
 
 # Loaded on first use: the panel pulls in ipywidgets and anywidget, the data functions
 # pandas; training scripts that only log experiments should pay for neither.
@@ -28,6 +39,8 @@ _LAZY = {
     **dict.fromkeys(("agents", "checkpoints", "experiments", "metrics", "requests", "traffic"),
                     "dataframes"),
     **dict.fromkeys(("compare", "evaluate", "head_to_head"), "evaluation"),
+    **dict.fromkeys(("abort", "change_checkpoint", "checkpoint_history", "promote", "rollback",
+                     "split"), "live_checkpoints"),
 }
 
 

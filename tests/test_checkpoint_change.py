@@ -363,6 +363,15 @@ def test_notebook_api_changes_rolls_back_and_reports_a_failure(served: ServerPro
         assert client.rollback("flip-api")["checkpoint_step"] == OLD_STEP
         assert [h["outcome"] for h in client.checkpoint_history("flip-api")] == [
             "serving", "failed", "replaced", "replaced"]
+        # The module-level shortcuts (import agents_widget as aw) do the same.
+        import agents_widget as aw
+
+        assert aw.change_checkpoint("flip-api", NEW_STEP, client=client)["outcome"] == \
+            "serving"
+        history = aw.checkpoint_history("flip-api", client=client)
+        assert list(history["checkpoint_step"][:2]) == [NEW_STEP, OLD_STEP]
+        assert str(history["requested_at"].dtype) == "datetime64[ns, UTC]"
+        assert aw.rollback("flip-api", client=client)["checkpoint_step"] == OLD_STEP
     finally:
         client.close()
 
