@@ -90,9 +90,13 @@ def test_sessions_stick_during_a_split_and_survive_promote(chat_server: ServerPr
 
 def test_stream_in_progress_finishes_across_a_change(chat_server: ServerProcess) -> None:
     """A streamed reply that started on the old checkpoint ends normally after the switch."""
-    agent = chat_server.api("GET", "agents/chat").json()
-    history = chat_server.api("GET", "agents/chat/checkpoints").json()["history"]
-    target = next(h["checkpoint_step"] for h in history if h["outcome"] == "replaced")
+    from server_extension.demos.llm import SFT_EXPERIMENT
+
+    steps = [c["step"] for c in next(
+        e for e in chat_server.api("GET", "experiments").json()["experiments"]
+        if e["name"] == SFT_EXPERIMENT)["checkpoints"]]
+    agent = chat_server.deploy("chat-stream", SFT_EXPERIMENT, steps[0], timeout=180)
+    target = steps[-1]
     with requests.post(f"{agent['endpoint']}/generate_stream", stream=True, timeout=180,
                        headers={"Authorization": f"Bearer {agent['api_key']}"},
                        json={"prompt": "Tell me more", "params": {"max_new_tokens": 48}}
@@ -100,10 +104,10 @@ def test_stream_in_progress_finishes_across_a_change(chat_server: ServerProcess)
         assert reply.status_code == 200
         pieces = reply.iter_content(None, decode_unicode=True)
         first = next(pieces)
-        changed = chat_server.api("POST", "agents/chat/checkpoint",
+        changed = chat_server.api("POST", "agents/chat-stream/checkpoint",
                                   json={"checkpoint": target})
         assert changed.status_code == 202, changed.text
         text = first + "".join(pieces)
     assert "[ERROR" not in text
-    wait_until(lambda: chat_server.api("GET", "agents/chat").json()["checkpoint"]["step"]
-               == target, timeout=180, what="the change to serve")
+    wait_until(lambda: chat_server.api("GET", "agents/chat-stream").json()["checkpoint"]
+               ["step"] == target, timeout=180, what="the change to serve")
