@@ -34,16 +34,15 @@ REPO = Path(__file__).resolve().parent.parent
 WARMUP = 2
 AGENT = "bench-json"
 QUESTION = "What is the capital of France?"
-# Bounded fields only: every answer ends well inside the demo model's 128-token context.
+# Bounded fields only: every answer ends inside the demo model's 128-token context, even with
+# the quick model's tokenizer (about a token per character).
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["country", "capital", "continent", "population_millions", "coastal"],
+    "required": ["country", "capital", "continent", "coastal"],
     "properties": {
-        "country": {"type": "string", "maxLength": 12},
-        "capital": {"type": "string", "maxLength": 12},
-        "continent": {"type": "string", "enum": ["Africa", "Asia", "Europe", "North America",
-                                                 "Oceania", "South America"]},
-        "population_millions": {"type": "integer", "minimum": 0, "maximum": 999},
+        "country": {"type": "string", "maxLength": 8},
+        "capital": {"type": "string", "maxLength": 8},
+        "continent": {"type": "string", "enum": ["Africa", "Asia", "Europe", "Oceania"]},
         "coastal": {"type": "boolean"}}}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "country", "schema": SCHEMA,
                                                   "strict": True}}
