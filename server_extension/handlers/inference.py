@@ -151,9 +151,9 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 
-    def _begin_metrics(self) -> None:
+    def _begin_metrics(self, name: str | None = None) -> None:
         store: MetricsStore | None = self.settings.get(METRICS)
-        name = self.path_kwargs.get("name")
+        name = name or self.path_kwargs.get("name")
         if store is None or name is None:
             return
         metrics = store.get(name)
