@@ -206,6 +206,7 @@ class Deployer:
         # Connect then only marks the agent Pending in the registry.
         self.serves = True
         self._loading: dict[str, int] = {}  # name -> generation of the load in flight
+        self._probing: set[int] = set()  # health probes in flight
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -674,34 +675,47 @@ class Deployer:
         self._spawn(self.health_check())
 
     async def health_check(self) -> None:
-        """Probe every live runtime once; demote or fail the ones that do not answer."""
-        for name, live in list(self._live.items()):
-            try:
-                await self.invoke(live, "probe")
-            except Exception as exc:  # noqa: BLE001 - any probe failure counts
-                if isinstance(exc, AgentUnavailable) and isinstance(live.runtime, WorkerRuntime):
-                    continue  # its worker died: _worker_exited restarts or fails it
-                if self._live.get(name) is not live:
-                    continue
-                live.health_failures += 1
-                reason = f"Health check failed: {_describe(exc)}"
-                log.warning("Agent %s: %s", name, reason)
-                if live.health_failures >= self.health_check_failures:
-                    if getattr(live.runtime, "recovers", False):
-                        # Its backend keeps trying to bring replicas back (ray_backend): the
-                        # agent stays Failed, its calls answered 503, until a probe succeeds.
-                        live.failed = True
-                    else:
-                        self._live.pop(name, None)
-                        self._close_runtime(live.runtime)
-                    self._set_if_exists(name, status="Failed", error=reason)
+        """Probe every live runtime once, all at once (an agent that does not answer holds up
+        no other); demote or fail the ones that do not answer."""
+        await asyncio.gather(*(self._probe_once(name, live)
+                               for name, live in list(self._live.items())))
+
+    async def _probe(self, name: str, live: LiveDeployment) -> None:
+        try:
+            await self.invoke(live, "probe")
+        except Exception as exc:  # noqa: BLE001 - any probe failure counts
+            if isinstance(exc, AgentUnavailable) and isinstance(live.runtime, WorkerRuntime):
+                return  # its worker died: _worker_exited restarts or fails it
+            if self._live.get(name) is not live:
+                return
+            live.health_failures += 1
+            reason = f"Health check failed: {_describe(exc)}"
+            log.warning("Agent %s: %s", name, reason)
+            if live.health_failures >= self.health_check_failures:
+                if getattr(live.runtime, "recovers", False):
+                    # Its backend keeps trying to bring replicas back (ray_backend): the
+                    # agent stays Failed, its calls answered 503, until a probe succeeds.
+                    live.failed = True
                 else:
-                    self._set_if_exists(name, status="Pending", error=reason)
-                continue
-            if self._live.get(name) is live and live.health_failures:
-                live.health_failures = 0
-                live.failed = False
-                self._set_if_exists(name, status="Deployed", error=None)
+                    self._live.pop(name, None)
+                    self._close_runtime(live.runtime)
+                self._set_if_exists(name, status="Failed", error=reason)
+            else:
+                self._set_if_exists(name, status="Pending", error=reason)
+            return
+        if self._live.get(name) is live and live.health_failures:
+            live.health_failures = 0
+            live.failed = False
+            self._set_if_exists(name, status="Deployed", error=None)
+
+    async def _probe_once(self, name: str, live: LiveDeployment) -> None:
+        if id(live) in self._probing:
+            return  # the last round's probe of it has not come back yet
+        self._probing.add(id(live))
+        try:
+            await self._probe(name, live)
+        finally:
+            self._probing.discard(id(live))
 
     # -- helpers ------------------------------------------------------------------------
 

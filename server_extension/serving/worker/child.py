@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import os
 import resource
 import signal
@@ -24,7 +25,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from server_extension.serving.worker import protocol, serving
+from server_extension.serving.worker import protocol, serving, tree
 from server_extension.serving.worker.protocol import ProtocolError
 
 TEMPLATE_MODULES = ("numpy", "torch", "agilerl", "transformers", "peft")
@@ -91,6 +92,8 @@ class Worker:
                 self.dispatch(header, body)
         except (EOFError, ConnectionError, ProtocolError):
             pass
+        # The server is gone (or stopped listening): so is everything this worker started.
+        _kill_own_group()
         os._exit(0)
 
     def dispatch(self, header: dict[str, Any], body: bytes) -> None:
@@ -224,8 +227,44 @@ def _limit_memory(megabytes: float) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
+def _kill_own_group() -> None:
+    # Only a group this worker leads: never the server's, should setsid have failed.
+    if os.getpgid(0) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)  # the worker and everything it started
+    os._exit(1)
+
+
+def _own_the_tree(sock: socket.socket, template_pid: int) -> None:
+    # A session of its own: whatever the checkpoint starts stays in it and goes with it.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    me = os.getpid()
+
+    def parent_died(signum: int, frame: Any) -> None:
+        if os.getpid() != me:  # a child forked by the checkpoint inherited this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        _kill_own_group()
+
+    # The template (our parent) dies with the server; the worker then takes its session down.
+    signal.signal(signal.SIGTERM, parent_died)
+    if template_pid:
+        tree.parent_death_signal(signal.SIGTERM, template_pid)
+    # The server watches and signals this process through a pidfd it cannot mistake for a
+    # recycled pid; only this process can open one on itself before anything else runs here.
+    pidfd = os.pidfd_open(me)
+    try:
+        socket.send_fds(sock, [json.dumps({"hello": me}).encode()], [pidfd])
+    finally:
+        os.close(pidfd)
+
+
 def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
     """Entry point of a worker process (``multiprocessing`` target)."""
+    sock.setblocking(True)
+    _own_the_tree(sock, int(settings.get("template_pid") or 0))
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -241,5 +280,4 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
 
     torch.set_num_threads(threads)
     _limit_memory(float(settings.get("memory_mb") or 0))
-    sock.setblocking(True)
     Worker(sock, settings).serve()
