@@ -8,12 +8,12 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from server_extension.handlers.public_url import (
     HUB_PREFIX_ENV,
     HUB_PUBLIC_URL_ENV,
-    PAGE_ORIGIN_HEADER,
     PUBLIC_URL,
     TRUSTED_PROXIES,
     parse_networks,
     public_base,
 )
+from workbench_core.discovery import PAGE_ORIGIN_HEADER
 
 
 class _Context:

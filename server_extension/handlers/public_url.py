@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 
 from tornado import httputil
 
+from workbench_core.discovery import PAGE_ORIGIN_HEADER
+
 PUBLIC_URL = "agents_workbench_public_url"  # settings key: the explicit public_url ('' unset)
 TRUSTED_PROXIES = "agents_workbench_trusted_proxies"  # settings key: a tuple of networks
-PAGE_ORIGIN_HEADER = "X-Agents-Workbench-Page-Origin"
 HUB_PUBLIC_URL_ENV = "JUPYTERHUB_PUBLIC_URL"
 HUB_PREFIX_ENV = "JUPYTERHUB_SERVICE_PREFIX"
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
