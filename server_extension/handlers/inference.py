@@ -289,7 +289,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         if live is not None and current is not None and current.connected \
                 and current.deployment_id == live.deployment_id:
             return self.live_or_404(name)
-        if current is not None and current.connected and current.status in (
+        elsewhere = serving_elsewhere(self.settings)
+        if not elsewhere and current is not None and current.connected and current.status in (
                 "Pending", "Deployed"):
             raise InferenceError(
                 503, f"Agent {name!r} is still loading (the server started or it was just "
@@ -297,7 +298,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         raise InferenceError(
             404, f"No deployed agent at agents/d/{name}: it does not exist or is not "
             f"connected. Connect it in the Agents panel and wait for status Deployed."
-            f"{serving_elsewhere(self.settings)}")
+            f"{elsewhere}")
 
     def body(self) -> dict[str, Any]:
         """The JSON object body, or 400."""

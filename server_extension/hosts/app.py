@@ -213,11 +213,21 @@ class AgentsWorkbenchApp(ExtensionApp):
         "agents sit idle is culled like any idle server.",
     ).tag(config=True)
 
+    provision_notebooks = Bool(
+        False, help="At start, copy the shipped notebooks (the Agents notebook first) into "
+        "<root_dir>/notebooks, trusted, unless that folder exists: what `agents-workbench "
+        "run` does, for servers started by something else (a JupyterHub spawner).",
+    ).tag(config=True)
+
     def initialize_settings(self) -> None:
         """Open the store and registry, build the deployer, write the discovery file."""
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
+        if self.provision_notebooks:
+            from server_extension.hosts.cli import provision
+
+            provision(root)
         quiet_offscreen_rendering()
         if self.torch_threads > 0 and self.isolation == "thread":
             import torch
