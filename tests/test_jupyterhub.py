@@ -57,7 +57,12 @@ c.ConfigurableHTTPProxy.command = [{chp!r}]
 c.JupyterHub.db_url = "sqlite:///" + {state!r} + "/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = {state!r} + "/cookie_secret"
 c.JupyterHub.pid_file = {state!r} + "/jupyterhub.pid"
-c.JupyterHub.services.append({{"name": "test-admin", "api_token": {admin_token!r}}})
+# The culler runs from the last step (alice would be culled while bob's server starts);
+# the same service name keeps the shipped role and its scopes.
+c.JupyterHub.services = [s for s in c.JupyterHub.services if s["name"] != "idle-culler"] + [
+    {{"name": "idle-culler", "api_token": {culler_token!r}}},
+    {{"name": "test-admin", "api_token": {admin_token!r}}},
+]
 c.JupyterHub.load_roles.append({{"name": "admin", "services": ["test-admin"]}})
 
 def keep_alive_for_bob(spawner):
@@ -138,12 +143,14 @@ def hub(tmp_path_factory: pytest.TempPathFactory, demo_experiments: Path) -> Ite
     build_llm_demo(homes / "alice" / "agents-workbench", quick=True)
     copy_workspace(app_root, demo_experiments)
     port, admin_token, password = free_port(), secrets.token_hex(16), secrets.token_hex(8)
+    culler_token = secrets.token_hex(16)
     url = f"http://localhost:{port}/"  # the public URL; servers listen on 127.0.0.1
     config = base / "jupyterhub_config.py"
     config.write_text(OVERLAY.format(
         shipped=str(SHIPPED), password=password, homes=str(homes),
         singleuser=str(BIN / "jupyterhub-singleuser"), hub_port=free_port(),
-        proxy_api_port=free_port(), chp=str(CHP), state=str(state), admin_token=admin_token))
+        proxy_api_port=free_port(), chp=str(CHP), state=str(state), admin_token=admin_token,
+        culler_token=culler_token))
     app_token = secrets.token_hex(16)
     env = {**os.environ,
            "AWB_HUB_BIND_URL": f"http://127.0.0.1:{port}",
@@ -165,12 +172,14 @@ def hub(tmp_path_factory: pytest.TempPathFactory, demo_experiments: Path) -> Ite
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     made = Hub(url, admin_token, password, state, homes)
     made.app_token = app_token  # type: ignore[attr-defined]
+    made.culler_token = culler_token  # type: ignore[attr-defined]
     try:
         wait_until(lambda: _answers(f"{url}hub/api/"), timeout=120, what="the hub")
         made.start("alice")
         made.start("bob")
         yield made
     finally:
+        made.admin.close()
         proc.terminate()
         try:
             proc.wait(30)
@@ -236,10 +245,10 @@ def test_03_arena_cli_and_openai_client_through_the_proxy(hub: Hub, tmp_path: Pa
 
     chat = hub.deploy("alice", "chat", "tiny-chat-sft")
     assert chat["status"] == "Deployed", chat
-    client = OpenAI(base_url=f"{chat['endpoint']}/v1", api_key=chat["api_key"])
-    answer = client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "hello"}], max_tokens=4,
-        temperature=0)
+    with OpenAI(base_url=f"{chat['endpoint']}/v1", api_key=chat["api_key"]) as client:
+        answer = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hello"}], max_tokens=4,
+            temperature=0)
     assert answer.choices[0].message.content is not None
 
 
@@ -319,6 +328,20 @@ def test_07_culling_with_and_without_traffic(hub: Hub) -> None:
     (deployed_keeps_alive). Then alice's endpoints answer JSON 503, not the hub's HTML."""
     alice = hub.user_api("alice", "GET", "agents/cartpole").json()
     headers = {"Authorization": f"Bearer {alice['api_key']}"}
+    # The shipped culler's command, with this test's timeout, as an external service.
+    culler = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub_idle_culler", f"--url={hub.url}hub/api",
+         f"--timeout={CULL_TIMEOUT}", f"--cull-every={ACTIVITY_S}"],
+        env={**os.environ, "JUPYTERHUB_API_TOKEN": hub.culler_token},  # type: ignore[attr-defined]
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _cull_and_check(hub, alice, headers)
+    finally:
+        culler.terminate()
+        culler.wait(30)
+
+
+def _cull_and_check(hub: Hub, alice: dict[str, Any], headers: dict[str, str]) -> None:
     busy_until = time.monotonic() + CULL_TIMEOUT * 2
     while time.monotonic() < busy_until:
         resp = requests.post(f"{alice['endpoint']}/get_action", json=obs_body(1),

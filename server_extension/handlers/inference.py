@@ -68,7 +68,7 @@ class InferenceError(Exception):
 WRONG_CREDENTIAL = (
     "Wrong credential: send 'Authorization: Bearer <key>' with the agent's current key "
     "(shown in its expanded row; rotated?) or a workspace access token (revoked?). An agent "
-    "that does not exist or is not connected is refused the same way.")
+    "that does not exist or was deleted is refused the same way.")
 _DECOY = KEY_PREFIX + secrets.token_urlsafe(32)  # compared when there is no real key
 LOADING_RETRY_S = 2
 
@@ -251,7 +251,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         """Who the request's Bearer credential is (the agent's key or an access token), or
         ``None`` when it carries none that is valid for ``name``.
 
-        An agent that does not exist (or is not connected) and a wrong key look the same from
+        An agent that does not exist (or was deleted) and a wrong key look the same from
         here on: the key is compared against a decoy of the same shape, and the token lookup
         runs either way, so a caller without a valid credential learns nothing about which
         names exist, neither from the answer nor from how long it took.
@@ -260,9 +260,10 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         if given is None:
             return None
         current = self.registry.credentials.get(name)
-        usable = current is not None and current.connected
-        expected = current.api_key if usable and current is not None else _DECOY
-        if hmac.compare_digest(given.encode(), expected.encode()) and usable:
+        # A disconnected agent's key still names it (its holder is told it is not connected);
+        # a deleted agent has no key left, like a name that never existed.
+        expected = current.api_key if current is not None else _DECOY
+        if hmac.compare_digest(given.encode(), expected.encode()) and current is not None:
             return DEPLOYMENT_KEY
         token = verify_token(self.registry, given)
         return Caller(token.id) if token is not None else None

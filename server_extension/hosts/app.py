@@ -304,6 +304,10 @@ class AgentsWorkbenchApp(ExtensionApp):
                           "agents; this one follows its registry", self.lease.holder_url())
         self.deployer.start()
         self.reconciler.start()
+        if server is not None:
+            # The web app copied this extension's settings when it was built: stamps must go
+            # to its own dict, the one jupyter_server's last_activity() reads.
+            self.activity.settings = server.web_app.settings
         self.activity.start()
         if self.deployer.serves and self.ray_address and any(
                 record.options.get("backend", self.backend) == "ray"
