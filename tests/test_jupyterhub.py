@@ -122,6 +122,9 @@ class Hub:
                                                            "experiment": experiment})
         assert resp.status_code == 201, resp.text
         assert self.user_api(user, "POST", f"agents/{name}/connect").status_code == 200
+        return self.wait_deployed(user, name)
+
+    def wait_deployed(self, user: str, name: str) -> dict[str, Any]:
         return dict(wait_until(
             lambda: (a := self.user_api(user, "GET", f"agents/{name}").json())["status"]
             in ("Deployed", "Failed") and a, timeout=240, what=f"{user}'s {name} Deployed"))
@@ -243,7 +246,18 @@ def test_03_arena_cli_and_openai_client_through_the_proxy(hub: Hub, tmp_path: Pa
 
     from openai import OpenAI
 
-    chat = hub.deploy("alice", "chat", "tiny-chat-sft")
+    # Right after Connect a model is still loading (an LLM takes seconds in a new worker):
+    # a caller with a valid credential is told to retry, not that there is no such agent.
+    created = hub.user_api("alice", "POST", "agents", json={"name": "chat",
+                                                           "experiment": "tiny-chat-sft"})
+    assert created.status_code == 201, created.text
+    assert hub.user_api("alice", "POST", "agents/chat/connect").status_code == 200
+    loading = requests.get(f"{hub.url}user/alice/agents/d/chat/status", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})
+    assert loading.status_code == 503, loading.text
+    assert loading.headers["Retry-After"]
+    assert "still loading" in loading.json()["error"]
+    chat = hub.wait_deployed("alice", "chat")
     assert chat["status"] == "Deployed", chat
     with OpenAI(base_url=f"{chat['endpoint']}/v1", api_key=chat["api_key"]) as client:
         answer = client.chat.completions.create(
