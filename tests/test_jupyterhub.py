@@ -283,7 +283,7 @@ def test_04_other_users_are_refused(hub: Hub) -> None:
 
 @pytest.mark.browser
 def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
-    from tests.browser_support import DOCS_SHOTS, in_browser, panel_loaded
+    from tests.browser_support import DOCS_SHOTS, in_browser, panel_loaded, row
     from tests.test_browser_lab import KERNEL_IDLE
 
     alice = hub.user_api("alice", "GET", "agents/cartpole").json()
@@ -300,7 +300,11 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
         panel_loaded(page)
         wait_until(lambda: "localhost" in page.locator(".awb-panel").inner_text(),
                    timeout=60, what="the public URL in the panel")
-        page.locator(".awb-panel").get_by_text("cartpole", exact=True).first.click()
+        # The expanded row: endpoint, key field and the code snippets (ARENA_BASE_URL...).
+        row(page, "cartpole").locator("button:has(i.fa-chevron-down)").click()
+        page.locator(".aw-kt-value").wait_for()
+        page.locator(".awb-details").get_by_text("/user/alice/agents/d/cartpole").first \
+            .wait_for()
         texts["panel"] = page.locator(".awb-panel").inner_text()
         if os.environ.get("AGENTS_WORKBENCH_SCREENSHOTS") == "1":
             DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
@@ -309,6 +313,7 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
     in_browser(hub.url, steps, timeout=600)
     text = texts["panel"]
     assert f"{hub.url}user/alice/" in text
+    assert f"{hub.url}user/alice/agents/d/cartpole" in text
     assert "127.0.0.1" not in text
     assert alice["endpoint"].startswith(hub.url)
     # The page is closed: stop its kernel, whose panel would otherwise poll for a while.
@@ -382,8 +387,9 @@ def _cull_and_check(hub: Hub, alice: dict[str, Any], headers: dict[str, str]) ->
     from agilerl.arena.exceptions import ArenaInferenceError
     from agilerl.arena.inference import Agent
 
-    with pytest.raises(ArenaInferenceError) as info:
-        Agent(alice["endpoint"], api_key=alice["api_key"])
+    with Agent(alice["endpoint"], api_key=alice["api_key"], probe_on_init=False) as client, \
+            pytest.raises(ArenaInferenceError) as info:
+        client.status()
     assert info.value.status_code == 503
     # Browsers still get the hub's own page for everything else.
     page = requests.get(f"{hub.url}user/alice/lab", timeout=30, allow_redirects=False)
