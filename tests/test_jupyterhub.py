@@ -27,7 +27,10 @@ import numpy as np
 import pytest
 import requests
 
+from tests.browser_support import shots
 from tests.servers import REPO, copy_workspace, free_port, wait_until
+
+__all__ = ["shots"]  # a fixture used by name below
 
 # The hub's set-up (a tiny LLM trained, two servers spawned) is charged to the first step.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -282,8 +285,8 @@ def test_04_other_users_are_refused(hub: Hub) -> None:
 
 
 @pytest.mark.browser
-def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
-    from tests.browser_support import DOCS_SHOTS, in_browser, panel_loaded, row
+def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub, shots: Any) -> None:
+    from tests.browser_support import DOCS_SHOTS, in_browser, panel_loaded, pill, row
     from tests.test_browser_lab import KERNEL_IDLE
 
     alice = hub.user_api("alice", "GET", "agents/cartpole").json()
@@ -301,7 +304,10 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
         wait_until(lambda: "localhost" in page.locator(".awb-panel").inner_text(),
                    timeout=60, what="the public URL in the panel")
         # The expanded row: endpoint, key field and the code snippets (ARENA_BASE_URL...).
-        row(page, "cartpole").locator("button:has(i.fa-chevron-down)").click()
+        pill(page, "cartpole", "Deployed").wait_for(timeout=120_000)
+        chevron = row(page, "cartpole").locator("button:has(i.fa-chevron-down)").first
+        chevron.scroll_into_view_if_needed()
+        chevron.click()
         page.locator(".aw-kt-value").wait_for()
         page.locator(".awb-details").get_by_text("/user/alice/agents/d/cartpole").first \
             .wait_for()
@@ -310,7 +316,7 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub) -> None:
             DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
             page.locator(".awb-panel").screenshot(path=str(DOCS_SHOTS / "jupyterhub.png"))
 
-    in_browser(hub.url, steps, timeout=600)
+    in_browser(hub.url, steps, shots, timeout=600)
     text = texts["panel"]
     assert f"{hub.url}user/alice/" in text
     assert f"{hub.url}user/alice/agents/d/cartpole" in text
