@@ -127,6 +127,16 @@ class Hub:
         assert self.user_api(user, "POST", f"agents/{name}/connect").status_code == 200
         return self.wait_deployed(user, name)
 
+    def deployed(self, user: str, name: str, experiment: str = "cartpole-dqn") -> dict[str, Any]:
+        """The user's agent ``name``, deployed now if an earlier step did not (steps may run
+        in another order under pytest-xdist)."""
+        if self.server(user) is None:
+            self.start(user)
+        found = self.user_api(user, "GET", f"agents/{name}")
+        if found.status_code == 404:
+            return self.deploy(user, name, experiment)
+        return self.wait_deployed(user, name)
+
     def wait_deployed(self, user: str, name: str) -> dict[str, Any]:
         return dict(wait_until(
             lambda: (a := self.user_api(user, "GET", f"agents/{name}").json())["status"]
@@ -223,7 +233,7 @@ def test_01_workspaces_are_provisioned_per_user(hub: Hub) -> None:
 def test_02_endpoints_are_public_and_clients_work_through_the_proxy(hub: Hub) -> None:
     from agilerl.arena.inference import Agent
 
-    agent = hub.deploy("alice", "cartpole", "cartpole-dqn")
+    agent = hub.deployed("alice", "cartpole")
     assert agent["status"] == "Deployed", agent
     assert agent["endpoint"] == f"{hub.url}user/alice/agents/d/cartpole"
     server = hub.user_api("alice", "GET", "server").json()
@@ -270,8 +280,8 @@ def test_03_arena_cli_and_openai_client_through_the_proxy(hub: Hub, tmp_path: Pa
 
 
 def test_04_other_users_are_refused(hub: Hub) -> None:
-    alice = hub.user_api("alice", "GET", "agents/cartpole").json()
-    bob_agent = hub.deploy("bob", "bobs", "cartpole-dqn")
+    alice = hub.deployed("alice", "cartpole")
+    bob_agent = hub.deployed("bob", "bobs")
     bob_token = hub.user_api("bob", "POST", "tokens", json={"name": "x"}).json()["token"]
     # bob's hub token on alice's management API: the hub's auth refuses it.
     cross = hub.user_api("alice", "GET", "agents", as_user="bob")
@@ -289,7 +299,7 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub, shots: Any
     from tests.browser_support import DOCS_SHOTS, in_browser, panel_loaded, pill, row
     from tests.test_browser_lab import KERNEL_IDLE
 
-    alice = hub.user_api("alice", "GET", "agents/cartpole").json()
+    alice = hub.deployed("alice", "cartpole")
     texts: dict[str, str] = {}
 
     def steps(page: Any) -> None:
@@ -351,7 +361,8 @@ def test_07_culling_with_and_without_traffic(hub: Hub) -> None:
     """Calls to alice's agent keep her server up past the cull timeout; once they stop it
     is culled (her agents do not keep it alive); bob's idle Deployed agent keeps his up
     (deployed_keeps_alive). Then alice's endpoints answer JSON 503, not the hub's HTML."""
-    alice = hub.user_api("alice", "GET", "agents/cartpole").json()
+    alice = hub.deployed("alice", "cartpole")
+    hub.deployed("bob", "bobs")
     headers = {"Authorization": f"Bearer {alice['api_key']}"}
     # The shipped culler's command, with this test's timeout, as an external service.
     culler = subprocess.Popen(
@@ -364,6 +375,7 @@ def test_07_culling_with_and_without_traffic(hub: Hub) -> None:
     finally:
         culler.terminate()
         culler.wait(30)
+    hub.start("alice")  # for any step that runs after this one
 
 
 def _cull_and_check(hub: Hub, alice: dict[str, Any], headers: dict[str, str]) -> None:
