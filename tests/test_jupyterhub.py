@@ -16,6 +16,7 @@ import base64
 import io
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -196,11 +197,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory, demo_experiments: Path) -> Ite
         yield made
     finally:
         made.admin.close()
-        proc.terminate()
+        proc.terminate()  # the hub stops the users' servers and its services, then exits
         try:
-            proc.wait(30)
+            proc.wait(90)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the hub and its proxy
+            proc.wait(30)
         log.close()
         print((state / "hub.log").read_text(errors="replace")[-4000:])
 
