@@ -373,7 +373,7 @@ class StatusHandler(InferenceHandler):
 
     @public
     async def get(self, name: str) -> None:
-        """The deployment's ids, and its kind when the caller may see it."""
+        """The deployment's ids, and its kind and checkpoint when the caller may see them."""
         caller = self.credential(name)
         if caller is not None:
             self.caller = caller
@@ -381,12 +381,19 @@ class StatusHandler(InferenceHandler):
             live = self.serving(name)
         else:
             live = self.live_or_404(name)
+        shown = caller is not None or self.settings.get(STATUS_KIND_PUBLIC)
+        if shown:
+            # The checkpoint answering now (it changes live: handlers/checkpoints.py). In
+            # headers: the Arena client refuses a status body with fields the contract does
+            # not name.
+            self.set_header("X-Agent-Checkpoint-Experiment", live.experiment)
+            self.set_header("X-Agent-Checkpoint-Step", str(live.checkpoint_step))
         answer: dict[str, Any] = {
             "success": True,
             "deployment_id": live.deployment_id,
             "instance_id": live.instance_id,
         }
-        if caller is not None or self.settings.get(STATUS_KIND_PUBLIC):
+        if shown:
             answer["agent"] = live.runtime.kind.to_json()
         self.finish(json.dumps(answer))
 
