@@ -269,9 +269,10 @@ def test_prometheus_text_parses_and_carries_agent_and_route(live: ServerProcess,
     for seed in range(4):
         assert post(agent, "get_action", obs_body(1, seed)).status_code == 200
     assert post(agent, "get_action", {"obs": None}).status_code == 400
-    # Requests for agents that do not exist are not counted (labels would grow without end).
+    # Requests for agents that do not exist are not counted (labels would grow without end);
+    # without a valid credential they are refused like a wrong key (no name probing).
     assert post({"endpoint": live.url + "agents/d/made-up", "api_key": "x"}, "get_action",
-                obs_body()).status_code == 404
+                obs_body()).status_code == 401
 
     families = prometheus(live)
     assert samples(families, "agents_workbench_requests_total", agent=name,

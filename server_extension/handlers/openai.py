@@ -444,7 +444,7 @@ class WorkspaceHandler(OpenAIHandler):
     agent (403 in OpenAI's shape for any other).
     """
 
-    def credential(self) -> str | None:
+    def workspace_credential(self) -> str | None:
         """The agent whose deployment key the request carries, or None for an access token;
         401 for neither."""
         header = self.request.headers.get("Authorization", "")
@@ -482,7 +482,7 @@ class WorkspaceHandler(OpenAIHandler):
 
     def resolve(self, body: dict[str, Any]) -> LiveDeployment:
         """The agent ``body["model"]`` names, once the credential may call it."""
-        key_agent = self.credential()
+        key_agent = self.workspace_credential()
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise OpenAIError(400, "model is required: name a Deployed LLM agent (GET "
@@ -511,7 +511,7 @@ class WorkspaceModelsHandler(WorkspaceHandler):
     @workspace_bearer
     async def get(self) -> None:
         """The list."""
-        agents = self.callable_agents(self.credential())
+        agents = self.callable_agents(self.workspace_credential())
         self._authenticated = True
         self.finish(json.dumps({"object": "list", "data": [
             model_object(live.name, live.loaded_at) for live in agents]}))

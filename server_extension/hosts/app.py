@@ -12,7 +12,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Enum, Float, Int, Unicode, default
+from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from server_extension.handlers import all_routes, route_first
 from server_extension.handlers.base import (
@@ -22,9 +22,17 @@ from server_extension.handlers.base import (
     REGISTRY,
     SERVING,
     SESSIONS,
+    STATUS_KIND_PUBLIC,
     STORE,
 )
+from server_extension.handlers.public_url import (
+    DEFAULT_TRUSTED,
+    PUBLIC_URL,
+    TRUSTED_PROXIES,
+    parse_networks,
+)
 from server_extension.handlers.unavailable import UnavailableHandler
+from server_extension.hosts.activity import ActivityReporter
 from server_extension.serving.deployer import Deployer
 from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
 from server_extension.serving.ray_backend import RayBackend
@@ -166,6 +174,55 @@ class AgentsWorkbenchApp(ExtensionApp):
 
     startup_error: str | None = None
 
+    public_url = Unicode(
+        "", help="The URL users reach this server at, e.g. https://hub.example.org (this "
+        "server's base_url is appended) or https://example.org/workbench/ (a path replaces "
+        "it). Wins over everything else; empty: $JUPYTERHUB_PUBLIC_URL under JupyterHub, the "
+        "panel's page, else the request's own host (forwarded scheme and host from "
+        "trusted_proxies only).",
+    ).tag(config=True)
+
+    @validate("public_url")
+    def _check_public_url(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and not (value.startswith(("http://", "https://")) and len(value.split("/")) > 2
+                          and value.split("/")[2]):
+            raise TraitError(f"public_url {value!r} must start with http:// or https://")
+        return value
+
+    trusted_proxies = List(
+        Unicode(), list(DEFAULT_TRUSTED),
+        help="Addresses or networks (CIDR) whose X-Forwarded-Proto / X-Scheme / "
+        "X-Forwarded-Host count when building public URLs (the first value of each: the "
+        "front-most proxy's). Default: loopback, where JupyterHub's proxy usually runs.",
+    ).tag(config=True)
+
+    @validate("trusted_proxies")
+    def _check_proxies(self, proposal: Any) -> list[str]:
+        try:
+            parse_networks(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(str(exc)) from exc
+        return list(proposal["value"])
+
+    status_kind_public = Bool(
+        False, help="Let GET agents/d/<name>/status show the agent's kind (algorithm, "
+        "multi-agent, LLM...) to callers without a key or token. Off: anonymous callers get "
+        "only the deployment's ids; callers with the key or a token get everything.",
+    ).tag(config=True)
+    deployed_keeps_alive = Bool(
+        False, help="Count Deployed agents as activity even when nobody calls them, so an "
+        "idle culler (jupyterhub-idle-culler) never stops a server that serves agents. Off: "
+        "only calls count (each authenticated inference call is activity), so a server whose "
+        "agents sit idle is culled like any idle server.",
+    ).tag(config=True)
+
+    provision_notebooks = Bool(
+        False, help="At start, copy the shipped notebooks (the Agents notebook first) into "
+        "<root_dir>/notebooks, trusted, unless that folder exists: what `agents-workbench "
+        "run` does, for servers started by something else (a JupyterHub spawner).",
+    ).tag(config=True)
+
     def initialize_settings(self) -> None:
         """Open the store and registry, build the deployer, write the discovery file.
 
@@ -186,6 +243,10 @@ class AgentsWorkbenchApp(ExtensionApp):
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
+        if self.provision_notebooks:
+            from server_extension.hosts.cli import provision
+
+            provision(root)
         quiet_offscreen_rendering()
         if self.torch_threads > 0 and self.isolation == "thread":
             import torch
@@ -234,7 +295,12 @@ class AgentsWorkbenchApp(ExtensionApp):
             REGISTRY: self.registry,
             SESSIONS: self.sessions,
             MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
+            PUBLIC_URL: self.public_url,
+            TRUSTED_PROXIES: parse_networks(self.trusted_proxies),
+            STATUS_KIND_PUBLIC: self.status_kind_public,
         })
+        self.activity = ActivityReporter(self.settings, self.registry,
+                                         keep_alive=self.deployed_keeps_alive)
         # Another server may serve this workspace already (workspace.py): until the lease is
         # decided, Connect only writes the registry.
         self.deployer.serves = False
@@ -257,6 +323,11 @@ class AgentsWorkbenchApp(ExtensionApp):
                           "agents; this one follows its registry", self.lease.holder_url())
         self.deployer.start()
         self.reconciler.start()
+        if server is not None:
+            # The web app copied this extension's settings when it was built: stamps must go
+            # to its own dict, the one jupyter_server's last_activity() reads.
+            self.activity.settings = server.web_app.settings
+        self.activity.start()
         if self.deployer.serves and self.ray_address and any(
                 record.options.get("backend", self.backend) == "ray"
                 for record in self.registry.list()):
@@ -307,6 +378,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         if self.startup_error is not None:
             return  # nothing was started
         self.reconciler.stop()
+        self.activity.stop()
         await self.deployer.stop()
         self.lease.release()
         # After the deployer closed its runtimes, so their Serve applications go first.
@@ -319,8 +391,9 @@ class AgentsWorkbenchApp(ExtensionApp):
             self._discovery_path.unlink(missing_ok=True)
 
     def current_activity(self) -> dict[str, Any] | None:
-        """Deployed agents count as activity, so an idle-culled server keeps serving them."""
-        if self.startup_error is not None:
+        """Deployed agents keep jupyter_server's own idle shutdown (shutdown_no_activity_timeout)
+        away only under ``deployed_keeps_alive``, as they keep the hub's culler away."""
+        if self.startup_error is not None or not self.deployed_keeps_alive:
             return None
         live = [r.name for r in self.registry.list() if r.status == "Deployed"]
         return {"deployed_agents": live} if live else None

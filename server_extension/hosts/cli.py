@@ -122,6 +122,16 @@ def _notebooks_dir(root: Path) -> Path:
     return target
 
 
+def provision(root: Path) -> Path:
+    """Give workspace ``root`` its own notebooks (the Agents notebook at least), copied and
+    trusted once; later starts keep the user's edits. Returns the notebooks folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    notebooks = _notebooks_dir(root)
+    if not (notebooks / "Agents.ipynb").exists():
+        _app_notebook(root)  # an installed wheel has no notebooks/: write the minimal one
+    return notebooks
+
+
 def trust_notebooks(paths: Sequence[Path]) -> None:
     """Sign notebooks the workbench wrote, so Jupyter neither warns nor hides their outputs.
 
