@@ -264,9 +264,9 @@ def test_calls_while_the_worker_loads_get_503_with_retry_after(server: ServerPro
     assert answer.status_code == 503, answer.text
     assert answer.headers["Retry-After"] == "2"
     assert "is loading" in answer.json()["error"]
-    # Without the key it stays the 404 that says nothing about the agent.
+    # Without the key it is the 401 any name gets, which says nothing about the agent.
     assert requests.post(agent["endpoint"] + "/get_action", json={}, timeout=30,
-                         headers={"Authorization": "Bearer nope"}).status_code == 404
+                         headers={"Authorization": "Bearer nope"}).status_code == 401
     assert server.wait_status("slow", timeout=120)["status"] == "Deployed"
     assert _act(agent).status_code == 200
     server.api("POST", "agents/slow/disconnect")
