@@ -1,0 +1,122 @@
+"""Checkpoints made by the real libraries, the way users make them, for the import tests.
+
+AgileRL's own training helpers with their checkpoint arguments (``train_off_policy`` and
+``train_on_policy`` write ``<checkpoint_path>_<member>_<steps>.pt``), a hand-saved
+``agent.save_checkpoint``, and hostile files: a pickle that exits at load, one that hangs,
+a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+# Small on purpose: a few hundred steps prove the file layout and the import; the served
+# answers are compared with the same weights loaded in-process, so skill does not matter.
+STEPS = 256
+EVERY = 128
+
+
+def train_dqn(folder: Path) -> Path:
+    """DQN on CartPole through ``train_off_policy``; returns the checkpoint_path prefix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # AgileRL warns at import and while training; none of it is the test's concern.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agilerl.algorithms import DQN
+        from agilerl.components.replay_buffer import ReplayBuffer
+        from agilerl.training.train_off_policy import train_off_policy
+        from agilerl.utils.utils import make_vect_envs
+
+        env = make_vect_envs("CartPole-v1", num_envs=1)
+        agent = DQN(env.single_observation_space, env.single_action_space, learn_step=32,
+                    batch_size=16)
+        train_off_policy(env, "CartPole-v1", "DQN", [agent], ReplayBuffer(max_size=1000),
+                         max_steps=STEPS, evo_steps=EVERY, eval_loop=1, eval_steps=20,
+                         checkpoint=EVERY, checkpoint_path=str(folder / "dqn"),
+                         verbose=False, tournament=None, mutation=None, wb=False)
+        env.close()
+    return folder / "dqn"
+
+
+def train_ppo(folder: Path) -> Path:
+    """PPO on CartPole through ``train_on_policy``; returns the checkpoint_path prefix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agilerl.algorithms import PPO
+        from agilerl.training.train_on_policy import train_on_policy
+        from agilerl.utils.utils import make_vect_envs
+
+        env = make_vect_envs("CartPole-v1", num_envs=1)
+        agent = PPO(env.single_observation_space, env.single_action_space, learn_step=64,
+                    batch_size=32)
+        train_on_policy(env, "CartPole-v1", "PPO", [agent], max_steps=STEPS, evo_steps=EVERY,
+                        eval_loop=1, eval_steps=20, checkpoint=EVERY,
+                        checkpoint_path=str(folder / "ppo"), verbose=False, tournament=None,
+                        mutation=None, wb=False)
+        env.close()
+    return folder / "ppo"
+
+
+def save_dqn(path: Path, env_id: str = "CartPole-v1") -> Path:
+    """A DQN saved by hand with ``agent.save_checkpoint(path)`` (untrained)."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agilerl.algorithms import DQN
+
+        env = gym.make(env_id)
+        agent = DQN(env.observation_space, env.action_space)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    agent.save_checkpoint(str(path))
+    return path
+
+
+class _Exit:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        import os
+
+        return (os._exit, (3,))
+
+
+class _Hang:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        import time
+
+        return (time.sleep, (3600,))
+
+
+def hostile(path: Path, payload: object) -> Path:
+    """A ``torch.save`` checkpoint that runs ``payload`` when unpickled and names ``agilerl``
+    (so detection claims it, as it would a user's file)."""
+    import torch
+
+    torch.save({"algo": "DQN", "network_info": "agilerl.algorithms.dqn", "x": payload}, path)
+    return path
+
+
+def exits_at_load(path: Path) -> Path:
+    """A checkpoint that ends the process that loads it."""
+    return hostile(path, _Exit())
+
+
+def hangs_at_load(path: Path) -> Path:
+    """A checkpoint whose loading never finishes."""
+    return hostile(path, _Hang())
+
+
+def truncated(source: Path, path: Path) -> Path:
+    """The first half of a real checkpoint, as an interrupted copy leaves it."""
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+class Allocate:
+    """Unpickles into a 64 GiB buffer: far past any worker's memory limit."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (bytearray, (64 * 1024**3,))
