@@ -120,3 +120,22 @@ class Allocate:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (bytearray, (64 * 1024**3,))
+
+
+def save_multi(path: Path, algo: str, **env_kwargs: Any) -> Path:
+    """A MADDPG or IPPO on mpe2's ``simple_spread_v3`` (its default 3 agents), saved with
+    ``agent.save_checkpoint(path)``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agilerl import algorithms
+        from mpe2 import simple_spread_v3
+
+        env = simple_spread_v3.parallel_env(**env_kwargs)
+        ids = list(env.possible_agents)
+        agent = getattr(algorithms, algo)(
+            [env.observation_space(a) for a in ids], [env.action_space(a) for a in ids],
+            agent_ids=ids)
+        env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    agent.save_checkpoint(str(path))
+    return path
