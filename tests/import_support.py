@@ -139,3 +139,49 @@ def save_multi(path: Path, algo: str, **env_kwargs: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     agent.save_checkpoint(str(path))
     return path
+
+
+def tiny_gpt2(folder: Path) -> Path:
+    """A tiny GPT-2 with its own tokenizer, written by ``save_pretrained`` (model and
+    tokenizer in one folder, as users save them)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from server_extension.demos.llm import build_tokenizer
+
+    corpus = ["the cat sat on the mat", "a dog ran in the park", "hello there, how are you"]
+    tokenizer = build_tokenizer(corpus * 20, vocab_size=300, max_length=64)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1,
+                        n_head=2, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GPT2LMHeadModel(config)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lora_adapter(base: Path, folder: Path, hub_base: str = "openai-community/gpt2") -> Path:
+    """A PEFT LoRA adapter over ``base`` whose ``base_model_name_or_path`` names a Hub id
+    (as adapters trained over a downloaded model do): not a folder on this machine."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2LMHeadModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(
+            GPT2LMHeadModel.from_pretrained(base, local_files_only=True),
+            LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True,
+                       init_lora_weights=False, task_type="CAUSAL_LM"))
+        with torch.no_grad():  # a visible change from the base
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.5)
+        model.peft_config["default"].base_model_name_or_path = hub_base
+        model.save_pretrained(str(folder), save_embedding_layers=False)
+    (folder / "README.md").unlink(missing_ok=True)
+    return folder

@@ -168,7 +168,8 @@ def test_a_wrong_environment_is_refused_at_import(runs: dict[str, Path],
     assert refused.status_code == 400
     message = refused.json()["message"]
     assert message.startswith("env:")
-    assert "Box(2,)" in message and "Box(4,)" in message
+    assert "Box(2,)" in message
+    assert "Box(4,)" in message
     nothing_written(server.root, before)
 
 
@@ -191,7 +192,8 @@ def test_hostile_files_are_refused_with_their_reason_and_the_server_lives(
     assert refused.status_code == 400
     assert "no checkpoint file or model folder" in refused.json()["message"]
     missing = post_import(server, {"env": "CartPole-v1"})
-    assert missing.status_code == 400 and "path is required" in missing.json()["message"]
+    assert missing.status_code == 400
+    assert "path is required" in missing.json()["message"]
     nothing_written(server.root, before)
     assert server.api("GET", "experiments").status_code == 200  # alive and answering
 
