@@ -185,3 +185,23 @@ def lora_adapter(base: Path, folder: Path, hub_base: str = "openai-community/gpt
         model.save_pretrained(str(folder), save_embedding_layers=False)
     (folder / "README.md").unlink(missing_ok=True)
     return folder
+
+
+def save_tictactoe_ippo(path: Path) -> Path:
+    """IPPO for tic-tac-toe as users train it: the board flattened to 18 numbers (the
+    environment gives 3x3x2 plus a mask), saved with ``agent.save_checkpoint``."""
+    import numpy as np
+    from gymnasium import spaces
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agilerl.algorithms import IPPO
+        from pettingzoo.classic import tictactoe_v3
+
+        env = tictactoe_v3.env()
+        ids = list(env.possible_agents)
+        board = spaces.Box(np.zeros(18, np.float32), np.ones(18, np.float32), dtype=np.float32)
+        agent = IPPO([board] * len(ids), [env.action_space(a) for a in ids], agent_ids=ids)
+        env.close()
+    agent.save_checkpoint(str(path))
+    return path

@@ -87,3 +87,28 @@ def test_ippo_on_three_agent_spread(server: ServerProcess, tmp_path: Path) -> No
         reference.get_action({aid: obs[aid]})  # samples; its distribution stays behind
         logits = reference.actors[reference.get_network_id(aid)].head_net.dist.logits
         np.testing.assert_array_equal(np.asarray(ours[aid]), logits.argmax(-1).numpy())
+
+
+def test_tictactoe_agent_takes_the_environments_own_observation(
+        server: ServerProcess, tmp_path: Path) -> None:
+    from pettingzoo.classic import tictactoe_v3
+
+    path = import_support.save_tictactoe_ippo(tmp_path / "ttt_ippo.pt")
+    done = post_import(server, {"path": str(path), "env": "pettingzoo.classic.tictactoe_v3"})
+    assert done.status_code == 201, done.text
+    recipe = done.json()["extra"]["env"]
+    assert recipe["kind"] == "turn_based"
+    assert recipe["observation"] == {"flatten_key": "observation"}  # recorded preprocessing
+    agent = server.deploy("ttt", done.json()["name"], timeout=IMPORT_TIMEOUT)
+    env = tictactoe_v3.env()
+    env.reset(seed=0)
+    env.step(4)  # player_1 takes the centre; player_2 to move, square 4 now illegal
+    raw = env.last()[0]
+    assert raw["observation"].shape == (3, 3, 2)
+    with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
+        board_action, _ = client.get_action({"player_2": raw["observation"]},
+                                            info={"action_mask": {"player_2": raw["action_mask"]}})
+        flat_action, _ = client.get_action({"player_2": raw["observation"].reshape(18)},
+                                           info={"action_mask": {"player_2": raw["action_mask"]}})
+    assert int(np.asarray(board_action["player_2"])) == int(np.asarray(flat_action["player_2"]))
+    assert raw["action_mask"][int(np.asarray(board_action["player_2"]))] == 1
