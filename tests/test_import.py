@@ -225,3 +225,20 @@ def test_notebook_function_imports_through_the_server(
     assert "scores.csv" in experiment["import"]["scores"]
     with pytest.raises(ImportFailed, match="already exists"):
         import_checkpoint(runs["saved"], env="CartPole-v1", name="from-notebook", server=info)
+
+
+def test_a_linked_source_that_moves_makes_the_experiment_broken(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    from workbench_core.store import ExperimentStore
+
+    source = tmp_path / "kept-elsewhere.pt"
+    source.write_bytes(runs["saved"].read_bytes())
+    root = tmp_path / "ws"
+    experiment = import_experiment(root, [source], ImportHints(env="CartPole-v1", link=True))
+    assert experiment["import"]["link"] is True
+    assert experiment["extra"]["import"]["sources"] == [str(source)]
+    source.rename(tmp_path / "moved.pt")
+    listing = ExperimentStore(root).listing()
+    assert listing["experiments"] == []
+    assert listing["broken"][0]["name"] == "kept-elsewhere"
+    assert "no longer exists" in listing["broken"][0]["error"]
