@@ -25,10 +25,11 @@ from agilerl.arena.inference import Agent
 from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
 from server_extension.serving.runtimes.detection import ImportHints
 from tests import import_support
-from tests.panel_support import front_end  # noqa: F401 - a fixture
+from tests.panel_support import front_end
 from tests.servers import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
+__all__ = ["front_end"]  # a fixture used by name below
 BIN = Path(sys.executable).parent
 # An import loads and probes every checkpoint in a fresh worker process (torch and AgileRL
 # imported there): tens of seconds on a busy machine.
