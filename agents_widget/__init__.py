@@ -6,6 +6,8 @@
 ``experiments()``, ``checkpoints(name)``, ``metrics(name)``, ``agents()``, ``traffic(agent)``
 and ``requests(agent)`` return pandas DataFrames; ``evaluate(agent)``, ``compare([...])``
 and ``head_to_head(a, b)`` play deployed agents through their live endpoints.
+``change_checkpoint(agent, step)``, ``rollback``, ``split``, ``promote``, ``abort`` and
+``checkpoint_history`` move a live agent to another checkpoint with no downtime.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ if TYPE_CHECKING:
     from .dataframes import agents, checkpoints, experiments, metrics, requests, traffic
     from .evaluation import compare, evaluate, head_to_head
     from .importing import import_checkpoint
+    from .live_checkpoints import (
+        abort,
+        change_checkpoint,
+        checkpoint_history,
+        promote,
+        rollback,
+        split,
+    )
     from .panel import AgentsPanel
 
-__all__ = ["AgentsPanel", "agents", "checkpoints", "compare", "evaluate", "experiments",
-           "head_to_head", "import_checkpoint", "metrics", "requests", "start_experiment",
-           "traffic"]
+__all__ = ["AgentsPanel", "abort", "agents", "change_checkpoint", "checkpoint_history",
+           "checkpoints", "compare", "evaluate", "experiments", "head_to_head",
+           "import_checkpoint", "metrics", "promote", "requests", "rollback", "split",
+           "start_experiment", "traffic"]
 
 # Loaded on first use: the panel pulls in ipywidgets and anywidget, the data functions
 # pandas; training scripts that only log experiments should pay for neither.
@@ -32,6 +43,8 @@ _LAZY = {
                     "dataframes"),
     **dict.fromkeys(("compare", "evaluate", "head_to_head"), "evaluation"),
     "import_checkpoint": "importing",
+    **dict.fromkeys(("abort", "change_checkpoint", "checkpoint_history", "promote", "rollback",
+                     "split"), "live_checkpoints"),
 }
 
 

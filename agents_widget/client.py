@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ T = TypeVar("T")
 __all__ = [
     "AgentInfo",
     "ApiError",
+    "CheckpointChangeFailed",
     "CheckpointInfo",
     "ExperimentInfo",
     "MetricPoint",
@@ -56,6 +58,10 @@ class WorkbenchError(Exception):
 
 class ServerUnreachable(WorkbenchError):
     """Nothing answered at the server's URL (stopped, restarted on another port, no network)."""
+
+
+class CheckpointChangeFailed(WorkbenchError):
+    """A new checkpoint failed to load or answer; the agent still serves its previous one."""
 
 
 class ApiError(WorkbenchError):
@@ -201,6 +207,11 @@ class AgentInfo:
     deployed_at: float | None = None
     endpoint: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # The agent's latest checkpoint change (its ``outcome`` and ``error``), the running split
+    # and what Roll back returns to: rows of its checkpoint history, or None.
+    checkpoint_change: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+    rollback_to: dict[str, Any] | None = None
 
     @property
     def api_key(self) -> str | None:
@@ -235,6 +246,9 @@ class AgentInfo:
             deployed_at=_opt_float(data.get("deployed_at")),
             endpoint=data.get("endpoint"),
             options=dict(data.get("options") or {}),
+            checkpoint_change=data.get("checkpoint_change"),
+            split=data.get("split"),
+            rollback_to=data.get("rollback_to"),
         )
         key = data.get("api_key")
         return info.with_api_key(str(key) if key else None)
@@ -442,6 +456,77 @@ class WorkbenchClient:
         body = self._request("PUT", f"agents/{name}/payload-capture",
                              json={"enabled": bool(enabled)})
         return bool(body.get("payload_capture"))
+
+    # -- checkpoint changes of a live agent (server_extension/handlers/checkpoints.py) -------
+
+    def change_checkpoint(self, name: str, checkpoint: CheckpointRule, *,
+                          experiment: str | None = None, wait: bool = True,
+                          timeout: float = 300.0) -> dict[str, Any]:
+        """Move the Deployed agent ``name`` to another checkpoint with no downtime.
+
+        The new checkpoint loads beside the one serving, which answers until the new one is
+        ready; endpoint and key stay. ``experiment`` defaults to the agent's. With ``wait``
+        this returns once the change served (its history row, ``outcome`` ``serving``) and
+        raises :class:`CheckpointChangeFailed` with the reason if it failed (the old one then
+        still serves); without, it returns at once (``outcome`` ``loading``).
+        """
+        body: dict[str, Any] = {"checkpoint": checkpoint}
+        if experiment is not None:
+            body["experiment"] = experiment
+        change = dict(self._request("POST", f"agents/{name}/checkpoint", json=body))
+        return self._settle(name, change, timeout) if wait else change
+
+    def rollback(self, name: str, *, wait: bool = True, timeout: float = 300.0,
+                 ) -> dict[str, Any]:
+        """Return ``name`` to the checkpoint it served before, the same way as
+        :meth:`change_checkpoint`."""
+        change = dict(self._request("POST", f"agents/{name}/rollback"))
+        return self._settle(name, change, timeout) if wait else change
+
+    def split(self, name: str, checkpoint: CheckpointRule, percent: int, *,
+              experiment: str | None = None, wait: bool = True,
+              timeout: float = 300.0) -> dict[str, Any]:
+        """Serve ``checkpoint`` beside the current one for ``percent`` % of the calls (a
+        canary; one LLM session stays on one of them). End it with :meth:`promote` or
+        :meth:`abort`."""
+        body: dict[str, Any] = {"checkpoint": checkpoint, "percent": percent}
+        if experiment is not None:
+            body["experiment"] = experiment
+        change = dict(self._request("POST", f"agents/{name}/split", json=body))
+        return self._settle(name, change, timeout) if wait else change
+
+    def promote(self, name: str) -> AgentInfo:
+        """Make the running split's canary the agent's only checkpoint."""
+        self._request("POST", f"agents/{name}/promote")
+        return self.agent(name)
+
+    def abort(self, name: str) -> AgentInfo:
+        """Drop the running split's canary; the current checkpoint answers every call."""
+        self._request("POST", f"agents/{name}/abort")
+        return self.agent(name)
+
+    def checkpoint_history(self, name: str) -> list[dict[str, Any]]:
+        """Every checkpoint the agent served or was asked to, newest first: experiment,
+        checkpoint_step, kind, outcome, error, server, user, requested_at, finished_at."""
+        return list(self._request("GET", f"agents/{name}/checkpoints").get("history", []))
+
+    def _settle(self, name: str, change: dict[str, Any], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for row in self.checkpoint_history(name):
+                if row["id"] != change["id"]:
+                    continue
+                if row["outcome"] == "failed":
+                    raise CheckpointChangeFailed(
+                        f"Agent {name} still serves its previous checkpoint: "
+                        f"{row.get('error') or 'the new one failed'}")
+                if row["outcome"] in ("serving", "canary", "replaced"):
+                    return row
+            if time.monotonic() > deadline:
+                raise WorkbenchError(
+                    f"The checkpoint change of {name} did not finish within {timeout:g} s; "
+                    "it goes on in the server (see checkpoint_history).")
+            time.sleep(0.25)
 
     # -- access tokens (for the Arena SDK and CLI; see tokens_view.py) -----------------------
 

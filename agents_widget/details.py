@@ -96,6 +96,12 @@ class DeploymentDetails(widgets.VBox):
         self.metrics_view = MetricsView(client, agent.name) if client is not None else None
         if self.metrics_view is not None:
             rows += [_label("Traffic"), self.metrics_view]
+        # Change checkpoint, roll back, split traffic: agents_widget/checkpoint_change.py.
+        from .checkpoint_change import checkpoint_section
+
+        self.checkpoint_view = checkpoint_section(agent, experiment, client)
+        if self.checkpoint_view is not None:
+            rows += [_label("Change checkpoint"), self.checkpoint_view]
         self.playground_box = self._playground_section(agent)
         if self.playground_box is not None:
             rows.append(self.playground_box)

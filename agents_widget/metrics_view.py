@@ -85,7 +85,15 @@ def headline(summary: dict[str, Any]) -> str:
             f"worker <b>{worker.get('rss_mb', 0):g}</b> MiB"
             f" (limit {worker.get('memory_limit_mb', 0):g} MiB, pid {worker.get('pid')}, "
             f"{restarts} restart{'' if restarts == 1 else 's'})")
-    return " · ".join(parts)
+    line = " · ".join(parts)
+    split = summary.get("checkpoints") or []
+    if len(split) > 1:  # a traffic split (checkpoint_change.py): each checkpoint's figures
+        line += "".join(
+            f"<br>{html.escape(str(c.get('role')))} step {c.get('step')} "
+            f"({c.get('percent')}%): {c.get('requests', 0)} requests, "
+            f"<b>{c.get('errors', 0)}</b> errors, p50 {_ms(c.get('p50_ms'))}, "
+            f"p99 {_ms(c.get('p99_ms'))}" for c in split)
+    return line
 
 
 def last_error_html(error: dict[str, Any] | None) -> str:

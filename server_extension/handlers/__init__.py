@@ -5,6 +5,7 @@ from __future__ import annotations
 from tornado import web
 
 from server_extension.handlers import (
+    checkpoints,
     control_plane,
     inference,
     llm,
@@ -17,8 +18,9 @@ from server_extension.handlers import (
 
 def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:
     """Route patterns relative to the server's base_url, management first."""
-    return [*management.routes, *tokens.routes, *observability.routes, *inference.routes,
-            *llm.routes, *openai.routes, *inference.fallback_routes, *control_plane.routes]
+    return [*management.routes, *checkpoints.routes, *tokens.routes, *observability.routes,
+            *inference.routes, *llm.routes, *openai.routes, *inference.fallback_routes,
+            *control_plane.routes]
 
 
 def route_first(app: web.Application, handlers: set[type[web.RequestHandler]]) -> bool:

@@ -333,6 +333,10 @@ class StatusHandler(InferenceHandler):
     async def get(self, name: str) -> None:
         """The deployment's ids and kind."""
         live = self.live_or_404(name)
+        # The checkpoint answering now (it changes live: handlers/checkpoints.py). In headers:
+        # the Arena client refuses a status body with fields the contract does not name.
+        self.set_header("X-Agent-Checkpoint-Experiment", live.experiment)
+        self.set_header("X-Agent-Checkpoint-Step", str(live.checkpoint_step))
         self.finish(json.dumps({
             "success": True,
             "deployment_id": live.deployment_id,

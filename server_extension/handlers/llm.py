@@ -179,7 +179,8 @@ class GenerateHandler(LLMHandler):
         owner = self.caller.owner
         conversations = [[*await self.history(agent, session_id), {"role": "user", "content": p}]
                          for p in prompts]
-        done = await self.deployer.invoke(live, "generate_turns", conversations, params)
+        done = await self.deployer.invoke(live, "generate_turns", conversations, params,
+                                          sticky=session_id)
         completions = [str(c) for c in done["completions"]]
         elapsed, tokens = float(done["elapsed"]), int(done["tokens"])
         self._tokens = tokens
@@ -223,12 +224,13 @@ class GenerateStreamHandler(LLMHandler):
         session_id = self.claim(agent, validate_session_id(body.get("session_id"))
                                 ) or new_session_id()
         turns = [*await self.history(agent, session_id), {"role": "user", "content": prompt}]
-        model_input = await self.deployer.invoke(live, "stream_input", turns)
+        # A split keeps one session on one checkpoint (sticky): its turns stay coherent.
+        model_input = await self.deployer.invoke(live, "stream_input", turns, sticky=session_id)
         self._batch = 1
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Session-Id", session_id)
         produced: list[str] = []
-        pieces = self.deployer.stream(live, "stream", model_input, params)
+        pieces = self.deployer.stream(live, "stream", model_input, params, sticky=session_id)
         try:
             async for piece in pieces:
                 produced.append(piece)
@@ -244,7 +246,8 @@ class GenerateStreamHandler(LLMHandler):
             await pieces.aclose()
         completion = "".join(produced)
         if self._metrics is not None:
-            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion))
+            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion,
+                                                          sticky=session_id))
         if not self._closed:
             await self.deployer.call(self.sessions.append, agent, session_id, [
                 {"role": "user", "content": prompt},

@@ -23,7 +23,14 @@ from server_extension.handlers.base import (
     scrub_query,
 )
 from server_extension.serving.options import OptionError, validate_options
-from server_extension.workspace.registry import AgentRecord, NotFound, RegistryError
+from server_extension.workspace.registry import (
+    AgentRecord,
+    NotFound,
+    RegistryError,
+    canary_of,
+    checkpoint_history,
+    previous_checkpoint,
+)
 from workbench_core.store import Experiment, StoreError, validate_name
 
 AUTH_RESOURCE = "agents"
@@ -50,6 +57,21 @@ def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, An
         "deployed_at": record.deployed_at if deployed else None,
         "endpoint": endpoint_url(handler, record.name) if deployed else None,
         "api_key": record.api_key if deployed else None,
+    }
+
+
+def checkpoint_json(handler: ServicesMixin, record: AgentRecord) -> dict[str, Any]:
+    """What the agent serves, how its last checkpoint change went and what Roll back returns
+    to (see checkpoints.py)."""
+    history = checkpoint_history(handler.registry, record.name, limit=1)
+    previous = previous_checkpoint(handler.registry, record.name)
+    canary = canary_of(handler.registry, record.name)
+    return {
+        "split": canary.to_json() if canary is not None else None,
+        "checkpoint": {"experiment": record.experiment, "rule": record.checkpoint_rule,
+                       "step": record.checkpoint_step},
+        "checkpoint_change": history[0].to_json() if history else None,
+        "rollback_to": previous.to_json() if previous is not None else None,
     }
 
 
@@ -134,7 +156,8 @@ class AgentsHandler(ManagementHandler):
     @authorized
     def get(self) -> None:
         """List agents."""
-        self.reply({"agents": [agent_json(self, r) for r in self.registry.list()]})
+        self.reply({"agents": [agent_json(self, r) | checkpoint_json(self, r)
+                               for r in self.registry.list()]})
 
     @web.authenticated
     @authorized
@@ -204,8 +227,9 @@ class AgentHandler(ManagementHandler):
     @web.authenticated
     @authorized
     def get(self, name: str) -> None:
-        """Show one agent."""
-        self.reply(agent_json(self, self.record(name)))
+        """Show one agent, with the checkpoint it serves."""
+        record = self.record(name)
+        self.reply(agent_json(self, record) | checkpoint_json(self, record))
 
     @web.authenticated
     @authorized

@@ -52,7 +52,9 @@ class MetricsSummaryHandler(ObservabilityHandler):
         metrics = store.get(name)
         summary: dict[str, Any] = (
             metrics.summary() if metrics is not None else store.empty_summary(name))
-        self.reply({**summary, "metrics_enabled": True, "worker": worker})
+        self.reply({**summary, "metrics_enabled": True, "worker": worker,
+                    # Per checkpoint (two while a split runs): handlers/checkpoints.py.
+                    "checkpoints": self.deployer.checkpoint_traffic(name)})
 
 
 class RequestLogHandler(ObservabilityHandler):

@@ -34,7 +34,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
+import random
 import secrets
 import shutil
 import tempfile
@@ -70,7 +73,17 @@ from server_extension.serving.worker.supervisor import (
     rss_bytes,
     warm_template,
 )
-from server_extension.workspace.registry import AgentRecord, Registry
+from server_extension.workspace.registry import (
+    AgentRecord,
+    CheckpointChange,
+    NotFound,
+    Registry,
+    commit_change,
+    end_unfinished_changes,
+    get_change,
+    mark_change,
+    open_changes,
+)
 from workbench_core.store import ExperimentStore, StoreError
 
 T = TypeVar("T")
@@ -109,6 +122,35 @@ class WorkerRuntime(Runtime):
         self.worker.close()
 
 
+class CheckpointTraffic:
+    """Calls answered by one checkpoint: count, errors, recent latencies (the traffic view
+    shows them per checkpoint while a split runs)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=2000)
+
+    def add(self, seconds: float, ok: bool) -> None:
+        """Count one call."""
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        self.latencies.append(seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts and p50/p95/p99 latency in ms over the recent calls."""
+        ordered = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+        return {"requests": self.requests, "errors": self.errors, "p50_ms": pct(0.5),
+                "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
 @dataclass
 class LiveDeployment:
     """A loaded runtime serving one agent's endpoint."""
@@ -124,6 +166,20 @@ class LiveDeployment:
     health_failures: int = 0
     # Failed by its health check but kept, since its backend recovers by itself (Ray).
     failed: bool = False
+    # The checkpoint it serves (status route, traffic view) and the calls it is running:
+    # a checkpoint change closes the runtime it replaced only once those reach 0.
+    experiment: str = ""
+    checkpoint_step: int | None = None
+    in_flight: int = 0
+    # Set when a checkpoint change replaced it: calls that looked it up before the switch
+    # are handed to the agent's current deployment instead.
+    retired: bool = False
+    # A split: this second checkpoint answers canary_percent % of the calls (sticky per LLM
+    # session) until Promote or Abort; canary_change is its registry row.
+    canary: LiveDeployment | None = None
+    canary_percent: int = 0
+    canary_change: int | None = None
+    traffic: CheckpointTraffic = field(default_factory=CheckpointTraffic)
 
 
 def _describe(exc: BaseException) -> str:
@@ -206,11 +262,15 @@ class Deployer:
         # Connect then only marks the agent Pending in the registry.
         self.serves = True
         self._loading: dict[str, int] = {}  # name -> generation of the load in flight
+        self._changing: dict[str, int] = {}  # name -> id of the checkpoint change loading
+        self._splits: dict[str, LiveDeployment] = {}  # name -> the deployment with a canary
 
     # -- start and stop -----------------------------------------------------------------
 
     def start(self) -> None:
         """Bring back agents that were connected when the server last stopped (or crashed)."""
+        if self.serves:
+            self._end_unfinished_changes()
         records = self.registry.list()
         for record in records:
             if record.connected and record.status == "Failed":
@@ -247,6 +307,7 @@ class Deployer:
             warm_template(frameworks)
 
     def _sweep(self) -> None:
+        self._drop_orphan_canaries()
         now = time.monotonic()
         for worker in list(self._worker_set):
             if worker.reason is not None:
@@ -263,7 +324,7 @@ class Deployer:
         if self._sweeper is not None:
             self._sweeper.stop()
         for live in list(self._live.values()):
-            self._close_runtime(live.runtime)
+            self._close_live(live)
         self._live.clear()
         for worker in list(self._worker_set):
             worker.close()
@@ -291,7 +352,7 @@ class Deployer:
         self._generation[name] = generation
         old = self._live.pop(name, None)
         if old is not None:
-            self._close_runtime(old.runtime)
+            self._close_live(old)
         record = self.registry.update(name, status="Pending", connected=True, error=None)
         if self.serves:
             self._loading[name] = generation
@@ -339,6 +400,7 @@ class Deployer:
         self._live[name] = LiveDeployment(
             name=name, deployment_id=record.deployment_id, api_key=record.api_key,
             runtime=runtime, inline_obs_chars=inline_chars,
+            experiment=record.experiment, checkpoint_step=record.checkpoint_step,
         )
         log.info("Agent %s deployed in %.3f s", name, time.perf_counter() - started)
 
@@ -390,9 +452,14 @@ class Deployer:
         self._worker_set.discard(worker)
         name = worker.name
         live = self._live.get(name)
+        if live is not None and live.canary is not None \
+                and getattr(live.canary.runtime, "worker", None) is worker:
+            self._drop_canary(live, f"Its worker stopped: {worker.reason or 'it exited'}")
+            return
         if live is None or getattr(live.runtime, "worker", None) is not worker:
             return  # it died while loading: _load_in_worker reports it
         self._live.pop(name, None)
+        self._drop_canary(live, "The worker of the checkpoint it split with restarted.")
         reason = worker.reason or "the worker stopped"
         log.warning("Agent %s: %s", name, reason)
         now = time.monotonic()
@@ -485,7 +552,7 @@ class Deployer:
         self._generation[name] = self._generation.get(name, 0) + 1
         live = self._live.pop(name, None)
         if live is not None:
-            self._close_runtime(live.runtime)
+            self._close_live(live)
         if record.deployment_id is None:
             return record
         return self.registry.update(name, status="Undeployed", connected=False, error=None)
@@ -498,7 +565,7 @@ class Deployer:
         live = self._live.pop(name, None)
         if live is not None:
             log.info("Agent %s changed in the registry elsewhere; unloaded here", name)
-            self._close_runtime(live.runtime)
+            self._close_live(live)
 
     def sync(self, *, reload_deployed: bool = False) -> None:
         """Bring the live runtimes in line with the registry after another server wrote it.
@@ -520,6 +587,7 @@ class Deployer:
                 self.unload(name)
         if not self.serves:
             return
+        self._sync_changes(reload_deployed)
         for record in records.values():
             if not record.connected or record.name in self._loading:
                 continue
@@ -528,6 +596,22 @@ class Deployer:
                         and record.status in ("Pending", "Deployed"))
             if fresh_connect or orphaned:
                 self._begin_connect(record.name)
+
+    def _sync_changes(self, took_over: bool) -> None:
+        """Checkpoint changes and splits asked for, promoted or aborted through another
+        server (or left open by the server this one took over from)."""
+        if took_over:
+            self._end_unfinished_changes()
+        self._drop_orphan_canaries()
+        for name in list(self._live):
+            self.settle_split(name)  # promoted or aborted through another server
+        for change in open_changes(self.registry):
+            if change.agent in self._live:
+                self.change_checkpoint(change)  # asked for through another server
+            elif change.agent not in self._loading:
+                mark_change(self.registry, change.id, "failed",
+                            "The agent was not serving when the change reached the server "
+                            "that loads it; Connect it, then change its checkpoint.")
 
     def delete(self, name: str) -> None:
         """Disconnect and remove the agent."""
@@ -543,6 +627,186 @@ class Deployer:
         if live is not None:
             live.api_key = key
         return self.registry.get(name)
+
+    # -- checkpoint changes -------------------------------------------------------------
+
+    def current(self, live: LiveDeployment) -> LiveDeployment:
+        """``live``, or the deployment that replaced it when a checkpoint change switched the
+        agent after the caller looked it up (same deployment, so the same key still holds)."""
+        if not live.retired:
+            return live
+        now = self._live.get(live.name)
+        if now is not None and now.deployment_id == live.deployment_id:
+            return now
+        return live
+
+    def target(self, live: LiveDeployment, sticky: str | None = None) -> LiveDeployment:
+        """The deployment that answers this call: the agent's current one, or its canary for
+        ``canary_percent`` % of the calls while a split runs. With ``sticky`` (an LLM session
+        id) the choice is a hash of it, so one conversation stays on one checkpoint."""
+        live = self.current(live)
+        canary = live.canary
+        if canary is None:
+            return live
+        if sticky is not None:
+            digest = hashlib.blake2b(sticky.encode(), digest_size=4).digest()
+            roll = int.from_bytes(digest, "big") % 100
+        else:
+            roll = random.randrange(100)  # noqa: S311 - traffic split, not security
+        return canary if roll < live.canary_percent else live
+
+    def checkpoint_traffic(self, name: str) -> list[dict[str, Any]]:
+        """Requests, errors and latency of each checkpoint serving ``name`` (two during a
+        split), for the traffic view."""
+        live = self._live.get(name)
+        if live is None:
+            return []
+        rows = [{"role": "primary", "experiment": live.experiment,
+                 "step": live.checkpoint_step,
+                 "percent": 100 - live.canary_percent if live.canary else 100,
+                 **live.traffic.to_json()}]
+        if live.canary is not None:
+            canary = live.canary
+            rows.append({"role": "canary", "experiment": canary.experiment,
+                         "step": canary.checkpoint_step, "percent": live.canary_percent,
+                         **canary.traffic.to_json()})
+        return rows
+
+    def changing(self, name: str) -> int | None:
+        """The id of the checkpoint change of ``name`` loading on this server, if any."""
+        return self._changing.get(name)
+
+    def change_checkpoint(self, change: CheckpointChange) -> None:
+        """Start moving the live agent to ``change``'s checkpoint; returns at once.
+
+        The checkpoint loads and is probed in a runtime of its own (a new worker process)
+        while the current one keeps serving. When it answers, the agent switches to it in one
+        step on the event loop; calls already running finish on the old runtime, which is then
+        closed. If it fails, the old one keeps serving and the change is marked ``failed``
+        with the reason; the agent's status is not touched. On a server that does not load the
+        workspace's agents this does nothing: the serving server picks the change up from the
+        registry (:meth:`sync`).
+        """
+        if not self.serves or change.agent in self._changing:
+            return
+        self._changing[change.agent] = change.id
+        mark_change(self.registry, change.id, "loading")
+        self._spawn(self._change(change))
+
+    async def _change(self, change: CheckpointChange) -> None:
+        name = change.agent
+        try:
+            await self._change_once(change)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the old one serving
+            log.warning("Agent %s: checkpoint %s did not take over: %s", name,
+                        change.checkpoint_step, _describe(exc))
+            try:
+                mark_change(self.registry, change.id, "failed", _describe(exc))
+            except Exception:  # noqa: BLE001 - the agent was deleted meanwhile
+                log.debug("Agent %s vanished during its checkpoint change", name)
+        finally:
+            if self._changing.get(name) == change.id:
+                del self._changing[name]
+
+    async def _change_once(self, change: CheckpointChange) -> None:
+        name = change.agent
+        old = self._live.get(name)
+        if old is None:
+            raise RuntimeLoadError(
+                "The agent is not serving here (not Deployed); Connect it, then change its "
+                "checkpoint.")
+        generation = self._generation.get(name, 0)
+        started = time.perf_counter()
+        record = dataclasses.replace(
+            self.registry.get(name), experiment=change.experiment,
+            checkpoint_rule=change.checkpoint_rule, checkpoint_step=change.checkpoint_step)
+        if self._in_worker(record):
+            runtime: Runtime = await self._load_in_worker(record)
+        else:
+            runtime = await asyncio.wrap_future(
+                self._loaders.submit(self._load_and_probe, record))
+        inline_chars = 0
+        try:
+            if self.inline_below_ms > 0 and not isinstance(runtime, WorkerRuntime):
+                inline_chars = await asyncio.wrap_future(
+                    self._loaders.submit(inline_limit, runtime, self.inline_below_ms))
+            old = self._live.get(name)
+            if self._generation.get(name, 0) != generation or old is None:
+                raise RuntimeLoadError(
+                    "The agent was disconnected, restarted or deleted while the new "
+                    "checkpoint loaded; nothing was switched.")
+            if change.kind == "split":
+                mark_change(self.registry, change.id, "canary")
+            else:
+                commit_change(self.registry, change)
+        except BaseException:
+            self._close_runtime(runtime)
+            raise
+        new = LiveDeployment(
+            name=name, deployment_id=old.deployment_id, api_key=old.api_key, runtime=runtime,
+            inline_obs_chars=inline_chars, experiment=change.experiment,
+            checkpoint_step=change.checkpoint_step)
+        if change.kind == "split":
+            old.canary, old.canary_change = new, change.id
+            old.canary_percent = int(change.percent or 0)
+            self._splits[name] = old
+            log.info("Agent %s: %s step %s answers %s%% of the calls (canary)", name,
+                     change.experiment, change.checkpoint_step, old.canary_percent)
+            return
+        # The switch: from here every lookup of the agent gets the new runtime.
+        self._live[name] = new
+        old.retired = True
+        log.info("Agent %s now serves %s step %s (loaded beside the old in %.3f s)", name,
+                 change.experiment, change.checkpoint_step, time.perf_counter() - started)
+        self._spawn(self._retire(old))
+
+    def _end_unfinished_changes(self) -> None:
+        # This server just began loading the workspace's agents: no change is loading here and
+        # no canary is loaded, whatever the registry says of the server before.
+        closed = end_unfinished_changes(
+            self.registry, "The server that was loading this checkpoint stopped; the agent "
+            "serves the checkpoint it served before. Try the change again.")
+        if closed:
+            log.info("Closed %d checkpoint change(s) left open by a stopped server", closed)
+
+    def settle_split(self, name: str) -> None:
+        """Bring the agent's split in line with its registry row: Promote (the row now
+        ``serving``) makes the canary the agent's only checkpoint, Abort (``aborted``) drops it.
+        Both need no load, so they take effect at once; the checkpoint that stops serving is
+        closed after the calls it is running."""
+        live = self._live.get(name)
+        if live is None or live.canary is None or live.canary_change is None:
+            return
+        try:
+            outcome = get_change(self.registry, live.canary_change).outcome
+        except NotFound:
+            outcome = "aborted"  # the agent was deleted; unload() closes the rest
+        if outcome == "canary":
+            return
+        canary = live.canary
+        live.canary, live.canary_change, live.canary_percent = None, None, 0
+        self._splits.pop(name, None)
+        if outcome == "serving":
+            self._live[name] = canary
+            live.retired = True
+            log.info("Agent %s: canary %s step %s promoted", name, canary.experiment,
+                     canary.checkpoint_step)
+            self._spawn(self._retire(live))
+        else:
+            canary.retired = True
+            log.info("Agent %s: canary %s step %s dropped", name, canary.experiment,
+                     canary.checkpoint_step)
+            self._spawn(self._retire(canary))
+
+    async def _retire(self, old: LiveDeployment) -> None:
+        """Close ``old`` once the calls it was running have finished (or timed out)."""
+        deadline = time.monotonic() + self.request_timeout + 5.0
+        # One turn of the loop at least: a handler that looked the agent up in the same turn
+        # as the switch reaches relay() (and so counts in in_flight, or is redirected) next.
+        await asyncio.sleep(0.05)
+        while old.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._close_runtime(old.runtime)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -570,14 +834,25 @@ class Deployer:
         The body is decoded, checked against the limits, answered and encoded where the model
         is: in its worker, or on a worker thread here.
         """
+        live = self.target(live)
         runtime = live.runtime
-        if isinstance(runtime, WorkerRuntime):
-            answer, payload = await self._worker_call(
-                runtime, {"op": "relay", "route": route}, body)
-            return int(answer["status"]), payload, int(answer.get("rows") or 0)
-        return await self.call(serving.relay, runtime, route, body, self.limits)
+        live.in_flight += 1
+        started, status = time.perf_counter(), 500
+        try:
+            if isinstance(runtime, WorkerRuntime):
+                answer, payload = await self._worker_call(
+                    runtime, {"op": "relay", "route": route}, body)
+                status = int(answer["status"])
+                return status, payload, int(answer.get("rows") or 0)
+            status, payload, rows = await self.call(
+                serving.relay, runtime, route, body, self.limits)
+            return status, payload, rows
+        finally:
+            live.in_flight -= 1
+            live.traffic.add(time.perf_counter() - started, status < 500)
 
-    async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
+    async def invoke(self, live: LiveDeployment, method: str, *args: Any,
+                     sticky: str | None = None) -> Any:
         """Call the runtime method or serving operation ``method`` with JSON-able ``args``.
 
         ``method`` is a public method of the runtime or a name in ``worker.serving.OPS``.
@@ -586,12 +861,26 @@ class Deployer:
         back as itself (a 400), :class:`RequestTimeout` past the request timeout,
         :class:`AgentUnavailable` when the worker died, :class:`AgentBusy` when it is full.
         """
+        live = self.target(live, sticky)
         runtime = live.runtime
-        if isinstance(runtime, WorkerRuntime):
-            answer, _ = await self._worker_call(
-                runtime, {"op": "invoke", "name": method, "args": list(args)})
-            return answer.get("result")
-        return await self.call(serving.resolve(runtime, method), *args)
+        live.in_flight += 1
+        started, ok = time.perf_counter(), False
+        try:
+            if isinstance(runtime, WorkerRuntime):
+                answer, _ = await self._worker_call(
+                    runtime, {"op": "invoke", "name": method, "args": list(args)})
+                ok = True
+                return answer.get("result")
+            result = await self.call(serving.resolve(runtime, method), *args)
+            ok = True
+            return result
+        except RequestError:
+            ok = True  # the caller's mistake, not the checkpoint's
+            raise
+        finally:
+            live.in_flight -= 1
+            if method != "probe":
+                live.traffic.add(time.perf_counter() - started, ok)
 
     async def _worker_call(self, runtime: WorkerRuntime, header: dict[str, Any],
                            body: bytes = b"") -> tuple[dict[str, Any], bytes]:
@@ -615,13 +904,29 @@ class Deployer:
             raise
 
     async def stream(self, live: LiveDeployment, method: str, *args: Any,
-                     ) -> AsyncGenerator[str, None]:
+                     sticky: str | None = None) -> AsyncGenerator[str, None]:
         """Iterate the text pieces of the streaming ``method`` as they come.
 
         The method is called as ``method(*args, cancelled)`` with a ``threading.Event`` that
         is set when the consumer stops iterating (``aclose()``, a closed connection), so the
         model stops at its next token. Errors of the runtime are raised to the consumer.
         """
+        live = self.target(live, sticky)
+        live.in_flight += 1
+        started, ok = time.perf_counter(), False
+        try:
+            async for piece in self._stream(live, method, *args):
+                yield piece
+            ok = True
+        except (RequestError, GeneratorExit):
+            ok = True  # the caller's mistake, or the caller went away
+            raise
+        finally:
+            live.in_flight -= 1
+            live.traffic.add(time.perf_counter() - started, ok)
+
+    async def _stream(self, live: LiveDeployment, method: str, *args: Any,
+                      ) -> AsyncGenerator[str, None]:
         runtime = live.runtime
         if isinstance(runtime, WorkerRuntime):
             pieces = runtime.worker.stream({"name": method, "args": list(args)},
@@ -715,6 +1020,34 @@ class Deployer:
             self.registry.update(name, **changes)
         except Exception:  # noqa: BLE001 - the agent was deleted meanwhile; nothing to record
             log.debug("Agent %s vanished before its status could be set", name)
+
+    def _close_live(self, live: LiveDeployment) -> None:
+        """Close a deployment's runtime, and end its split if it runs one."""
+        self._drop_canary(live, "The agent was disconnected, reloaded or stopped; the split "
+                          "ended.", outcome="aborted")
+        self._close_runtime(live.runtime)
+
+    def _drop_canary(self, live: LiveDeployment, reason: str, outcome: str = "failed") -> None:
+        """End a split that cannot go on; its row gets ``outcome`` with ``reason``."""
+        canary, change_id = live.canary, live.canary_change
+        self._splits.pop(live.name, None)
+        if canary is None:
+            return
+        live.canary, live.canary_change, live.canary_percent = None, None, 0
+        canary.retired = True
+        self._close_runtime(canary.runtime)
+        if change_id is not None:
+            try:
+                mark_change(self.registry, change_id, outcome, reason)
+            except Exception:  # noqa: BLE001 - the agent was deleted meanwhile
+                log.debug("Agent %s vanished while its split ended", live.name)
+
+    def _drop_orphan_canaries(self) -> None:
+        # A primary dropped without _close_live (its health check failed it) leaves its canary
+        # running; end those splits here.
+        for name, primary in list(self._splits.items()):
+            if self._live.get(name) is not primary:
+                self._drop_canary(primary, "The checkpoint it split with stopped serving.")
 
     @staticmethod
     def _close_runtime(runtime: Runtime) -> None:

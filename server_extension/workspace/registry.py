@@ -384,3 +384,199 @@ def data_version(registry: Registry) -> int:
     """The registry file's change counter as this connection sees it (see CredentialCache)."""
     with registry._lock:
         return int(registry._db.execute("PRAGMA data_version").fetchone()[0])
+
+
+# -- checkpoint history (schema 4) -------------------------------------------------------------
+# Every change of a live agent's checkpoint, asked for through any server of the workspace, is
+# a row here: the server that loads the agents (reconciler.py) picks up rows still "requested",
+# loads the checkpoint beside the one serving and writes how it ended. The agent's own columns
+# (experiment, checkpoint_rule, checkpoint_step) always name the checkpoint serving.
+
+MIGRATIONS.append(
+    """
+    CREATE TABLE checkpoint_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+        experiment TEXT NOT NULL,
+        checkpoint_rule TEXT NOT NULL,
+        checkpoint_step INTEGER NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'change' CHECK (kind IN ('change', 'split')),
+        percent INTEGER,
+        outcome TEXT NOT NULL CHECK (outcome IN
+            ('requested', 'loading', 'serving', 'replaced', 'failed', 'canary', 'aborted')),
+        error TEXT,
+        server TEXT NOT NULL DEFAULT '',
+        user TEXT NOT NULL DEFAULT '',
+        rollback_of INTEGER,
+        requested_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX checkpoint_changes_agent ON checkpoint_changes (agent, id)
+    """
+)
+
+# requested: waiting for the serving server; loading: its worker is starting beside the old;
+# serving: the agent answers with it now; replaced: it served before a later change; failed: it
+# never served (``error`` says why) and the checkpoint before it kept serving. A split (kind
+# ``split``) loads the same way, then answers ``percent`` % of the calls as the ``canary``
+# until Promote (``serving``) or Abort (``aborted``).
+CHANGE_OUTCOMES = ("requested", "loading", "serving", "replaced", "failed", "canary", "aborted")
+
+
+@dataclass(frozen=True)
+class CheckpointChange:
+    """One checkpoint an agent served or was asked to serve."""
+
+    id: int
+    agent: str
+    experiment: str
+    checkpoint_rule: str
+    checkpoint_step: int
+    outcome: str
+    requested_at: float
+    kind: str = "change"
+    percent: int | None = None
+    error: str | None = None
+    server: str = ""
+    user: str = ""
+    rollback_of: int | None = None
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST shape (every field)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _change(row: sqlite3.Row) -> CheckpointChange:
+    return CheckpointChange(**{f.name: row[f.name] for f in fields(CheckpointChange)})
+
+
+def request_change(registry: Registry, agent: str, *, experiment: str, rule: str, step: int,
+                   server: str = "", user: str = "", rollback_of: int | None = None,
+                   kind: str = "change", percent: int | None = None) -> CheckpointChange:
+    """Record that ``agent`` should move to ``experiment``'s ``step`` (``kind="split"``: serve
+    it beside the current one for ``percent`` % of the calls); refused while another change of
+    it is still under way or a split is running (:class:`RegistryError`)."""
+    with registry._tx() as db:
+        if db.execute("SELECT 1 FROM agents WHERE name = ?", (agent,)).fetchone() is None:
+            raise NotFound(f"No agent named {agent!r}.")
+        busy = db.execute(
+            "SELECT id, outcome FROM checkpoint_changes WHERE agent = ? AND outcome IN"
+            " ('requested', 'loading', 'canary')", (agent,)).fetchone()
+        if busy is not None and busy[1] == "canary":
+            raise RegistryError(
+                f"Agent {agent!r} is splitting its traffic with a canary (change {busy[0]}); "
+                "Promote or Abort it first.")
+        if busy is not None:
+            raise RegistryError(
+                f"Agent {agent!r} is already changing checkpoint (change {busy[0]}); wait "
+                "until it serves or fails, then try again.")
+        cur = db.execute(
+            "INSERT INTO checkpoint_changes (agent, experiment, checkpoint_rule, checkpoint_step,"
+            " kind, percent, outcome, server, user, rollback_of, requested_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?)",
+            (agent, experiment, rule, step, kind, percent, server, user, rollback_of,
+             time.time()))
+        change_id = int(cur.lastrowid or 0)
+    return get_change(registry, change_id)
+
+
+def canary_of(registry: Registry, agent: str) -> CheckpointChange | None:
+    """The agent's running split (outcome ``canary``), if any."""
+    with registry._lock:
+        row = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE agent = ? AND outcome = 'canary'"
+            " ORDER BY id DESC LIMIT 1", (agent,)).fetchone()
+    return None if row is None else _change(row)
+
+
+def get_change(registry: Registry, change_id: int) -> CheckpointChange:
+    """One change by id (:class:`NotFound` when there is none)."""
+    with registry._lock:
+        row = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE id = ?", (change_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"No checkpoint change {change_id}.")
+    return _change(row)
+
+
+def checkpoint_history(registry: Registry, agent: str, limit: int = 50) -> list[CheckpointChange]:
+    """The agent's changes, newest first."""
+    with registry._lock:
+        rows = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE agent = ? ORDER BY id DESC LIMIT ?",
+            (agent, limit)).fetchall()
+    return [_change(r) for r in rows]
+
+
+def open_changes(registry: Registry) -> list[CheckpointChange]:
+    """Changes no server has taken up yet (outcome ``requested``), oldest first."""
+    with registry._lock:
+        rows = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE outcome = 'requested' ORDER BY id").fetchall()
+    return [_change(r) for r in rows]
+
+
+def mark_change(registry: Registry, change_id: int, outcome: str,
+                error: str | None = None) -> None:
+    """Set a change's outcome (``loading``, ``failed``)."""
+    if outcome not in CHANGE_OUTCOMES:
+        raise ValueError(f"Unknown outcome {outcome!r}")
+    finished = None if outcome in ("requested", "loading") else time.time()
+    with registry._tx() as db:
+        db.execute("UPDATE checkpoint_changes SET outcome = ?, error = ?, finished_at = ?"
+                   " WHERE id = ?", (outcome, error, finished, change_id))
+
+
+def commit_change(registry: Registry, change: CheckpointChange) -> AgentRecord:
+    """``change`` serves now: the agent's checkpoint columns name it, the one before is
+    ``replaced``; one transaction, so every server reads either the old or the new state."""
+    now = time.time()
+    rule = change.checkpoint_rule
+    with registry._tx() as db:
+        db.execute("UPDATE checkpoint_changes SET outcome = 'replaced' WHERE agent = ?"
+                   " AND outcome = 'serving'", (change.agent,))
+        db.execute("UPDATE checkpoint_changes SET outcome = 'serving', error = NULL,"
+                   " finished_at = ? WHERE id = ?", (now, change.id))
+        db.execute("UPDATE agents SET experiment = ?, checkpoint_rule = ?, checkpoint_step = ?,"
+                   " updated_at = ? WHERE name = ?",
+                   (change.experiment, rule, change.checkpoint_step, now, change.agent))
+    return registry.get(change.agent)
+
+
+def record_initial(registry: Registry, record: AgentRecord, server: str = "",
+                   user: str = "") -> None:
+    """Give an agent that never changed checkpoint a ``serving`` row for the one it was
+    created with, so its history (and Roll back) starts there."""
+    with registry._tx() as db:
+        if db.execute("SELECT 1 FROM checkpoint_changes WHERE agent = ? LIMIT 1",
+                      (record.name,)).fetchone() is not None:
+            return
+        db.execute(
+            "INSERT INTO checkpoint_changes (agent, experiment, checkpoint_rule, checkpoint_step,"
+            " outcome, server, user, requested_at, finished_at)"
+            " VALUES (?, ?, ?, ?, 'serving', ?, ?, ?, ?)",
+            (record.name, record.experiment, record.checkpoint_rule, record.checkpoint_step,
+             server, user, record.created_at, record.created_at))
+
+
+def previous_checkpoint(registry: Registry, agent: str) -> CheckpointChange | None:
+    """The checkpoint that served before the one serving now (what Roll back returns to)."""
+    with registry._lock:
+        row = registry._db.execute(
+            "SELECT * FROM checkpoint_changes WHERE agent = ? AND outcome = 'replaced'"
+            " ORDER BY finished_at DESC, id DESC LIMIT 1", (agent,)).fetchone()
+    return None if row is None else _change(row)
+
+
+def end_unfinished_changes(registry: Registry, reason: str) -> int:
+    """Close the changes a stopped serving server left open: ``loading`` ones fail and running
+    splits (``canary``) are aborted, both with ``reason``, so the agents can change again.
+    ``requested`` ones stay for the server that now loads. Returns how many were closed."""
+    now = time.time()
+    with registry._tx() as db:
+        cur = db.execute(
+            "UPDATE checkpoint_changes SET outcome = CASE outcome WHEN 'loading' THEN 'failed'"
+            " ELSE 'aborted' END, error = ?, finished_at = ?"
+            " WHERE outcome IN ('loading', 'canary')", (reason, now))
+    return int(cur.rowcount or 0)
