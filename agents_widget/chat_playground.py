@@ -13,6 +13,20 @@ Conversations are the server's chat sessions: a second message continues the sam
     chat.send("What is the capital of France?").result(60)
     chat.messages                         # [{"role": "user", ...}, {"role": "assistant", ...}]
 
+Modes: *Chat* (above, the Arena stream with sessions); *JSON*, where every reply is one JSON
+object (OpenAI ``response_format``: ``json_object``, or ``json_schema`` with the schema typed in
+the panel), enforced by the server's constrained decoding; and *Tools*, where the tools typed
+in the panel (OpenAI's function list; the demo chat model's ``country_facts`` to start with)
+go with each message: a reply that calls one shows the call, and the call's result, typed in
+and sent with *Send result*, continues the conversation. JSON and Tools go through the agent's
+OpenAI route ``v1/chat/completions`` (not streamed, no server session: the view holds the
+conversation). Example::
+
+    chat.mode.value = "Tools"
+    chat.send("Look up France.").result(60)
+    chat.pending_call                     # {"id": ..., "name": "country_facts", "arguments": ...}
+    chat.send_tool_result("The capital of France is Paris.").result(60)
+
 Threads: every HTTP call runs on the playground's own daemon worker thread, one call at a
 time and in the order asked, and only sets widget values from there, so the kernel stays free
 while a reply streams. The methods that start a call return a :class:`~concurrent.futures.Future`.
@@ -25,6 +39,7 @@ it never reaches the front end, the saved widget state or the notebook file.
 from __future__ import annotations
 
 import html
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -44,6 +59,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "do_sample": False,
 }
 MAX_NEW_TOKENS = 4096
+MODES = ("Chat", "JSON", "Tools")
+# The demo chat model's one tool (server_extension.demos.llm.COUNTRY_TOOL; the panel does not
+# import the server's demos, so it is spelt out here).
+DEMO_TOOLS = [{"type": "function", "function": {
+    "name": "country_facts", "description": "Facts about a country (its capital).",
+    "parameters": {"type": "object", "properties": {"country": {"type": "string"}},
+                   "required": ["country"], "additionalProperties": False}}}]
 
 # Scoped to awb-chat classes; theme variables with fallbacks, as in the panel's stylesheet.
 CSS = """
@@ -55,25 +77,33 @@ CSS = """
 .awb-chat-role { font-size: 0.8em; font-weight: 600; color: var(--jp-ui-font-color2, #666); }
 .awb-chat-error { color: #c62828; white-space: pre-wrap; }
 .awb-chat-empty { color: var(--jp-ui-font-color2, #777); font-style: italic; }
+.awb-chat-tool { background: var(--jp-warn-color3, #fff8e1); margin-right: 15%; }
+.awb-chat-call { font-family: var(--jp-code-font-family, monospace); font-size: 0.9em; }
 """
 
-_ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
+_ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System",
+                "tool": "Tool result"}
 
 
-def _turn_html(role: str, content: str, note: str = "") -> str:
-    role_class = "user" if role == "user" else "assistant"
+def _turn_html(role: str, content: str, note: str = "",
+               calls: list[dict[str, Any]] | None = None) -> str:
+    role_class = {"user": "user", "tool": "tool"}.get(role, "assistant")
     title = _ROLE_TITLES.get(role, role.title())
     extra = f"<div class='awb-chat-error'>{html.escape(note)}</div>" if note else ""
+    shown = "".join(
+        f"<div class='awb-chat-call'>calls {html.escape(c['function']['name'])}"
+        f"({html.escape(c['function']['arguments'])})</div>" for c in calls or [])
     return (f"<div class='awb-chat-turn awb-chat-{role_class}'>"
             f"<div class='awb-chat-role'>{html.escape(title)}</div>"
-            f"{html.escape(content)}{extra}</div>")
+            f"{html.escape(content)}{shown}{extra}</div>")
 
 
-def transcript_html(messages: list[dict[str, str]]) -> str:
-    """The finished turns of a conversation as HTML (text escaped)."""
+def transcript_html(messages: list[dict[str, Any]]) -> str:
+    """The finished turns of a conversation as HTML (text escaped; tool calls shown)."""
     if not messages:
         return "<div class='awb-chat-empty'>No messages yet: type a prompt and press Send.</div>"
-    return "".join(_turn_html(str(m.get("role", "")), str(m.get("content", "")))
+    return "".join(_turn_html(str(m.get("role", "")), str(m.get("content") or ""),
+                              calls=m.get("tool_calls"))
                    for m in messages)
 
 
@@ -159,6 +189,7 @@ class ChatPlayground(widgets.VBox):
         self.do_sample.observe(lambda _c: self._sampling_controls(), "value")
         self._sampling_controls()
 
+        self._mode_controls()
         self.sessions = widgets.Select(options=[], rows=5, description="Sessions",
                                        layout=widgets.Layout(width="auto",
                                                              align_self="stretch"))
@@ -182,7 +213,10 @@ class ChatPlayground(widgets.VBox):
         style = widgets.HTML(f"<style>{CSS}</style>", layout=widgets.Layout(display="none"))
         super().__init__([
             style,
+            self.mode,
             self.conversation,
+            self.json_panel,
+            self.tools_panel,
             self.prompt,
             gap(widgets.HBox([self.send_button, self.stop_button, self.new_button]), 6),
             gap(widgets.HBox([self.max_new_tokens, self.temperature, self.top_p,
@@ -192,7 +226,41 @@ class ChatPlayground(widgets.VBox):
             gap(widgets.HBox([self.load_button, self.delete_button, self.refresh_button]), 6),
         ])
         gap(self, 6)
+        self._panels()
         self.refresh_sessions()
+
+    def _mode_controls(self) -> None:
+        """The mode switch and the JSON and Tools panels (see the module doc)."""
+        # Switching mode starts a new conversation.
+        self.mode = widgets.ToggleButtons(options=MODES, value="Chat", description="Mode",
+                                          style={"button_width": "70px"},
+                                          tooltips=["Free text, streamed, in server sessions",
+                                                    "Every reply is one JSON object",
+                                                    "The model may call the tools below"])
+        self.schema = widgets.Textarea(
+            placeholder="JSON schema the reply must follow (empty: any JSON object)",
+            layout=widgets.Layout(width="auto", height="64px", align_self="stretch"))
+        self.tools = widgets.Textarea(
+            value=json.dumps(DEMO_TOOLS, indent=1),
+            layout=widgets.Layout(width="auto", height="96px", align_self="stretch"))
+        self.tool_choice = widgets.Dropdown(options=["auto", "required", "none"], value="auto",
+                                            description="Tool choice",
+                                            style={"description_width": "initial"},
+                                            layout=widgets.Layout(width="200px"))
+        self.tool_result = widgets.Textarea(
+            placeholder="The call's result (what the tool answered)",
+            layout=widgets.Layout(width="auto", height="48px", align_self="stretch"))
+        self.result_button = widgets.Button(description="Send result", icon="reply",
+                                            tooltip="Send the result back to the model")
+        self.pending_call: dict[str, Any] | None = None
+        self.json_panel = widgets.VBox([self.schema])
+        self.tools_panel = widgets.VBox([
+            widgets.HTML("<b>Tools</b> (OpenAI's function list, JSON)"), self.tools,
+            self.tool_choice,
+            widgets.VBox([self.tool_result, self.result_button])])
+        self.mode.observe(lambda _c: self._mode_changed(), "value")
+        self.result_button.on_click(lambda _b: self.send_tool_result())
+
 
     # -- what the buttons do (kernel thread: read widgets, then hand the HTTP to the worker) --
 
@@ -214,13 +282,87 @@ class ChatPlayground(widgets.VBox):
                 "top_p": float(self.top_p.value),
                 "do_sample": bool(self.do_sample.value)}
 
+    def _panels(self) -> None:
+        """Show the panel of the current mode (and the result box while a call waits)."""
+        self.json_panel.layout.display = "flex" if self.mode.value == "JSON" else "none"
+        self.tools_panel.layout.display = "flex" if self.mode.value == "Tools" else "none"
+        waiting = self.pending_call is not None
+        self.tool_result.layout.display = "flex" if waiting else "none"
+        self.result_button.layout.display = "flex" if waiting else "none"
+
+    def _mode_changed(self) -> None:
+        self.pending_call = None
+        self._panels()
+        self.new_session()
+
+    def openai_body(self) -> dict[str, Any]:
+        """The OpenAI request settings of the current mode and controls (messages aside).
+
+        :class:`ValueError` with a readable message when the schema or tools do not parse.
+        """
+        body: dict[str, Any] = {
+            "model": self.endpoint.rsplit("/", 1)[-1],
+            "max_tokens": int(self.max_new_tokens.value),
+            "temperature": float(self.temperature.value) if self.do_sample.value else 0.0,
+            "top_p": float(self.top_p.value)}
+        if self.mode.value == "JSON":
+            schema = self.schema.value.strip()
+            if schema:
+                try:
+                    parsed = json.loads(schema)
+                except ValueError as exc:
+                    raise ValueError(f"The JSON schema does not parse: {exc}.") from exc
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "reply", "schema": parsed, "strict": True}}
+            else:
+                body["response_format"] = {"type": "json_object"}
+        elif self.mode.value == "Tools":
+            try:
+                tools = json.loads(self.tools.value or "[]")
+            except ValueError as exc:
+                raise ValueError(f"The tools do not parse as JSON: {exc}.") from exc
+            if tools:
+                body["tools"] = tools
+                body["tool_choice"] = self.tool_choice.value
+        return body
+
+    def send_tool_result(self, result: str | None = None) -> Future[None]:
+        """Answer the pending tool call with ``result`` (else the result box); the model goes
+        on from there."""
+        call = self.pending_call
+        if call is None:
+            self._say("No tool call is waiting for a result.", error=True)
+            return self._done()
+        text = self.tool_result.value if result is None else result
+        self.tool_result.value = ""
+        self.pending_call = None
+        self._panels()
+        message = {"role": "tool", "tool_call_id": call["id"], "content": text}
+        return self._begin_turn(message, text)
+
+    def _begin_turn(self, message: dict[str, Any], shown: str) -> Future[None]:
+        try:
+            body = self.openai_body()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return self._done()
+        self._stop.clear()
+        self.last_error = None
+        self.send_button.disabled = True
+        self.live.value = _turn_html(message["role"], shown) + _turn_html("assistant", "…")
+        self._say("")
+        return self._submit(self._openai_turn, message, body)
+
     def send(self, prompt: str | None = None) -> Future[None]:
-        """Send ``prompt`` (else the prompt box) as the next user turn and stream the reply."""
+        """Send ``prompt`` (else the prompt box) as the next user turn and stream the reply
+        (in JSON and Tools modes: wait for it, through the OpenAI route)."""
         text = self.prompt.value if prompt is None else prompt
         if not text.strip():
             self._say("Type a prompt first.", error=True)
             return self._done()
         self.prompt.value = ""
+        if self.mode.value != "Chat":
+            return self._begin_turn({"role": "user", "content": text}, text)
         self._stop.clear()
         self.send_button.disabled = True
         self.stop_button.disabled = False
@@ -380,6 +522,38 @@ class ChatPlayground(widgets.VBox):
                                  + _turn_html("assistant", text, error or ""))
         self.live.value = ""
         self._refresh()
+
+    def _openai_turn(self, message: dict[str, Any], body: dict[str, Any]) -> None:
+        """One JSON or Tools turn: the conversation so far plus ``message``, answered whole."""
+        payload = {**body, "messages": [*self.messages, message]}
+        try:
+            response = self._http.post(f"{self.endpoint}/v1/chat/completions", json=payload,
+                                       headers=self._headers())
+        finally:
+            self.send_button.disabled = False
+        if response.status_code >= 400:
+            self.live.value = ""
+            try:
+                failure = str(response.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                failure = f"HTTP {response.status_code}"
+            self._say(f"The message was not answered. {failure}", error=True)
+            return
+        reply = response.json()["choices"][0]["message"]
+        assistant: dict[str, Any] = {"role": "assistant", "content": reply.get("content") or ""}
+        calls = reply.get("tool_calls") or []
+        if calls:
+            assistant["tool_calls"] = calls
+            first = calls[0]
+            self.pending_call = {"id": first["id"], "name": first["function"]["name"],
+                                 "arguments": first["function"]["arguments"]}
+        self.messages = [*self.messages, message, assistant]
+        self.transcript.value = transcript_html(self.messages)
+        self.live.value = ""
+        self._panels()
+        if calls:
+            self._say(f"The model calls {self.pending_call['name']}; type its result and press "
+                      "Send result." if self.pending_call else "")
 
     def _refresh(self) -> None:
         response = self._http.get(f"{self.endpoint}/sessions", headers=self._headers())

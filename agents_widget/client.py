@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from workbench_core import discovery
-from workbench_core.discovery import ServerInfo, ServerNotFound
+from workbench_core.discovery import PAGE_ORIGIN_HEADER, ServerInfo, ServerNotFound
 
 Tab = Literal["classic", "advanced"]
 Status = Literal["Undeployed", "Pending", "Deployed", "Failed"]
@@ -323,6 +323,21 @@ class WorkbenchClient:
         self._worker = SerialWorker(name="agents-workbench-client")
         self._count_lock = threading.Lock()
         self.request_count = 0
+        self._page_origin: str | None = None
+
+    @property
+    def page_origin(self) -> str | None:
+        """The origin of the page showing the panel (``https://hub.example.org``), sent with
+        every call so the server hands out URLs under the host the user reached."""
+        return self._page_origin
+
+    @page_origin.setter
+    def page_origin(self, origin: str | None) -> None:
+        self._page_origin = origin
+        if origin:
+            self._http.headers[PAGE_ORIGIN_HEADER] = origin
+        else:
+            self._http.headers.pop(PAGE_ORIGIN_HEADER, None)
 
     @classmethod
     def discover(cls, *, timeout: float = 15.0) -> WorkbenchClient:
@@ -384,6 +399,10 @@ class WorkbenchClient:
             ) from exc
 
     # -- the API -------------------------------------------------------------------------------
+
+    def server_urls(self) -> dict[str, str]:
+        """``{"public_url", "arena_base_url"}``: where users reach this server."""
+        return dict(self._request("GET", "server"))
 
     def experiments(self) -> list[ExperimentInfo]:
         """Every experiment with its checkpoints and metrics."""

@@ -47,6 +47,7 @@ from .table import AgentRow, AgentTable, RowActions
 from .tokens_view import AccessTokens
 from .training_view import training_html
 from .viewkit import close_tree, gap, stylesheet
+from .views import ViewWatch
 from .wizard import CreateRequest, NewAgentWizard
 
 log = logging.getLogger("agents_workbench.panel")
@@ -55,6 +56,7 @@ T = TypeVar("T")
 PENDING_POLL_S = 0.5  # while an agent is Pending: Deployed shows up within half a second
 MAX_BACKOFF_S = 15.0  # while the server does not answer
 EXPERIMENTS_EVERY = 4  # re-read experiments (new checkpoints) every this many polls
+IDLE_CHECK_S = 5.0  # with no view open: how often the poller looks again (no server call)
 
 # The panel that polls each server (by URL), so a newer panel can retire it. Weak values:
 # the registry alone must not keep a closed panel alive.
@@ -131,8 +133,11 @@ class AgentsPanel(widgets.VBox):
         self.retry_button.on_click(lambda _b: self.retry_discovery())
 
         self.scroll = ScrollKeeper()
-        super().__init__([stylesheet(), self.scroll, topbar, self.notice, self.training_line,
-                          self.tokens_area, self.body],
+        self.public_url: str | None = None  # this server's URL as users reach it
+        self.arena_base_url: str | None = None
+        self.views = ViewWatch(on_change=self._views_changed)
+        super().__init__([stylesheet(), self.scroll, self.views, topbar, self.notice,
+                          self.training_line, self.tokens_area, self.body],
                          layout=widgets.Layout(width="100%", padding="4px"))
         self.add_class("awb-panel")
 
@@ -167,6 +172,7 @@ class AgentsPanel(widgets.VBox):
 
     def _first_load(self) -> None:
         try:
+            self._read_public_url()
             self._load(experiments=True)
         finally:
             # Poll even when this first read failed (server restarting): the poller retries,
@@ -200,9 +206,32 @@ class AgentsPanel(widgets.VBox):
         self.refresh_button.disabled = True
         self.subtitle.value = "<span class='awb-subtitle'>Not connected to a server</span>"
 
+    def _read_public_url(self) -> None:
+        """Worker thread: ask the server the URL users reach it at (public_url.py)."""
+        client = self._client()
+        client.page_origin = self.views.origin
+        try:
+            info = client.server_urls()
+        except WorkbenchError:
+            return  # an older server, or not answering: _load says so
+        self.public_url = info.get("public_url") or None
+        self.arena_base_url = info.get("arena_base_url") or None
+        self._show_server()
+
+    def _views_changed(self) -> None:
+        """A view of the panel opened or closed: poll again at once, or stop calling the
+        server; the first page also tells where the user's browser reached the server."""
+        if self.client is None or self._closed:
+            return
+        if self.views.origin and self.views.origin != self.client.page_origin:
+            self.client.submit(self._read_public_url)
+            self.client.submit(self._load)  # endpoints under the page's host
+        if self.poller is not None:
+            self.poller.poke()
+
     def _show_server(self) -> None:
         self.refresh_button.disabled = False
-        url = self._client().url
+        url = self.public_url or self._client().url
         self.subtitle.value = (
             "<span class='awb-subtitle'>Turn trained checkpoints into HTTP endpoints · server "
             f"<code>{html.escape(url)}</code></span>")
@@ -225,6 +254,10 @@ class AgentsPanel(widgets.VBox):
             if self.poller is not None:
                 self.poller.stop(timeout=0)
             return None
+        if not self.views.watched():
+            # No page shows the panel: calling the server would only keep it from idling
+            # (and from being culled). A view that opens pokes the poller.
+            return IDLE_CHECK_S
         ticks = self.poller.ticks + 1 if self.poller is not None else 0
         experiments = ticks % EXPERIMENTS_EVERY == 0
         future = self.client.submit(self._load, experiments=experiments)
@@ -545,7 +578,7 @@ class AgentsPanel(widgets.VBox):
             if self.tokens_area.children or self.client is None:
                 self.tokens_area.children = ()
                 return None
-            section = AccessTokens(self.client)
+            section = AccessTokens(self.client, control_plane=self.arena_base_url)
             self.tokens_area.children = (section,)
             return section
 

@@ -18,6 +18,25 @@ if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
     exit 1
   fi
 fi
+# tests/test_jupyterhub.py runs a real JupyterHub, whose proxy (configurable-http-proxy) is a
+# Node program from npm; node and npm come from apt when missing.
+CHP_VERSION=5.3.0
+if [ ! -x .venv/chp/node_modules/.bin/configurable-http-proxy ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "Installing node and npm for the JupyterHub test (apt-get install nodejs npm)..."
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
+    if ! { command -v apt-get >/dev/null 2>&1 && $SUDO apt-get update -qq \
+           && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }; then
+      echo "test.sh: could not install node and npm (needs apt-get and root or sudo);" >&2
+      echo "install them yourself, or run the rest: pytest --deselect tests/test_jupyterhub.py" >&2
+      exit 1
+    fi
+  fi
+  echo "Installing configurable-http-proxy $CHP_VERSION into .venv/chp (npm)..."
+  npm install --silent --no-fund --no-audit --prefix .venv/chp \
+    "configurable-http-proxy@$CHP_VERSION"
+fi
 .venv/bin/ruff check workbench_core server_extension agents_widget tests benchmarks
 .venv/bin/mypy
 # Parallel by default: most of the suite's time is waiting (servers starting, workers forking,

@@ -107,12 +107,55 @@ def test_status_is_public_and_reveals_nothing_secret(two_agents: dict[str, Any])
     resp = requests.get(two_agents["endpoint"] + "/status", timeout=10)
     assert resp.status_code == 200
     body = resp.json()
-    assert set(body) == {"success", "deployment_id", "instance_id", "agent"}
+    # Anonymous: ids only, not the agent's kind (status_kind_public is off).
+    assert set(body) == {"success", "deployment_id", "instance_id"}
+    for header in ({"Authorization": "Bearer awb_wrong"},
+                   {"Authorization": f"Bearer {two_agents['b']}"}):
+        wrong = requests.get(two_agents["endpoint"] + "/status", headers=header, timeout=10)
+        assert wrong.json() == body, header
+    keyed = requests.get(two_agents["endpoint"] + "/status", timeout=10,
+                         headers={"Authorization": f"Bearer {two_agents['a']}"}).json()
+    assert keyed["agent"]["algo"] == "DQN"
+    assert keyed["deployment_id"] == body["deployment_id"]
     text = resp.text
     for secret in (two_agents["a"], two_agents["old_a"], two_agents["b"],
                    two_agents["server"].token):
         assert secret not in text
     assert str(two_agents["server"].root) not in text
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), INFERENCE_ROUTES)
+def test_unknown_agent_and_wrong_key_look_the_same(two_agents: dict[str, Any], method: str,
+                                                   suffix: str, body: Any) -> None:
+    """No name probing: without a valid credential a made-up name and a real one with a
+    wrong key get the same status, headers that matter and body (but for the name)."""
+    base = two_agents["endpoint"].rpartition("/agents/d/")[0]
+    for headers in ({"Authorization": "Bearer awb_made_up"},
+                    {"Authorization": f"Bearer {two_agents['old_a']}"}, {}):
+        real = requests.request(method, f"{base}/agents/d/a/{suffix}", json=body,
+                                headers=headers, timeout=30)
+        # Same length as "a" so even the body's length cannot tell them apart.
+        made_up = requests.request(method, f"{base}/agents/d/z/{suffix}", json=body,
+                                   headers=headers, timeout=30)
+        assert real.status_code == made_up.status_code == 401, (headers, real.text)
+        assert real.text == made_up.text, (real.text, made_up.text)
+        assert real.headers["WWW-Authenticate"] == made_up.headers["WWW-Authenticate"]
+
+
+def test_a_token_holder_learns_what_is_there(two_agents: dict[str, Any]) -> None:
+    """A valid credential (a workspace token) gets the helpful 404 for a name not deployed."""
+    server: ServerProcess = two_agents["server"]
+    token = server.api("POST", "tokens", json={"name": "probe-check"}).json()["token"]
+    base = two_agents["endpoint"].rpartition("/agents/d/")[0]
+    try:
+        resp = requests.post(f"{base}/agents/d/nothing/get_action", json={"obs": None},
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert resp.status_code == 404
+        assert "does not exist" in resp.json()["error"]
+    finally:
+        for row in server.api("GET", "tokens").json()["tokens"]:
+            if row["name"] == "probe-check":
+                server.api("DELETE", f"tokens/{row['id']}")
 
 
 @pytest.mark.parametrize(("method", "suffix", "body"), MANAGEMENT_ROUTES)
@@ -254,3 +297,39 @@ def test_inference_takes_an_access_token_too(two_agents: dict[str, Any]) -> None
     server.api("DELETE", f"tokens/{token['id']}")
     resp = inference(two_agents, "POST", "get_action", {"obs": None}, headers)
     assert resp.status_code == 401
+
+
+def test_endpoints_use_the_front_most_forwarded_scheme(two_agents: dict[str, Any]) -> None:
+    """Behind TLS the front end sends https and the hub's proxy appends http: the first value
+    counts (the test's loopback is a trusted proxy by default)."""
+    server: ServerProcess = two_agents["server"]
+    agent = server.api("GET", "agents/a", headers={
+        "X-Forwarded-Proto": "https,http", "X-Forwarded-Host": "hub.example.org"}).json()
+    assert agent["endpoint"] == "https://hub.example.org/agents/d/a"
+    info = server.api("GET", "server", headers={"X-Scheme": "https"}).json()
+    assert info["public_url"].startswith("https://127.0.0.1:")
+    assert info["arena_base_url"] == info["public_url"] + "agents/arena"
+
+
+def test_the_panel_page_origin_names_the_public_host(two_agents: dict[str, Any]) -> None:
+    server: ServerProcess = two_agents["server"]
+    page = {"X-Agents-Workbench-Page-Origin": "https://lab.example.org"}
+    assert server.api("GET", "agents/a", headers=page).json()["endpoint"] == (
+        "https://lab.example.org/agents/d/a")
+    # Not a bare origin: ignored, the request's own host stays.
+    bad = {"X-Agents-Workbench-Page-Origin": "https://lab.example.org/evil?x=1"}
+    assert server.api("GET", "agents/a", headers=bad).json()["endpoint"].startswith(
+        "http://127.0.0.1:")
+    # Only Jupyter-authenticated calls may name it: the control plane ignores it.
+    token = server.api("POST", "tokens", json={"name": "origin-check"}).json()["token"]
+    try:
+        deployments = requests.get(
+            server.url + "agents/arena/api/cli/v1/inference/deployments/list", timeout=30,
+            headers={"Authorization": f"Bearer {token}", **page})
+        assert deployments.status_code == 200, deployments.text
+        assert "/agents/d/a" in deployments.text
+        assert "lab.example.org" not in deployments.text
+    finally:
+        for row in server.api("GET", "tokens").json()["tokens"]:
+            if row["name"] == "origin-check":
+                server.api("DELETE", f"tokens/{row['id']}")

@@ -308,3 +308,48 @@ def test_details_of_an_llm_agent_hold_the_playground_and_never_send_the_key(
     assert chat.comm is None
     with pytest.raises(WorkbenchError):
         chat.refresh_sessions().result(5)
+
+
+def test_json_mode_and_a_tool_call_with_its_result(llm: dict[str, Any]) -> None:
+    chat = greedy_playground(llm, tokens=100)
+    chat.mode.value = "JSON"
+    assert chat.wait(30)
+    assert chat.json_panel.layout.display == "flex"
+    assert chat.tools_panel.layout.display == "none"
+    schema = {"type": "object", "properties": {"capital": {"enum": ["Paris", "Lima"]}},
+              "required": ["capital"], "additionalProperties": False}
+    chat.schema.value = json.dumps(schema)
+    chat.send("What is the capital of France?").result(60)
+    assert chat.last_error is None, chat.last_error
+    assert json.loads(chat.messages[-1]["content"])["capital"] in ("Paris", "Lima")
+    chat.schema.value = "{nope"
+    chat.send("again").result(60)
+    assert "schema does not parse" in str(chat.last_error)
+
+    chat.mode.value = "Tools"  # a new conversation, with the demo's country_facts tool
+    assert chat.wait(30)
+    assert chat.messages == []
+    assert chat.tools_panel.layout.display == "flex"
+    assert "country_facts" in chat.tools.value
+    # The quick model has not learnt to call by itself, nor to end a free string: the call is
+    # forced and the country an enum, so it is a whole call.
+    tools = json.loads(chat.tools.value)
+    tools[0]["function"]["parameters"]["properties"]["country"]["enum"] = ["France", "Peru"]
+    chat.tools.value = json.dumps(tools)
+    chat.tool_choice.value = "required"
+    chat.send("Look up France.").result(60)
+    call = chat.pending_call
+    assert call is not None, chat.last_error
+    assert call["name"] == "country_facts"
+    assert "country" in json.loads(call["arguments"])
+    assert chat.tool_result.layout.display == "flex"
+    assert "calls country_facts(" in chat.transcript.value
+    chat.tool_choice.value = "none"
+    chat.send_tool_result("The capital of France is Paris.").result(60)
+    assert chat.last_error is None, chat.last_error
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool", "assistant"]
+    assert chat.messages[2] == {"role": "tool", "tool_call_id": call["id"],
+                                "content": "The capital of France is Paris."}
+    assert "Tool result" in chat.transcript.value
+    assert chat.pending_call is None
+    chat.close()

@@ -182,7 +182,9 @@ def test_change_and_rollback_under_load_fail_no_call(
         assert after["status"] == "Deployed"
         assert (after["endpoint"], after["api_key"]) == (agent["endpoint"], agent["api_key"])
         assert after["checkpoint"] == {"experiment": FLIP, "rule": "specific", "step": NEW_STEP}
-        status = requests.get(f"{agent['endpoint']}/status", timeout=10)
+        # With the key: anonymous callers are not shown the checkpoint (status_kind_public).
+        status = requests.get(f"{agent['endpoint']}/status", timeout=10,
+                              headers={"Authorization": f"Bearer {agent['api_key']}"})
         assert status.headers["X-Agent-Checkpoint-Experiment"] == FLIP
         assert status.headers["X-Agent-Checkpoint-Step"] == str(NEW_STEP)
         # A new instance serves the same deployment.

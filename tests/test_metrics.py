@@ -182,6 +182,10 @@ def test_view_helpers_render() -> None:
                                 "restarts": 1}})
     assert "worker <b>412.5</b> MiB" in line
     assert "1 restart)" in line
+    assert "CPU" not in line  # no sample yet
+    line = headline({"worker": {"rss_mb": 1, "memory_limit_mb": 4096, "pid": 7,
+                                "restarts": 0, "cpu_seconds": 9.5, "cpu_percent": 187.5}})
+    assert "CPU <b>187.5%</b> of a core" in line
 
 
 # -- through a real server --------------------------------------------------------------------
@@ -265,9 +269,10 @@ def test_prometheus_text_parses_and_carries_agent_and_route(live: ServerProcess,
     for seed in range(4):
         assert post(agent, "get_action", obs_body(1, seed)).status_code == 200
     assert post(agent, "get_action", {"obs": None}).status_code == 400
-    # Requests for agents that do not exist are not counted (labels would grow without end).
+    # Requests for agents that do not exist are not counted (labels would grow without end);
+    # without a valid credential they are refused like a wrong key (no name probing).
     assert post({"endpoint": live.url + "agents/d/made-up", "api_key": "x"}, "get_action",
-                obs_body()).status_code == 404
+                obs_body()).status_code == 401
 
     families = prometheus(live)
     assert samples(families, "agents_workbench_requests_total", agent=name,

@@ -281,12 +281,15 @@ def test_wrong_or_missing_key_is_401(agent: dict[str, Any]) -> None:
     ({"top_p": 0}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
-    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logit_bias": {"5": 300}}, "logit_bias"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"tool_choice": "required"}, "tool_choice"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"seed": -1}, "seed"),
-    ({"stream": True, "n": 2}, "n"),
+    ({"seed": 2**63}, "seed"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "http://x/y.png"}}]}]}, "messages[0].content[0]"),
     ({"messages": []}, "messages"),
@@ -325,6 +328,48 @@ def test_wrong_model_long_prompt_bad_json_and_unknown_route(client: openai.OpenA
                             timeout=10)
     assert unknown.status_code == 404
     assert "v1/chat/completions" in unknown.json()["error"]["message"]
+
+
+def test_a_lone_surrogate_is_a_400_naming_where(agent: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {agent['api_key']}",
+               "Content-Type": "application/json"}
+    for route, body in (
+            ("chat/completions", f'{{"model": "{MODEL}", "messages": [{{"role": "user", '
+                                 '"content": "hi \\ud800"}]}'),
+            ("completions", f'{{"model": "{MODEL}", "prompt": "\\udfff"}}')):
+        answer = requests.post(f"{agent['endpoint']}/v1/{route}", data=body.encode(),
+                               headers=headers, timeout=30)
+        assert answer.status_code == 400, (route, answer.text)
+        assert "lone surrogate" in answer.json()["error"]["message"]
+    assert requests.post(f"{agent['endpoint']}/v1/completions", timeout=60, headers=headers,
+                         json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                         ).status_code == 200
+
+
+@pytest.mark.slow
+def test_huge_llm_inputs_are_refused_and_the_agent_stays_deployed(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    # LLM arguments used to travel JSON-escaped in the worker frame's 16 MiB header: these
+    # requests killed the worker (503), and four of them left the agent Failed.
+    server, agent = served
+    headers = {"Authorization": f"Bearer {agent['api_key']}"}
+    emoji = "\U0001F600" * 460_000  # 1.8 MB of UTF-8, 5.3 MiB as JSON escapes
+    session = None
+    for _ in range(4):  # one conversation: its history grows with each turn
+        answer = requests.post(f"{agent['endpoint']}/generate", timeout=300, headers=headers,
+                               json={"prompt": emoji, "session_id": session,
+                                     "params": {"max_new_tokens": 1}})
+        assert answer.status_code in (200, 400, 413), answer.text
+        session = answer.headers.get("X-Session-Id") or session
+    big = requests.post(f"{agent['endpoint']}/v1/chat/completions", timeout=300,
+                        headers=headers, json={"model": MODEL, "messages": [
+                            {"role": "user", "content": "a " * (8 * 2**20)}]})
+    assert big.status_code in (400, 413), big.text
+    assert "limit" in big.text or "at most" in big.text or "tokens" in big.text, big.text
+    assert server.api("GET", f"agents/{MODEL}").json()["status"] == "Deployed"
+    assert requests.post(f"{agent['endpoint']}/v1/completions", timeout=60, headers=headers,
+                         json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                         ).status_code == 200
 
 
 def test_non_llm_agents_do_not_speak_it(served: tuple[ServerProcess, dict[str, Any]]) -> None:

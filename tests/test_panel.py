@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -548,3 +549,32 @@ def test_experiments_still_training_show_under_the_top_bar(
         panel.close()
         training_marks.clear(empty.root, "spread-maddpg")
         shutil.rmtree(empty.root / "experiments" / "spread-maddpg", ignore_errors=True)
+
+
+def test_polling_stops_when_no_view_is_open(live: ServerProcess, front_end: list[Any]) -> None:
+    """Views report open / beat / closed (views.py): with none left the poller stops calling
+    the server, which lets an idle hub server be culled; a view that opens resumes it and
+    names the page's origin, under which the panel then shows the server's URLs."""
+    panel = make_panel(live)
+    try:
+        client = panel._client()
+        browser_sends(panel.views, {"event": "open", "id": "v1",
+                                    "origin": "https://hub.example.org"})
+        wait_until(lambda: (panel.public_url or "").startswith("https://hub.example.org/"),
+                   what="the public URL under the page's origin")
+        assert "https://hub.example.org/" in panel.subtitle.value
+        assert "127.0.0.1" not in panel.subtitle.value
+        before = client.request_count
+        wait_until(lambda: client.request_count >= before + 2, what="polls while a view is open")
+        browser_sends(panel.views, {"event": "closed", "id": "v1"})
+        assert panel.views.open_views == 0
+        assert not panel.views.watched()  # seen once: no grace any more
+        panel.wait_idle()
+        settled = client.request_count
+        time.sleep(1.0)  # absence can only be waited out: five poll intervals, no view open
+        assert client.request_count <= settled + 1  # at most a poll already under way
+        browser_sends(panel.views, {"event": "open", "id": "v2",
+                                    "origin": "https://hub.example.org"})
+        wait_until(lambda: client.request_count >= settled + 2, what="polling to resume")
+    finally:
+        panel.close()

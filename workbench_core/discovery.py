@@ -20,6 +20,9 @@ from jupyter_core.paths import jupyter_runtime_dir
 URL_ENV = "AGENTS_WORKBENCH_URL"
 TOKEN_ENV = "AGENTS_WORKBENCH_TOKEN"  # noqa: S105 - a variable name, not a secret
 PREFIX = "agents-workbench-"
+# Sent by the panel's client with the origin of the page showing the panel: a kernel talks to
+# its server directly, but the browser knows the host users reach it at (public_url.py).
+PAGE_ORIGIN_HEADER = "X-Agents-Workbench-Page-Origin"
 
 
 class ServerNotFound(LookupError):

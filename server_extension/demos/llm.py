@@ -21,6 +21,7 @@ Nothing is downloaded: the tokenizer and model are built locally.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -48,7 +49,10 @@ LORA_EXPERIMENT = "tiny-chat-lora"
 
 END_OF_TURN = "<|end|>"
 PADDING = "<|pad|>"
-ROLE_MARKS = ("<|system|>", "<|user|>", "<|assistant|>")
+ROLE_MARKS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
+# How the model writes a tool call (CHAT_TEMPLATE's convention): one token each, and not
+# special, so they stay in the decoded reply where the OpenAI routes look for calls.
+TOOL_CALL_MARKS = ("<tool_call>", "</tool_call>")
 EVAL_METRIC = "exact-match accuracy of greedy answers to held-out question phrasings (0-1)"
 TRAIN_METRIC = "minus the mean training loss (answer tokens) since the previous checkpoint"
 
@@ -105,6 +109,7 @@ def build_tokenizer(texts: Sequence[str], *, vocab_size: int, max_length: int) -
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
+    backend.add_tokens(list(TOOL_CALL_MARKS))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=END_OF_TURN,
@@ -127,6 +132,56 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str,
         add_generation_prompt=True,
     )
     return str(text)
+
+
+# The one tool the demo chat model learns to call: facts about a country, looked up in the
+# data set. The model sees it the way CHAT_TEMPLATE renders tools ("tools: country_facts(country)"
+# in a system turn) and calls it as the template writes calls (<tool_call>{...}</tool_call>).
+COUNTRY_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "country_facts", "description": "Facts about a country (its capital).",
+    "parameters": {"type": "object", "properties": {"country": {"type": "string"}},
+                   "required": ["country"], "additionalProperties": False}}}
+LOOKUP = "Look up {country}."  # how a user asks for the tool in the training rows
+
+
+def country_facts(country: str) -> str:
+    """What the ``country_facts`` tool answers: the data set's facts about ``country``."""
+    # The capital only: the demo model reads 128 tokens, the whole exchange included.
+    facts = sorted({r["answer"] for r in load_chat_rows()
+                    if (r["country"] or "").lower() == country.strip().lower()
+                    and r["fact"] == "capital"})
+    return " ".join(facts) if facts else f"No facts about {country!r}."
+
+
+def tool_turns(country: str) -> list[tuple[list[dict[str, Any]], str]]:
+    """Two training turns of tool use for ``country``: (messages, the assistant's reply).
+
+    First the model answers a lookup with a call; then, given the call's result as a ``tool``
+    message, it answers with the result.
+    """
+    ask = [{"role": "user", "content": LOOKUP.format(country=country)}]
+    arguments = {"country": country}
+    call = "<tool_call>" + json.dumps({"name": "country_facts", "arguments": arguments}) + \
+        "</tool_call>"
+    result = country_facts(country)
+    answered: list[dict[str, Any]] = [*ask, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "country_facts", "arguments": arguments}}]},
+        {"role": "tool", "content": result}]
+    return [(ask, call), (answered, result)]
+
+
+def _tool_examples(tokenizer: PreTrainedTokenizerBase,
+                   rows: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of the tool-use turns of every country in ``rows``."""
+    out = []
+    for country in sorted({r["country"] for r in rows if r["country"]}):
+        for messages, reply in tool_turns(country):
+            prompt = tokenizer.apply_chat_template(messages, tools=[COUNTRY_TOOL],
+                                                   tokenize=False, add_generation_prompt=True)
+            prompt_ids = tokenizer(str(prompt))["input_ids"]
+            answer_ids = tokenizer(reply + END_OF_TURN)["input_ids"]
+            out.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    return out
 
 
 # Chat sessions send the whole conversation; a model trained on single questions only
@@ -408,6 +463,9 @@ def _build_sft(root: Path, plan: _Plan, say: Progress) -> int:
     corpus = [r["question"] for r in load_chat_rows()] + [
         r[k] for r in load_chat_rows() for k in ("answer", "short_answer")
     ]
+    # The tool-use turns too, so that a call and the tools line take a few tokens each.
+    corpus += [f"tools: country_facts(country) {LOOKUP.format(country=r['country'])} {reply}"
+               for r in train_rows if r["country"] for _, reply in tool_turns(r["country"])[:1]]
     tokenizer = build_tokenizer(corpus, vocab_size=plan.vocab_size, max_length=plan.n_positions)
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -420,7 +478,7 @@ def _build_sft(root: Path, plan: _Plan, say: Progress) -> int:
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
-    train = _encode(tokenizer, train_rows, "answer")
+    train = _encode(tokenizer, train_rows, "answer") + _tool_examples(tokenizer, train_rows)
     held_out = _encode(tokenizer, eval_rows, "answer")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{SFT_EXPERIMENT}: {n_params / 1e6:.2f} M parameters, {len(train)} training pairs, "

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
 from tornado import httputil, web
 
+from server_extension.handlers.public_url import public_base
 from server_extension.serving.deployer import Deployer
 from server_extension.workspace.registry import KEY_PREFIX, Registry
 from server_extension.workspace.tokens import TOKEN_PREFIX
@@ -20,6 +24,15 @@ MAX_BODY_BYTES = "agents_workbench_max_body_bytes"
 SESSIONS = "agents_workbench_sessions"
 METRICS = "agents_workbench_metrics"  # a MetricsStore, absent when metrics are off
 SERVING = "agents_workbench_serving"  # the workspace's ServingLease (workspace.py)
+STATUS_KIND_PUBLIC = "agents_workbench_status_kind_public"  # status shows kind to anyone
+# Ends in "_last_activity": jupyter_server's web_app.last_activity() takes the newest of every
+# such setting, which is what jupyterhub-singleuser reports to the hub (and the culler reads).
+LAST_ACTIVITY = "agents_workbench_last_activity"
+
+
+def stamp_activity(settings: dict[str, Any]) -> None:
+    """Record activity now (hosts/activity.py says who reads it)."""
+    settings[LAST_ACTIVITY] = datetime.now(UTC)
 
 
 class ServicesMixin:
@@ -43,16 +56,18 @@ class ServicesMixin:
         return cast(Registry, self.settings[REGISTRY])
 
 
-def endpoint_url(handler: web.RequestHandler, name: str) -> str:
-    """The full inference base URL of agent ``name`` as this request's client reaches it."""
+def endpoint_url(handler: web.RequestHandler, name: str, *, page_origin: bool = False) -> str:
+    """The full inference base URL of agent ``name`` as a user reaches it (public_url.py).
+
+    ``page_origin``: the request passed Jupyter auth, so the panel's page origin may count.
+    """
     lease = handler.settings.get(SERVING)
     elsewhere = lease.holder_url() if lease is not None else None
     if elsewhere:
         # Another server on this workspace loads the agents: its endpoint is the one to use.
         return f"{elsewhere.rstrip('/')}/agents/d/{name}"
-    base_url = handler.settings.get("base_url", "/")
-    request = handler.request
-    return f"{request.protocol}://{request.host}{base_url.rstrip('/')}/agents/d/{name}"
+    base = public_base(handler.settings, handler.request, page_origin=page_origin)
+    return f"{base}agents/d/{name}"
 
 
 # A query parameter whose name (any case) contains one of these is a secret in every log.
@@ -94,3 +109,26 @@ def serving_elsewhere(settings: dict[str, Any]) -> str:
     lease = settings.get(SERVING)
     url = lease.holder_url() if lease is not None else None
     return f" On this workspace agents are served by the server at {url}." if url else ""
+
+
+def disk_problem(exc: BaseException | None, where: str = "the workspace",
+                 ) -> tuple[int, str] | None:
+    """``(status, message)`` when ``exc`` (or what caused it) is a full or read-only disk.
+
+    507 for a full disk, 503 for a read-only one: the caller did nothing wrong, and the
+    message says what to free or fix instead of "Unhandled error".
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc).lower()
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+                isinstance(exc, sqlite3.OperationalError) and "full" in text):
+            return 507, (f"The disk that holds {where} is full ({exc}); nothing was changed. "
+                         "Free space on it, then retry.")
+        if (isinstance(exc, OSError) and exc.errno == errno.EROFS) or (
+                isinstance(exc, sqlite3.OperationalError) and "readonly" in text):
+            return 503, (f"The disk that holds {where} is read-only ({exc}); nothing was "
+                         "changed. Make it writable, then retry.")
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None

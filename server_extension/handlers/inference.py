@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -25,9 +26,12 @@ from tornado import web
 from server_extension.handlers.base import (
     MAX_BODY_BYTES,
     METRICS,
+    STATUS_KIND_PUBLIC,
     ServicesMixin,
+    disk_problem,
     scrub_query,
     serving_elsewhere,
+    stamp_activity,
 )
 from server_extension.serving.deployer import (
     AgentBusy,
@@ -38,7 +42,10 @@ from server_extension.serving.deployer import (
 from server_extension.serving.metrics import DeploymentMetrics, MetricsStore, clip
 from server_extension.serving.runtimes.base import RequestError
 from server_extension.serving.worker import serving
+from server_extension.serving.worker.supervisor import WorkerCallError
 from server_extension.workspace.callers import DEPLOYMENT_KEY, Caller
+from server_extension.workspace.registry import KEY_PREFIX
+from server_extension.workspace.tokens import bearer
 from server_extension.workspace.tokens import verify as verify_token
 
 log = logging.getLogger("agents_workbench.inference")
@@ -57,6 +64,15 @@ class InferenceError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+# One answer for "no such agent" and "wrong key" alike (see InferenceHandler.credential).
+WRONG_CREDENTIAL = (
+    "Wrong credential: send 'Authorization: Bearer <key>' with the agent's current key "
+    "(shown in its expanded row; rotated?) or a workspace access token (revoked?). An agent "
+    "that does not exist or was deleted is refused the same way.")
+_DECOY = KEY_PREFIX + secrets.token_urlsafe(32)  # compared when there is no real key
+LOADING_RETRY_S = 2
 
 
 def _unauthorized(message: str) -> InferenceError:
@@ -151,9 +167,9 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 
-    def _begin_metrics(self) -> None:
+    def _begin_metrics(self, name: str | None = None) -> None:
         store: MetricsStore | None = self.settings.get(METRICS)
-        name = self.path_kwargs.get("name")
+        name = name or self.path_kwargs.get("name")
         if store is None or name is None:
             return
         metrics = store.get(name)
@@ -168,6 +184,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
 
     def on_finish(self) -> None:
         """Record the answered request into its agent's metrics (once, whatever the outcome)."""
+        if self._authenticated:
+            stamp_activity(self.settings)  # a call with a valid credential: the server is in use
         metrics, self._metrics = self._metrics, None
         if metrics is None:
             return
@@ -231,34 +249,60 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 "once its replicas answer, or Connect retries it.", {"Retry-After": "5"})
         return live
 
+    def credential(self, name: str) -> Caller | None:
+        """Who the request's Bearer credential is (the agent's key or an access token), or
+        ``None`` when it carries none that is valid for ``name``.
+
+        An agent that does not exist (or was deleted) and a wrong key look the same from
+        here on: the key is compared against a decoy of the same shape, and the token lookup
+        runs either way, so a caller without a valid credential learns nothing about which
+        names exist, neither from the answer nor from how long it took.
+        """
+        given = bearer(self.request.headers.get("Authorization", ""))
+        if given is None:
+            return None
+        current = self.registry.credentials.get(name)
+        # A disconnected agent's key still names it (its holder is told it is not connected);
+        # a deleted agent has no key left, like a name that never existed.
+        expected = current.api_key if current is not None else _DECOY
+        if hmac.compare_digest(given.encode(), expected.encode()) and current is not None:
+            return DEPLOYMENT_KEY
+        token = verify_token(self.registry, given)
+        return Caller(token.id) if token is not None else None
+
     def authenticate(self, name: str) -> LiveDeployment:
         """The live deployment if the request carries its key or a workspace access token
-        (recorded as :attr:`caller`); 401 otherwise."""
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        (recorded as :attr:`caller`); 401 otherwise, the same for every name."""
+        if bearer(self.request.headers.get("Authorization", "")) is None:
             raise _unauthorized(
                 "Missing credential: send 'Authorization: Bearer <key>' with the key shown "
                 "in the agent's expanded row, or a workspace access token.")
-        live = self.live_or_404(name)
-        # The registry's key, not the one loaded with the runtime: another server on this
-        # workspace may have rotated it, or disconnected or deleted the agent (workspace.py).
+        caller = self.credential(name)
+        if caller is None:
+            raise _unauthorized(WRONG_CREDENTIAL)
+        self.caller = caller
+        return self.serving(name)
+
+    def serving(self, name: str) -> LiveDeployment:
+        """The live deployment for a caller who showed a valid credential: 503 with
+        Retry-After while it is loading (a Connect, or the server just started), 404 when it
+        is not connected or does not exist."""
         current = self.registry.credentials.get(name)
-        if (current is None or not current.connected
-                or current.deployment_id != live.deployment_id):
+        live = self.deployer.live(name)
+        if live is not None and current is not None and current.connected \
+                and current.deployment_id == live.deployment_id:
+            return self.live_or_404(name)
+        elsewhere = serving_elsewhere(self.settings)
+        if not elsewhere and current is not None and current.connected and current.status in (
+                "Pending", "Deployed"):
             raise InferenceError(
-                404, f"No deployed agent at agents/d/{name}: it was disconnected or deleted.")
-        if hmac.compare_digest(given.strip().encode(), current.api_key.encode()):
-            self.caller = DEPLOYMENT_KEY
-            return live
-        token = verify_token(self.registry, given.strip())
-        if token is None:
-            raise _unauthorized(
-                "Wrong deployment key or access token for this agent (rotated or revoked?). "
-                "Copy the current key from the agent's expanded row, or create a token in the "
-                "panel's Access tokens section.")
-        self.caller = Caller(token.id)
-        return live
+                503, f"Agent {name!r} is loading (the server started, it was just connected, "
+                "or its worker is restarting); retry in a moment.",
+                {"Retry-After": str(LOADING_RETRY_S)})
+        raise InferenceError(
+            404, f"No deployed agent at agents/d/{name}: it does not exist or is not "
+            f"connected. Connect it in the Agents panel and wait for status Deployed."
+            f"{elsewhere}")
 
     def body(self) -> dict[str, Any]:
         """The JSON object body, or 400."""
@@ -318,31 +362,52 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             self.fail(InferenceError(503, str(exc), {"Retry-After": "1"}))
         except AgentBusy as exc:
             self.fail(InferenceError(429, str(exc), {"Retry-After": "1"}))
-        except Exception:
+        except WorkerCallError as exc:
+            if exc.kind != "too_large":
+                raise
+            self.fail(InferenceError(500, str(exc)))  # the worker refused its own answer
+        except Exception as exc:
+            disk = disk_problem(exc)
+            if disk is not None:  # the workspace's disk, not this server, failed the call
+                log.warning("Inference route %s: %s", self.route, disk[1])
+                self.fail(InferenceError(*disk))
+                return
             log.exception("Inference route %s of %s failed", self.route, self.path_kwargs)
             self.fail(InferenceError(
                 500, f"Internal error while serving {self.route}; the server log has the details."))
 
 
 class StatusHandler(InferenceHandler):
-    """``GET status``: public, describes the agent's kind and nothing secret."""
+    """``GET status``: public, nothing secret; the agent's kind only to a caller with the key
+    or a token (or to anyone under ``status_kind_public``)."""
 
     route = "status"
 
     @public
     async def get(self, name: str) -> None:
-        """The deployment's ids and kind."""
-        live = self.live_or_404(name)
-        # The checkpoint answering now (it changes live: handlers/checkpoints.py). In headers:
-        # the Arena client refuses a status body with fields the contract does not name.
-        self.set_header("X-Agent-Checkpoint-Experiment", live.experiment)
-        self.set_header("X-Agent-Checkpoint-Step", str(live.checkpoint_step))
-        self.finish(json.dumps({
+        """The deployment's ids, and its kind and checkpoint when the caller may see them."""
+        caller = self.credential(name)
+        if caller is not None:
+            self.caller = caller
+            self._authenticated = True
+            live = self.serving(name)
+        else:
+            live = self.live_or_404(name)
+        shown = caller is not None or self.settings.get(STATUS_KIND_PUBLIC)
+        if shown:
+            # The checkpoint answering now (it changes live: handlers/checkpoints.py). In
+            # headers: the Arena client refuses a status body with fields the contract does
+            # not name.
+            self.set_header("X-Agent-Checkpoint-Experiment", live.experiment)
+            self.set_header("X-Agent-Checkpoint-Step", str(live.checkpoint_step))
+        answer: dict[str, Any] = {
             "success": True,
             "deployment_id": live.deployment_id,
             "instance_id": live.instance_id,
-            "agent": live.runtime.kind.to_json(),
-        }))
+        }
+        if shown:
+            answer["agent"] = live.runtime.kind.to_json()
+        self.finish(json.dumps(answer))
 
 
 class GetActionHandler(InferenceHandler):

@@ -19,9 +19,11 @@ from server_extension.handlers.base import (
     METRICS,
     SESSIONS,
     ServicesMixin,
+    disk_problem,
     endpoint_url,
     scrub_query,
 )
+from server_extension.handlers.public_url import public_base
 from server_extension.serving.options import OptionError, validate_options
 from server_extension.workspace.registry import (
     AgentRecord,
@@ -55,7 +57,7 @@ def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, An
         "error": record.error,
         "created_at": record.created_at,
         "deployed_at": record.deployed_at if deployed else None,
-        "endpoint": endpoint_url(handler, record.name) if deployed else None,
+        "endpoint": endpoint_url(handler, record.name, page_origin=True) if deployed else None,
         "api_key": record.api_key if deployed else None,
     }
 
@@ -108,6 +110,12 @@ class ManagementHandler(ServicesMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """JSON errors whose message is the real text (Jupyter's leaves ``%s`` unformatted)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        disk = disk_problem(exc, f"the workspace ({self.store.root})")
+        if disk is not None:
+            self.set_status(disk[0])
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": disk[1], "reason": self._reason}))
+            return
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
             self.set_header("Content-Type", "application/json")
@@ -262,7 +270,19 @@ class AgentActionHandler(ManagementHandler):
         self.reply(agent_json(self, record))
 
 
+class ServerHandler(ManagementHandler):
+    """``GET agents/api/server``: the URL users reach this server at (public_url.py)."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """The public base URL, and the Arena control plane's base under it."""
+        base = public_base(self.settings, self.request, page_origin=True)
+        self.reply({"public_url": base, "arena_base_url": f"{base}agents/arena"})
+
+
 routes: list[tuple[str, type[web.RequestHandler]]] = [
+    (r"/agents/api/server", ServerHandler),
     (r"/agents/api/experiments", ExperimentsHandler),
     (r"/agents/api/agents", AgentsHandler),
     (rf"/agents/api/agents/{NAME}", AgentHandler),

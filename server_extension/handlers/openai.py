@@ -19,11 +19,13 @@ Request bodies are checked by :mod:`server_extension.handlers.openai_schema`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
+from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado.iostream import StreamClosedError
 
 from server_extension.handlers.inference import (
@@ -33,21 +35,27 @@ from server_extension.handlers.inference import (
     bearer_key,
     guard,
 )
+from server_extension.handlers.llm import MAX_PROMPT_CHARS
 from server_extension.handlers.openai_schema import (
     OpenAIError,
     Request,
     chat_answer,
     chat_chunk,
+    chat_logprobs,
     completion_answer,
     completion_chunk,
+    completion_logprobs,
     model_object,
     new_id,
     parse_chat,
     parse_completion,
+    read_tool_calls,
     usage,
 )
 from server_extension.serving.deployer import AgentUnavailable, LiveDeployment, RequestTimeout
 from server_extension.serving.runtimes.base import RequestError
+from server_extension.workspace.callers import DEPLOYMENT_KEY, Caller
+from server_extension.workspace.tokens import verify as verify_token
 
 # Status -> OpenAI's error type and code for errors raised by the shared inference code
 # (authentication, unknown agent, body limits) rather than by this module.
@@ -111,11 +119,21 @@ class OpenAIHandler(InferenceHandler):
                 "served for LLM agents only. Use its Arena routes instead.", code="not_found")
 
     def body_json(self) -> dict[str, Any]:
-        """The JSON object body, or an OpenAI-shaped 400."""
+        """The JSON object body, or an OpenAI-shaped 400 (also for a lone surrogate in any
+        string, which JSON's ``\\ud800`` allows and no tokenizer or UTF-8 answer can hold)."""
         try:
-            return self.body()
+            body = self.body()
         except InferenceError as exc:
             raise OpenAIError(400, exc.message, code="invalid_json") from exc
+        where, chars = _lone_surrogate(body, "body")
+        if where is not None:
+            raise OpenAIError(400, f"{where} is not valid Unicode text (it holds a lone "
+                              "surrogate); send UTF-8 text.", code="invalid_value")
+        if chars > MAX_PROMPT_CHARS:
+            # Refused here: a model's tokenizer would need gigabytes for it in the worker.
+            raise OpenAIError(400, f"The request holds {chars} characters of text; send at "
+                              f"most {MAX_PROMPT_CHARS}.", code="context_length_exceeded")
+        return body
 
     async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
         """``deployer.invoke``, with the model's refusals as OpenAI 400s."""
@@ -129,34 +147,33 @@ class OpenAIHandler(InferenceHandler):
             raise OpenAIError(503, str(exc), kind="server_error", code="unavailable",
                               headers={"Retry-After": "1"}) from exc
 
-    async def run_stream(self, live: LiveDeployment, prompt: str, request: Request,
-                         chunk: Any) -> None:
-        """Stream one completion of ``prompt`` as server-sent events.
+    async def run_stream(self, live: LiveDeployment, prompts: list[Any], request: Request,
+                         chat: bool) -> None:
+        """Stream the completions of ``prompts`` (one row each) as server-sent events.
 
-        ``chunk(answer_id, created, text, finish_reason, with_usage)`` builds one event; with
-        ``text`` None it builds the opening event, or returns None when the format has none.
-        Nothing is sent before the model accepts the prompt, so a refused prompt is still a
+        Nothing is sent before the model accepts the prompts, so a refused prompt is still a
         plain 400.
         """
         # An async generator (deployer.stream): aclose() is what tells the model to stop.
         events = cast(AsyncGenerator[str, None], self.deployer.stream(
-            live, "stream_completion", prompt, request.params))
+            live, "stream_completion", prompts, request.params))
         try:
             try:
                 first = json.loads(await anext(events))
             except RequestError as exc:
                 raise OpenAIError(400, str(exc), code="invalid_value") from exc
-            await self._send_events(events, int(first["prompt_tokens"]), request, chunk)
+            writer = _ChatEvents(live.name, request) if chat else _CompletionEvents(
+                live.name, request)
+            await self._send_events(events, int(first["prompt_tokens"]) // request.n,
+                                    request, writer, rows=len(prompts))
         finally:
             await events.aclose()  # stops the model at its next token if the client left
 
     async def _send_events(self, events: AsyncIterator[str], prompt_tokens: int,
-                           request: Request, chunk: Any) -> None:
-        answer_id = new_id("chatcmpl" if self.route == "v1/chat/completions" else "cmpl")
-        created = int(time.time())
+                           request: Request, writer: _Events, *, rows: int) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")  # proxies must not hold events back
-        self._batch = 1
+        self._batch = rows
         # Each event is a small write: with Nagle's algorithm on, one waits for the client's
         # (delayed, up to 40 ms) ACK of the one before, which is how the first token came
         # ~45 ms late. Tornado switches it back on when the response ends.
@@ -164,40 +181,179 @@ class OpenAIHandler(InferenceHandler):
         if stream is not None:
             stream.set_nodelay(True)
         try:
-            opening = chunk(answer_id, created, None, None, request.include_usage)
-            if opening is not None:
-                await self._send(opening)
-            async for event in events:
-                item = json.loads(event)
-                if "text" in item:
-                    await self._send(chunk(answer_id, created, item["text"], None,
-                                           request.include_usage))
-                    continue
-                self._tokens = int(item["completion_tokens"])
-                await self._send(chunk(answer_id, created, "", item["finish_reason"],
-                                       request.include_usage))
+            try:
+                for chunk in writer.opening(rows):
+                    await self._send(chunk)
+                async for event in events:
+                    item = json.loads(event)
+                    if "text" in item:
+                        chunks = writer.text(item["index"], item["text"], item.get("logprobs"))
+                    else:
+                        self._tokens += int(item["completion_tokens"])
+                        chunks = writer.finish(item["index"], item["finish_reason"])
+                    for chunk in chunks:
+                        await self._send(chunk)
                 if request.include_usage:
-                    final = chunk(answer_id, created, "", None, True)
-                    final["choices"] = []
+                    final = writer.usage_chunk()
                     final["usage"] = usage(prompt_tokens, self._tokens)
                     await self._send(final)
+            except StreamClosedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band
+                error = _as_openai(
+                    exc if isinstance(exc, (OpenAIError, InferenceError)) else
+                    OpenAIError(500, f"Generation failed: {exc}", kind="server_error"))
+                self._error_text = error.message
+                await self._send(error.to_json())
+            # A stream always ends with [DONE], after an error event too (what OpenAI's
+            # clients and vLLM's tests expect), so a client never waits for more.
             self.write("data: [DONE]\n\n")
             self.finish()
         except StreamClosedError:
             return  # the client went away; the caller's aclose() stops the model
-        except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band
-            error = _as_openai(exc if isinstance(exc, (OpenAIError, InferenceError)) else
-                               OpenAIError(500, f"Generation failed: {exc}", kind="server_error"))
-            self._error_text = error.message
-            try:
-                await self._send(error.to_json())
-                self.finish()
-            except StreamClosedError:
-                return
 
     async def _send(self, event: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(event)}\n\n")
         await self.flush()
+
+
+class _Events:
+    """Turns the runtime's stream events into one format's chunks (chat or completions)."""
+
+    def __init__(self, model_id: str, request: Request, prefix: str) -> None:
+        self.model_id = model_id
+        self.request = request
+        self.answer_id = new_id(prefix)
+        self.created = int(time.time())
+
+    def opening(self, rows: int) -> list[dict[str, Any]]:
+        """Chunks sent before the first token."""
+        return []
+
+    def text(self, index: int, text: str, logprobs: Any) -> list[dict[str, Any]]:
+        """Chunks for a piece of row ``index``'s reply."""
+        raise NotImplementedError
+
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        """Chunks closing row ``index``."""
+        raise NotImplementedError
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The last chunk's frame (no choices), for ``include_usage``."""
+        raise NotImplementedError
+
+
+class _ChatEvents(_Events):
+    """Chat chunks. With tools, a row's reply is held until it ends: only then is it known
+    whether it is a tool call (sent as one ``tool_calls`` delta) or text."""
+
+    def __init__(self, model_id: str, request: Request) -> None:
+        super().__init__(model_id, request, "chatcmpl")
+        self.held: dict[int, str] = {}
+        self.hold = request.tool_mode != "none"
+
+    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None,
+               logprobs: Any = None) -> dict[str, Any]:
+        return chat_chunk(self.answer_id, self.created, self.model_id, delta, finish,
+                          index=index, logprobs=chat_logprobs(logprobs),
+                          with_usage=self.request.include_usage)
+
+    def opening(self, rows: int) -> list[dict[str, Any]]:
+        """Each choice opens by naming its role, as OpenAI's streams do."""
+        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(rows)]
+
+    def text(self, index: int, text: str, logprobs: Any) -> list[dict[str, Any]]:
+        """A content delta (held back when tools may turn the reply into a call)."""
+        if self.hold:
+            self.held[index] = self.held.get(index, "") + text
+            return []
+        return [self._chunk(index, {"content": text} if text else {}, logprobs=logprobs)]
+
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        """The held reply (as text or tool calls) and the finish reason."""
+        chunks = []
+        if self.hold:
+            content, calls = read_tool_calls(self.held.pop(index, ""), self.request)
+            if calls:
+                chunks.append(self._chunk(index, {"tool_calls": [
+                    {"index": i, **call} for i, call in enumerate(calls)]}))
+                reason = "tool_calls"
+            if content:
+                chunks.insert(0, self._chunk(index, {"content": content}))
+        chunks.append(self._chunk(index, {}, reason))
+        return chunks
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The usage chunk's frame."""
+        final = self._chunk(0, {})
+        final["choices"] = []
+        return final
+
+
+class _CompletionEvents(_Events):
+    """Legacy completions chunks (they open with their first text)."""
+
+    def __init__(self, model_id: str, request: Request) -> None:
+        super().__init__(model_id, request, "cmpl")
+        self.offsets: dict[int, int] = {}
+
+    def _chunk(self, index: int, text: str, finish: str | None = None,
+               logprobs: Any = None) -> dict[str, Any]:
+        offset = self.offsets.get(index, 0)
+        self.offsets[index] = offset + len(text)
+        return completion_chunk(self.answer_id, self.created, self.model_id, text, finish,
+                                index=index, logprobs=completion_logprobs(logprobs, offset),
+                                with_usage=self.request.include_usage)
+
+    def text(self, index: int, text: str, logprobs: Any) -> list[dict[str, Any]]:
+        """A text chunk."""
+        return [self._chunk(index, text, logprobs=logprobs)]
+
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        """An empty chunk with the finish reason."""
+        return [self._chunk(index, "", reason)]
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The usage chunk's frame."""
+        final = self._chunk(0, "")
+        final["choices"] = []
+        return final
+
+
+async def answer_chat(handler: OpenAIHandler, live: LiveDeployment,
+                      body: dict[str, Any]) -> None:
+    """``POST chat/completions`` for ``live``: format the messages with the model's chat
+    template (tools included), then complete or stream."""
+    handler.check_llm(live)
+    request = parse_chat(body, model_id=live.name)
+    prompt = await handler.invoke(live, "chat_prompt", request.messages, request.tools or None)
+    if request.stream:
+        await handler.run_stream(live, [prompt] * request.n, request, chat=True)
+        return
+    result = await handler.invoke(live, "complete", [prompt] * request.n, request.params)
+    answer = chat_answer(live.name, result, request)
+    handler._batch = request.n
+    handler._tokens = answer["usage"]["completion_tokens"]
+    handler.finish(json.dumps(answer))
+
+
+async def answer_completion(handler: OpenAIHandler, live: LiveDeployment,
+                            body: dict[str, Any]) -> None:
+    """``POST completions`` for ``live``: each prompt ``n`` times, in one batched call."""
+    handler.check_llm(live)
+    request = parse_completion(body, model_id=live.name)
+    prompts = request.prompts
+    if request.suffix:
+        prompts = [await handler.invoke(live, "fim_prompt", p, request.suffix) for p in prompts]
+    rows = [p for p in prompts for _ in range(request.n)]
+    if request.stream:
+        await handler.run_stream(live, rows, request, chat=False)
+        return
+    result = await handler.invoke(live, "complete", rows, request.params)
+    answer = completion_answer(live.name, result, request.n)
+    handler._batch = len(rows)
+    handler._tokens = answer["usage"]["completion_tokens"]
+    handler.finish(json.dumps(answer))
 
 
 class ModelsHandler(OpenAIHandler):
@@ -236,28 +392,8 @@ class ChatCompletionsHandler(OpenAIHandler):
 
     @bearer_key
     async def post(self, live: LiveDeployment) -> None:
-        """Format the messages with the model's chat template, then complete (or stream)."""
-        self.check_llm(live)
-        request = parse_chat(self.body_json(), model_id=live.name)
-        prompt = await self.invoke(live, "chat_prompt", request.messages)
-        if request.stream:
-            model_id = live.name
-
-            def chunk(answer_id: str, created: int, text: str | None, finish: str | None,
-                      with_usage: bool) -> dict[str, Any]:
-                # The opening chunk (text None) names the role, as OpenAI's streams do.
-                delta = ({"role": "assistant", "content": ""} if text is None
-                         else {"content": text} if text else {})
-                return chat_chunk(answer_id, created, model_id, delta, finish,
-                                  with_usage=with_usage)
-
-            await self.run_stream(live, prompt, request, chunk)
-            return
-        result = await self.invoke(live, "complete", [prompt] * request.n, request.params)
-        answer = chat_answer(live.name, result)
-        self._batch = request.n
-        self._tokens = answer["usage"]["completion_tokens"]
-        self.finish(json.dumps(answer))
+        """See :func:`answer_chat`."""
+        await answer_chat(self, live, self.body_json())
 
 
 class CompletionsHandler(OpenAIHandler):
@@ -267,27 +403,8 @@ class CompletionsHandler(OpenAIHandler):
 
     @bearer_key
     async def post(self, live: LiveDeployment) -> None:
-        """Complete each prompt ``n`` times in one batched call (or stream one)."""
-        self.check_llm(live)
-        request = parse_completion(self.body_json(), model_id=live.name)
-        if request.stream:
-            model_id = live.name
-
-            def chunk(answer_id: str, created: int, text: str | None, finish: str | None,
-                      with_usage: bool) -> dict[str, Any] | None:
-                if text is None:
-                    return None  # completion streams open with their first text
-                return completion_chunk(answer_id, created, model_id, text, finish,
-                                        with_usage=with_usage)
-
-            await self.run_stream(live, request.prompts[0], request, chunk)
-            return
-        prompts = [p for p in request.prompts for _ in range(request.n)]
-        result = await self.invoke(live, "complete", prompts, request.params)
-        answer = completion_answer(live.name, result, request.n)
-        self._batch = len(prompts)
-        self._tokens = answer["usage"]["completion_tokens"]
-        self.finish(json.dumps(answer))
+        """See :func:`answer_completion`."""
+        await answer_completion(self, live, self.body_json())
 
 
 class UnknownOpenAIRouteHandler(OpenAIHandler):
@@ -312,10 +429,147 @@ class UnknownOpenAIRouteHandler(OpenAIHandler):
         raise self._unknown(rest)
 
 
+def workspace_bearer(method: Any) -> Any:
+    """Mark a workspace route's verb: it checks the Bearer credential itself (no Jupyter
+    auth), once it knows which agent the body names."""
+    wrapped = allow_unauthenticated(method)
+    wrapped.auth_decision = "bearer"
+    return wrapped
+
+
+class WorkspaceHandler(OpenAIHandler):
+    """The workspace's one OpenAI endpoint, ``<base_url>agents/v1``: ``model`` names the agent.
+
+    A workspace access token reaches every Deployed LLM agent; a deployment key only its own
+    agent (403 in OpenAI's shape for any other).
+    """
+
+    def workspace_credential(self) -> str | None:
+        """The agent whose deployment key the request carries, or None for an access token;
+        401 for neither."""
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            raise OpenAIError(401, "Missing credential: send 'Authorization: Bearer <token>' with "
+                              "a workspace access token (or an agent's deployment key).",
+                              code="invalid_api_key",
+                              headers={"WWW-Authenticate": 'Bearer realm="agents-workbench"'})
+        for record in self.registry.list():
+            current = self.registry.credentials.get(record.name)
+            if (current is not None and current.connected
+                    and hmac.compare_digest(given.encode(), current.api_key.encode())):
+                self.caller = DEPLOYMENT_KEY
+                return record.name
+        token = verify_token(self.registry, given)
+        if token is None:
+            raise OpenAIError(401, "Wrong access token or deployment key (revoked or rotated?). "
+                              "Create a token in the panel's Access tokens section.",
+                              code="invalid_api_key",
+                              headers={"WWW-Authenticate": 'Bearer realm="agents-workbench"'})
+        self.caller = Caller(token.id)
+        return None
+
+    def callable_agents(self, key_agent: str | None) -> list[LiveDeployment]:
+        """The Deployed LLM agents the credential may call, by name."""
+        names = [key_agent] if key_agent else [r.name for r in self.registry.list()]
+        found = []
+        for name in sorted(names):
+            live = self.deployer.live(name)
+            if live is not None and not live.failed and live.runtime.kind.llm:
+                found.append(live)
+        return found
+
+    def resolve(self, body: dict[str, Any]) -> LiveDeployment:
+        """The agent ``body["model"]`` names, once the credential may call it."""
+        key_agent = self.workspace_credential()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise OpenAIError(400, "model is required: name a Deployed LLM agent (GET "
+                              "agents/v1/models lists them).", param="model",
+                              code="missing_required_parameter")
+        if key_agent is not None and model != key_agent:
+            raise OpenAIError(403, f"This deployment key belongs to agent {key_agent!r} and "
+                              f"cannot call {model!r}; use a workspace access token to reach "
+                              "every agent.", param="model", code="permission_denied",
+                              kind="permission_error")
+        live = self.deployer.live(model)
+        if live is None or not live.runtime.kind.llm:
+            raise OpenAIError(404, f"The model {model!r} is not a Deployed LLM agent of this "
+                              "workspace; GET agents/v1/models lists those you may call.",
+                              param="model", code="model_not_found")
+        self._authenticated = True
+        self._begin_metrics(model)
+        return live
+
+
+class WorkspaceModelsHandler(WorkspaceHandler):
+    """``GET agents/v1/models``: every LLM agent the credential may call."""
+
+    route = "v1/models"
+
+    @workspace_bearer
+    async def get(self) -> None:
+        """The list."""
+        agents = self.callable_agents(self.workspace_credential())
+        self._authenticated = True
+        self.finish(json.dumps({"object": "list", "data": [
+            model_object(live.name, live.loaded_at) for live in agents]}))
+
+
+class WorkspaceChatHandler(WorkspaceHandler):
+    """``POST agents/v1/chat/completions``."""
+
+    route = "v1/chat/completions"
+
+    @workspace_bearer
+    async def post(self) -> None:
+        """See :func:`answer_chat`."""
+        body = self.body_json()
+        await answer_chat(self, self.resolve(body), body)
+
+
+class WorkspaceCompletionsHandler(WorkspaceHandler):
+    """``POST agents/v1/completions``."""
+
+    route = "v1/completions"
+
+    @workspace_bearer
+    async def post(self) -> None:
+        """See :func:`answer_completion`."""
+        body = self.body_json()
+        await answer_completion(self, self.resolve(body), body)
+
+
 routes: list[tuple[str, type[InferenceHandler]]] = [
+    (r"/agents/v1/models", guard(WorkspaceModelsHandler)),
+    (r"/agents/v1/chat/completions", guard(WorkspaceChatHandler)),
+    (r"/agents/v1/completions", guard(WorkspaceCompletionsHandler)),
     (rf"/agents/d/{NAME}/v1/models", guard(ModelsHandler)),
     (rf"/agents/d/{NAME}/v1/models/(?P<model>[^/]+)", guard(ModelHandler)),
     (rf"/agents/d/{NAME}/v1/chat/completions", guard(ChatCompletionsHandler)),
     (rf"/agents/d/{NAME}/v1/completions", guard(CompletionsHandler)),
     (rf"/agents/d/{NAME}/v1/(?P<rest>.*)", guard(UnknownOpenAIRouteHandler)),
 ]
+
+
+def _lone_surrogate(value: Any, where: str) -> tuple[str | None, int]:
+    """Where in ``value`` (a parsed JSON body) a string holds a lone surrogate (or ``None``),
+    and how many characters its strings hold in all."""
+    stack = [(value, where)]
+    chars = 0
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at, chars
+        elif isinstance(item, dict):
+            # repr: a key may itself hold the surrogate, and the message must stay UTF-8.
+            stack.extend((v, f"{at}[{k!r}]") for k, v in item.items())
+            stack.extend((k, f"a key of {at}") for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None, chars

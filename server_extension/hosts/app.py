@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Enum, Float, Int, Unicode, default
+from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from server_extension.handlers import all_routes, route_first
 from server_extension.handlers.base import (
@@ -21,9 +22,18 @@ from server_extension.handlers.base import (
     REGISTRY,
     SERVING,
     SESSIONS,
+    STATUS_KIND_PUBLIC,
     STORE,
 )
 from server_extension.handlers.imports import IMPORTS
+from server_extension.handlers.public_url import (
+    DEFAULT_TRUSTED,
+    PUBLIC_URL,
+    TRUSTED_PROXIES,
+    parse_networks,
+)
+from server_extension.handlers.unavailable import UnavailableHandler
+from server_extension.hosts.activity import ActivityReporter
 from server_extension.serving.deployer import Deployer
 from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
 from server_extension.serving.ray_backend import RayBackend
@@ -170,11 +180,81 @@ class AgentsWorkbenchApp(ExtensionApp):
         1.0, help="CPUs Ray reserves for each replica of a 'ray' agent (fractions allowed)."
     ).tag(config=True)
 
+    startup_error: str | None = None
+
+    public_url = Unicode(
+        "", help="The URL users reach this server at, e.g. https://hub.example.org (this "
+        "server's base_url is appended) or https://example.org/workbench/ (a path replaces "
+        "it). Wins over everything else; empty: $JUPYTERHUB_PUBLIC_URL under JupyterHub, the "
+        "panel's page, else the request's own host (forwarded scheme and host from "
+        "trusted_proxies only).",
+    ).tag(config=True)
+
+    @validate("public_url")
+    def _check_public_url(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and not (value.startswith(("http://", "https://")) and len(value.split("/")) > 2
+                          and value.split("/")[2]):
+            raise TraitError(f"public_url {value!r} must start with http:// or https://")
+        return value
+
+    trusted_proxies = List(
+        Unicode(), list(DEFAULT_TRUSTED),
+        help="Addresses or networks (CIDR) whose X-Forwarded-Proto / X-Scheme / "
+        "X-Forwarded-Host count when building public URLs (the first value of each: the "
+        "front-most proxy's). Default: loopback, where JupyterHub's proxy usually runs.",
+    ).tag(config=True)
+
+    @validate("trusted_proxies")
+    def _check_proxies(self, proposal: Any) -> list[str]:
+        try:
+            parse_networks(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(str(exc)) from exc
+        return list(proposal["value"])
+
+    status_kind_public = Bool(
+        False, help="Let GET agents/d/<name>/status show the agent's kind (algorithm, "
+        "multi-agent, LLM...) to callers without a key or token. Off: anonymous callers get "
+        "only the deployment's ids; callers with the key or a token get everything.",
+    ).tag(config=True)
+    deployed_keeps_alive = Bool(
+        False, help="Count Deployed agents as activity even when nobody calls them, so an "
+        "idle culler (jupyterhub-idle-culler) never stops a server that serves agents. Off: "
+        "only calls count (each authenticated inference call is activity), so a server whose "
+        "agents sit idle is culled like any idle server.",
+    ).tag(config=True)
+
+    provision_notebooks = Bool(
+        False, help="At start, copy the shipped notebooks (the Agents notebook first) into "
+        "<root_dir>/notebooks, trusted, unless that folder exists: what `agents-workbench "
+        "run` does, for servers started by something else (a JupyterHub spawner).",
+    ).tag(config=True)
+
     def initialize_settings(self) -> None:
-        """Open the store and registry, build the deployer, write the discovery file."""
+        """Open the store and registry, build the deployer, write the discovery file.
+
+        A workspace that cannot be written (a read-only disk) is a clear error in the log and
+        a 503 naming it on every workbench route, never a silently missing extension.
+        """
+        try:
+            self._initialize_settings()
+        except (OSError, sqlite3.Error) as exc:
+            self.startup_error = (
+                f"agents-workbench cannot use the workspace {self.root_dir}: {exc}. The "
+                "workspace must be writable (the registry and sessions live in it): make it "
+                "writable, or pick another with --AgentsWorkbenchApp.root_dir, then restart.")
+            self.log.error(self.startup_error)
+            self.settings[UnavailableHandler.SETTING] = self.startup_error
+
+    def _initialize_settings(self) -> None:
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
+        if self.provision_notebooks:
+            from server_extension.hosts.cli import provision
+
+            provision(root)
         quiet_offscreen_rendering()
         if self.torch_threads > 0 and self.isolation == "thread":
             import torch
@@ -225,7 +305,12 @@ class AgentsWorkbenchApp(ExtensionApp):
             REGISTRY: self.registry,
             SESSIONS: self.sessions,
             MAX_BODY_BYTES: int(self.max_body_mb * 1024 * 1024),
+            PUBLIC_URL: self.public_url,
+            TRUSTED_PROXIES: parse_networks(self.trusted_proxies),
+            STATUS_KIND_PUBLIC: self.status_kind_public,
         })
+        self.activity = ActivityReporter(self.settings, self.registry,
+                                         keep_alive=self.deployed_keeps_alive)
         # Another server may serve this workspace already (workspace.py): until the lease is
         # decided, Connect only writes the registry.
         self.deployer.serves = False
@@ -248,6 +333,11 @@ class AgentsWorkbenchApp(ExtensionApp):
                           "agents; this one follows its registry", self.lease.holder_url())
         self.deployer.start()
         self.reconciler.start()
+        if server is not None:
+            # The web app copied this extension's settings when it was built: stamps must go
+            # to its own dict, the one jupyter_server's last_activity() reads.
+            self.activity.settings = server.web_app.settings
+        self.activity.start()
         if self.deployer.serves and self.ray_address and any(
                 record.options.get("backend", self.backend) == "ray"
                 for record in self.registry.list()):
@@ -281,17 +371,24 @@ class AgentsWorkbenchApp(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         """Register management and inference routes under the server's base_url."""
+        if self.startup_error is not None:
+            self.handlers.append((r"/agents/(?:api|d|arena)/.*", UnavailableHandler))
+            return
         self.handlers.extend(all_routes())
 
     def _prepare_handlers(self) -> None:
         # jupyter_server adds self.handlers to the web app here; then put them first in line.
         super()._prepare_handlers()
         assert self.serverapp is not None
-        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()})
+        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()}
+                    | {UnavailableHandler})
 
     async def stop_extension(self) -> None:
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""
+        if self.startup_error is not None:
+            return  # nothing was started
         self.reconciler.stop()
+        self.activity.stop()
         await self.deployer.stop()
         self.lease.release()
         # After the deployer closed its runtimes, so their Serve applications go first.
@@ -304,6 +401,9 @@ class AgentsWorkbenchApp(ExtensionApp):
             self._discovery_path.unlink(missing_ok=True)
 
     def current_activity(self) -> dict[str, Any] | None:
-        """Deployed agents count as activity, so an idle-culled server keeps serving them."""
+        """Deployed agents keep jupyter_server's own idle shutdown (shutdown_no_activity_timeout)
+        away only under ``deployed_keeps_alive``, as they keep the hub's culler away."""
+        if self.startup_error is not None or not self.deployed_keeps_alive:
+            return None
         live = [r.name for r in self.registry.list() if r.status == "Deployed"]
         return {"deployed_agents": live} if live else None

@@ -264,6 +264,7 @@ class Deployer:
         self._loading: dict[str, int] = {}  # name -> generation of the load in flight
         self._changing: dict[str, int] = {}  # name -> id of the checkpoint change loading
         self._splits: dict[str, LiveDeployment] = {}  # name -> the deployment with a canary
+        self._probing: set[int] = set()  # health probes in flight
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -426,7 +427,9 @@ class Deployer:
         worker = WorkerProcess(record.name, settings, self._log_dir,
                                on_exit=self._worker_exited,
                                max_calls=self.max_concurrent_calls,
-                               memory_mb=self.worker_memory_mb)
+                               memory_mb=self.worker_memory_mb,
+                               # the largest array a call may carry, and room to encode it
+                               frame_cap=self.limits.max_array_bytes + 16 * 2**20)
         self._worker_set.add(worker)
         try:
             await worker.start()
@@ -492,6 +495,7 @@ class Deployer:
             "peak_rss_mb": round(max(rss, worker.peak_rss) / 2**20, 1),
             "memory_limit_mb": self.worker_memory_mb, "restarts": self._restarts.get(name, 0),
             "started_at": worker.started_at, "calls_in_flight": worker.in_flight,
+            **worker.cpu_use(),
         }
 
     def _load_and_probe(self, record: AgentRecord) -> Runtime:
@@ -549,13 +553,16 @@ class Deployer:
     def disconnect(self, name: str) -> AgentRecord:
         """Turn the endpoint off at once; the agent (and its key) stays."""
         record = self.registry.get(name)
+        if record.deployment_id is not None:
+            # The registry first: when it cannot be written (a full disk) the agent keeps
+            # serving and the caller gets the error, never a stopped agent shown Deployed.
+            record = self.registry.update(name, status="Undeployed", connected=False,
+                                          error=None)
         self._generation[name] = self._generation.get(name, 0) + 1
         live = self._live.pop(name, None)
         if live is not None:
             self._close_live(live)
-        if record.deployment_id is None:
-            return record
-        return self.registry.update(name, status="Undeployed", connected=False, error=None)
+        return record
 
     def unload(self, name: str) -> None:
         """Drop this server's runtime of ``name`` without touching the registry (another
@@ -979,34 +986,47 @@ class Deployer:
         self._spawn(self.health_check())
 
     async def health_check(self) -> None:
-        """Probe every live runtime once; demote or fail the ones that do not answer."""
-        for name, live in list(self._live.items()):
-            try:
-                await self.invoke(live, "probe")
-            except Exception as exc:  # noqa: BLE001 - any probe failure counts
-                if isinstance(exc, AgentUnavailable) and isinstance(live.runtime, WorkerRuntime):
-                    continue  # its worker died: _worker_exited restarts or fails it
-                if self._live.get(name) is not live:
-                    continue
-                live.health_failures += 1
-                reason = f"Health check failed: {_describe(exc)}"
-                log.warning("Agent %s: %s", name, reason)
-                if live.health_failures >= self.health_check_failures:
-                    if getattr(live.runtime, "recovers", False):
-                        # Its backend keeps trying to bring replicas back (ray_backend): the
-                        # agent stays Failed, its calls answered 503, until a probe succeeds.
-                        live.failed = True
-                    else:
-                        self._live.pop(name, None)
-                        self._close_runtime(live.runtime)
-                    self._set_if_exists(name, status="Failed", error=reason)
+        """Probe every live runtime once, all at once (an agent that does not answer holds up
+        no other); demote or fail the ones that do not answer."""
+        await asyncio.gather(*(self._probe_once(name, live)
+                               for name, live in list(self._live.items())))
+
+    async def _probe(self, name: str, live: LiveDeployment) -> None:
+        try:
+            await self.invoke(live, "probe")
+        except Exception as exc:  # noqa: BLE001 - any probe failure counts
+            if isinstance(exc, AgentUnavailable) and isinstance(live.runtime, WorkerRuntime):
+                return  # its worker died: _worker_exited restarts or fails it
+            if self._live.get(name) is not live:
+                return
+            live.health_failures += 1
+            reason = f"Health check failed: {_describe(exc)}"
+            log.warning("Agent %s: %s", name, reason)
+            if live.health_failures >= self.health_check_failures:
+                if getattr(live.runtime, "recovers", False):
+                    # Its backend keeps trying to bring replicas back (ray_backend): the
+                    # agent stays Failed, its calls answered 503, until a probe succeeds.
+                    live.failed = True
                 else:
-                    self._set_if_exists(name, status="Pending", error=reason)
-                continue
-            if self._live.get(name) is live and live.health_failures:
-                live.health_failures = 0
-                live.failed = False
-                self._set_if_exists(name, status="Deployed", error=None)
+                    self._live.pop(name, None)
+                    self._close_runtime(live.runtime)
+                self._set_if_exists(name, status="Failed", error=reason)
+            else:
+                self._set_if_exists(name, status="Pending", error=reason)
+            return
+        if self._live.get(name) is live and live.health_failures:
+            live.health_failures = 0
+            live.failed = False
+            self._set_if_exists(name, status="Deployed", error=None)
+
+    async def _probe_once(self, name: str, live: LiveDeployment) -> None:
+        if id(live) in self._probing:
+            return  # the last round's probe of it has not come back yet
+        self._probing.add(id(live))
+        try:
+            await self._probe(name, live)
+        finally:
+            self._probing.discard(id(live))
 
     # -- helpers ------------------------------------------------------------------------
 

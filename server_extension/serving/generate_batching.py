@@ -77,11 +77,16 @@ class GenerateBatchingRuntime(WrappedRuntime):
         """See :meth:`LLMRuntime.check_prompt`."""
         return self.inner.check_prompt(prompt)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> str:
         """See :meth:`LLMRuntime.chat_prompt`."""
-        return self.inner.chat_prompt(messages)
+        return self.inner.chat_prompt(messages, tools)
 
-    def stream_completion(self, prompt: str, params: dict[str, Any],
+    def fim_prompt(self, prompt: str, suffix: str) -> str:
+        """See :meth:`LLMRuntime.fim_prompt`."""
+        return self.inner.fim_prompt(prompt, suffix)
+
+    def stream_completion(self, prompt: Any, params: dict[str, Any],
                           cancelled: Any) -> Iterator[str]:
         """See :meth:`LLMRuntime.stream_completion` (not batched, like ``stream``)."""
         return self.inner.stream_completion(prompt, params, cancelled)

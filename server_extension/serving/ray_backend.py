@@ -61,7 +61,7 @@ APP_PREFIX = "awb-"
 # Methods the replica dispatches; anything else is refused (the handle is not a free RPC).
 _RUNTIME_CALLS = frozenset(
     {"get_action", "predict", "generate", "format_chat", "count_tokens", "check_prompt",
-     "chat_prompt", "complete"}
+     "chat_prompt", "complete", "fim_prompt"}
 )
 # Ray 2.60's raylet gives its Python agents a fixed few seconds to come up and aborts the
 # start otherwise ("Timed out waiting for file .../metrics_agent_port"); on a busy small
@@ -390,9 +390,15 @@ class RayLLMRuntime(RayRuntime):
         count: int = self._call("check_prompt", prompt)
         return count
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> str:
         """The OpenAI routes' model input (``LLMRuntime.chat_prompt``) from the replica."""
-        text: str = self._call("chat_prompt", messages)
+        text: str = self._call("chat_prompt", messages, tools)
+        return text
+
+    def fim_prompt(self, prompt: str, suffix: str) -> str:
+        """``LLMRuntime.fim_prompt`` on a replica."""
+        text: str = self._call("fim_prompt", prompt, suffix)
         return text
 
     def complete(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server_extension.serving.runtimes import completions
+from server_extension.serving.runtimes import completions, decoding
 from server_extension.serving.runtimes.base import (
     AgentKind,
     RequestError,
@@ -47,6 +47,9 @@ ADAPTER_SUBFOLDERS = ("actor",)
 DEFAULT_MAX_NEW_TOKENS = 128
 _STREAM_POLL_S = 0.1
 _FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+# Fill-in-the-middle token triples (prefix, suffix, middle) of common code models.
+_FIM_TOKENS = (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+               ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"))
 
 
 @contextmanager
@@ -86,16 +89,27 @@ class Sampling:
     top_p: float
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None  # how many top alternatives per token; None: no logprobs
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # "json" or a JSON schema's canonical text
+    echo: bool = False  # the reply starts with the prompt's text
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Sampling:
-        """Read ``max_new_tokens``, ``temperature``, ``top_p``, ``do_sample``, ``stop``, ``seed``.
+        """Read ``max_new_tokens``, ``temperature``, ``top_p``, ``do_sample``, ``stop``, ``seed``,
+        and the OpenAI routes' ``logprobs`` (top count), ``logit_bias`` ([[id, bias], ...]),
+        ``grammar`` (``"json"`` or a JSON schema) and ``echo``.
 
         Temperature 0 or ``do_sample=False`` means greedy decoding (and ``seed`` is moot).
         """
         temperature = float(params.get("temperature", 1.0))
         do_sample = bool(params.get("do_sample", True)) and temperature > 0
         seed = params.get("seed")
+        logprobs = params.get("logprobs")
+        try:
+            bias = tuple(sorted((int(t), float(b)) for t, b in params.get("logit_bias") or ()))
+        except (TypeError, ValueError) as exc:
+            raise RequestError("logit_bias must be a list of [token id, bias] pairs.") from exc
         return cls(
             max_new_tokens=max(1, int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))),
             do_sample=do_sample,
@@ -103,23 +117,119 @@ class Sampling:
             top_p=float(params.get("top_p", 1.0)),
             stop=tuple(str(s) for s in params.get("stop") or () if s),
             seed=int(seed) if seed is not None and do_sample else None,
+            logprobs=None if logprobs is None else min(int(logprobs),
+                                                       decoding.MAX_TOP_LOGPROBS),
+            logit_bias=bias,
+            grammar=decoding.grammar_spec(params.get("grammar")),
+            echo=bool(params.get("echo", False)),
         )
 
 # The demo chat model's turn format, also the fallback for a tokenizer without a chat template
 # of its own (the OpenAI routes need one). One turn is "<|role|>\n{content}<|end|>\n"; the
 # generation prompt opens an assistant turn, so a reply ends with <|end|>, the EOS token that
 # generation stops on. Kept here, not with the demo, because serving must not import demos.
+#
+# Tools, as any template must express them for the OpenAI routes' tool calls: the template
+# receives ``tools`` (OpenAI's list of {"type": "function", "function": {name, description,
+# parameters}}) and renders them where the model learnt to read them (here: one system turn,
+# "tools: name(arg, ...)", kept short for a 128-token context); an assistant message's
+# ``tool_calls`` (each {"type": "function", "function": {"name", "arguments": <object>}}) are
+# rendered as the model writes calls, TOOL_CALL_OPEN + {"name": ..., "arguments": {...}} +
+# TOOL_CALL_CLOSE; and a ``tool`` message (a call's result) is a turn of role "tool". A model
+# that writes a call that way in its reply is understood (see ``completions.tool_calls``).
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{ raise_exception('Unknown chat role ' + message['role'] "
-    "+ '; use system, user or assistant.') }}"
+    "{%- if tools -%}"
+    "{{ '<|system|>\\ntools: ' }}"
+    "{%- for tool in tools -%}"
+    "{{ tool['function']['name'] + '(' + (tool['function'].get('parameters') or {})"
+    ".get('properties', {}) | join(', ') + ')' }}{{ '; ' if not loop.last else '' }}"
+    "{%- endfor -%}"
+    "{{ '<|end|>\\n' }}"
     "{%- endif -%}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{ raise_exception('Unknown chat role ' + message['role'] "
+    "+ '; use system, user, assistant or tool.') }}"
+    "{%- endif -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{{ '<tool_call>' + {'name': call['function']['name'], "
+    "'arguments': call['function']['arguments']} | tojson + '</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|end|>\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
 )
 
+
+class _StreamRow:
+    """One row of a streamed batch: its text so far, what is held back, its logprobs."""
+
+    def __init__(self, index: int, tokenizer: Any, sampling: Sampling, eos: set[int],
+                 special: set[int]) -> None:
+        self.index = index
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        self.eos = eos
+        self.special = special
+        self.text = decoding.RowText(tokenizer, special | eos)
+        self.held = ""
+        self.waiting: list[dict[str, Any]] = []  # token records whose logprobs are not sent
+        self.count = 0
+        self.ended = False
+
+    def add(self, record: dict[str, Any]) -> Iterator[str]:
+        """The events one generated token makes (none once the row has ended)."""
+        if self.ended:
+            return
+        self.count += 1
+        if record["id"] in self.eos:
+            yield from self.finish(completions.STOP)
+            return
+        if record["id"] not in self.special:
+            self.waiting.append(record)
+        self.held += self.text.add(record["id"])
+        stops, stopped, keep = self.sampling.stop, False, 0
+        if stops:
+            self.held, stopped = completions.cut_at_stop(self.held, stops)
+            keep = 0 if stopped else completions.held_back(self.held, stops)
+        ready, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        if ready:
+            yield self._event(ready)
+        if stopped:
+            self.waiting = []
+            yield from self.finish(completions.STOP, at_stop=True)
+
+    def finish(self, reason: str, *, at_stop: bool = False) -> Iterator[str]:
+        """The row's last events: held-back text (unless a stop string ended it), then the
+        finish reason and token count."""
+        if self.ended:
+            return
+        self.ended = True
+        rest = self.held if at_stop else self.held + self.text.rest()
+        self.held = ""
+        if rest or self.waiting:
+            yield self._event(rest)
+        yield json.dumps({"index": self.index, "finish_reason": reason,
+                          "completion_tokens": self.count})
+
+    def _event(self, text: str) -> str:
+        item: dict[str, Any] = {"index": self.index, "text": text}
+        if self.sampling.logprobs is not None:
+            item["logprobs"] = [decoding.token_entry(self.tokenizer, r) for r in self.waiting]
+            self.waiting = []
+        return json.dumps(item)
+
+
+class _Call:
+    """A plain callable as a logits processor (transformers calls ``processor(ids, scores)``)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """``fn``'s answer."""
+        return self.fn(input_ids, scores)
 
 
 def _cancel_criteria(*events: threading.Event) -> Any:
@@ -191,21 +301,48 @@ class LLMRuntime(Runtime):
                  for m in messages]
         return "\n".join([*lines, "Assistant:"])
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> str:
         """Like :meth:`format_chat`, but a tokenizer without a chat template gets the demo chat
         model's turn format (``<|role|>\\n...<|end|>``) instead of a plain transcript: what the
-        OpenAI routes promise (the Arena routes keep :meth:`format_chat`)."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.format_chat(messages)
-        self.format_chat(messages)  # the same checks of the messages
+        OpenAI routes promise (the Arena routes keep :meth:`format_chat`).
+
+        ``tools`` (OpenAI's function list) go to the template as ``tools``; messages may carry
+        ``tool_calls`` and have role ``tool`` (see ``CHAT_TEMPLATE`` for the convention).
+        """
+        self._check_messages(messages)
+        template = None if getattr(self.tokenizer, "chat_template", None) else CHAT_TEMPLATE
         from jinja2 import TemplateError
 
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True)
+                messages, chat_template=template, tools=tools or None, tokenize=False,
+                add_generation_prompt=True)
         except TemplateError as exc:
-            raise RequestError(f"The chat format refused the messages: {exc}") from exc
+            raise RequestError(f"This model's chat template refused the messages: {exc}") \
+                from exc
         return str(text)
+
+    @staticmethod
+    def _check_messages(messages: Any) -> None:
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("messages must be a non-empty list of {role, content} objects.")
+        for index, message in enumerate(messages):
+            if (not isinstance(message, dict) or not isinstance(message.get("role"), str)
+                    or not isinstance(message.get("content"), str)):
+                raise RequestError(
+                    f"messages[{index}] must be an object with string 'role' and 'content'.")
+
+    def fim_prompt(self, prompt: str, suffix: str) -> str:
+        """A fill-in-the-middle prompt (the text between ``prompt`` and ``suffix``), for models
+        whose tokenizer has FIM tokens; :class:`RequestError` for the others."""
+        vocab = self.tokenizer.get_vocab()
+        for pre, suf, mid in _FIM_TOKENS:
+            if pre in vocab and suf in vocab and mid in vocab:
+                return f"{pre}{prompt}{suf}{suffix}{mid}"
+        raise RequestError("suffix needs a model trained for fill-in-the-middle (a tokenizer "
+                           "with <|fim_prefix|>/<|fim_suffix|>/<|fim_middle|> tokens); this one "
+                           "has none. Leave suffix out.")
 
     def count_tokens(self, prompt: str) -> int:
         """How many tokens ``prompt`` takes, counted the way :meth:`generate` encodes it."""
@@ -230,6 +367,13 @@ class LLMRuntime(Runtime):
     def _token_ids(self, prompt: str) -> list[int]:
         # Always called the same way (no padding, no truncation): the fast tokenizer then never
         # changes its settings, which is what makes concurrent calls from threads safe.
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            vocab = len(self.tokenizer)
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise RequestError(f"The prompt holds token id {bad}, but this model's "
+                                   f"vocabulary has ids 0 to {vocab - 1}.")
+            return list(prompt)
         if not isinstance(prompt, str):
             raise RequestError(f"A prompt must be text, not {type(prompt).__name__}.")
         with self._ids_lock:
@@ -315,7 +459,7 @@ class LLMRuntime(Runtime):
         generating (the batcher runs seeded requests alone, since a batch changes the draws).
         """
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         if not prompts:
             return {"choices": [], "prompt_tokens": []}
@@ -326,6 +470,13 @@ class LLMRuntime(Runtime):
         if sampling.stop:
             extra["stopping_criteria"] = StoppingCriteriaList(
                 [completions.stop_criteria(self.tokenizer, sampling.stop, width)])
+        tap = (decoding.TokenTap(len(prompts), top=sampling.logprobs)
+               if sampling.logprobs is not None else None)
+        processors = self._processors(sampling, len(prompts), tap)
+        if processors:
+            extra["logits_processor"] = LogitsProcessorList(processors)
+        if tap is not None:
+            extra["streamer"] = tap
         with self._lock:
             self._check_open()
             config = self._generation_config(sampling, room)
@@ -337,13 +488,61 @@ class LLMRuntime(Runtime):
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         eos = completions.eos_ids(config, self.tokenizer)
         choices = []
-        for ids, text in zip(new_tokens.tolist(), texts, strict=True):
+        for row, (ids, text) in enumerate(zip(new_tokens.tolist(), texts, strict=True)):
             cut, stopped = completions.cut_at_stop(str(text), sampling.stop)
             count, finish = completions.row_outcome(
                 ids, eos=eos, pad=self.tokenizer.pad_token_id, stopped=stopped)
-            choices.append({"text": cut, "finish_reason": finish, "completion_tokens": count})
+            choice: dict[str, Any] = {"text": cut, "finish_reason": finish,
+                                      "completion_tokens": count}
+            if tap is not None:
+                choice["logprobs"] = self._logprob_entries(tap.rows[row][:count], cut)
+            if sampling.echo:
+                choice["text"] = self._prompt_text(prompts[row]) + cut
+            choices.append(choice)
         return {"choices": choices,
                 "prompt_tokens": [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()]}
+
+    def _processors(self, sampling: Sampling, rows: int,
+                    tap: decoding.TokenTap | None) -> list[Any]:
+        """The request's logits processors: the logprob recorder first (it reads the raw
+        logits), then logit_bias, then the grammar mask (which must see the biased logits)."""
+        processors: list[Any] = []
+        if tap is not None:
+            processors.append(_Call(tap.recorder))
+        if sampling.logit_bias:
+            processors.append(decoding.LogitBias(sampling.logit_bias, len(self.tokenizer)))
+        if sampling.grammar is not None:
+            processors.append(self._grammars().processor(sampling.grammar, rows))
+        return processors
+
+    def _grammars(self) -> decoding.GrammarBook:
+        book = getattr(self, "_grammar_book", None)
+        if book is None:
+            eos = completions.eos_ids(self.model.generation_config, self.tokenizer)
+            book = decoding.GrammarBook(self.tokenizer, len(self.tokenizer), eos)
+            self._grammar_book = book
+        return book
+
+    def _special_ids(self) -> set[int]:
+        return {int(i) for i in self.tokenizer.all_special_ids}
+
+    def _logprob_entries(self, records: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+        """OpenAI chat-shaped logprobs of the tokens that make ``text`` (no EOS, nothing a stop
+        string cut off)."""
+        special = self._special_ids()
+        kept: list[dict[str, Any]] = []
+        ids: list[int] = []
+        for record in records:
+            if record["id"] in special:
+                continue
+            if ids and len(self.tokenizer.decode(ids, skip_special_tokens=True)) >= len(text):
+                break
+            ids.append(record["id"])
+            kept.append(decoding.token_entry(self.tokenizer, record))
+        return kept
+
+    def _prompt_text(self, prompt: Any) -> str:
+        return prompt if isinstance(prompt, str) else str(self.tokenizer.decode(prompt))
 
     def stream(
         self, prompt: str, params: dict[str, Any], cancelled: Any
@@ -364,62 +563,67 @@ class LLMRuntime(Runtime):
         return self._stream(enc, config, cancelled)
 
     def stream_completion(
-        self, prompt: str, params: dict[str, Any], cancelled: Any
+        self, prompts: Any, params: dict[str, Any], cancelled: Any
     ) -> Generator[str, None, None]:
         """:meth:`stream` for the OpenAI routes: JSON events as strings, in this order.
 
-        ``{"prompt_tokens": n}`` once the prompt is accepted, ``{"text": piece}`` as the reply
-        grows (never text a stop string of ``params["stop"]`` cuts: a piece that may start
-        one is held back until the next shows), and last ``{"finish_reason", "completion_tokens"}``
-        as :meth:`complete` reports them. A bad prompt raises :class:`RequestError` before the
-        first event.
+        ``prompts`` is one prompt (text or token ids) or a list of them, generated as one
+        batch. ``{"prompt_tokens": n}`` (all prompts) once they are accepted, then
+        ``{"index": row, "text": piece}`` as each row's reply grows (with ``"logprobs"``, in
+        :meth:`complete`'s shape, when asked; never text a stop string of ``params["stop"]``
+        cuts: a piece that may start one is held back until the next shows), and for each row
+        ``{"index", "finish_reason", "completion_tokens"}`` as :meth:`complete` reports them.
+        With ``params["echo"]`` each row opens with its prompt's text. A bad prompt raises
+        :class:`RequestError` before the first event.
         """
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts
+                                        and all(isinstance(t, int) for t in prompts)):
+            prompts = [prompts]
         sampling = Sampling.from_params(params)
-        enc, room = self._encode([prompt])
+        enc, room = self._encode(list(prompts))
+        tap = decoding.TokenTap(len(prompts), top=sampling.logprobs, live=True,
+                                timeout=_STREAM_POLL_S)
+        processors = self._processors(sampling, len(prompts), tap)
         with self._lock:
             self._check_open()
             config = self._generation_config(sampling, room)
-        return self._stream_events(enc, config, sampling, cancelled)
+        return self._stream_events(list(prompts), enc, config, sampling, tap=tap,
+                                   processors=processors, cancelled=cancelled)
 
     def _stream_events(
-        self, enc: dict[str, Any], config: Any, sampling: Sampling, cancelled: Any
+        self, prompts: list[Any], enc: dict[str, Any], config: Any, sampling: Sampling,
+        *, tap: decoding.TokenTap, processors: list[Any], cancelled: Any,
     ) -> Generator[str, None, None]:
         eos = completions.eos_ids(config, self.tokenizer)
-        streamer = completions.counting_streamer(self.tokenizer, eos, timeout=_STREAM_POLL_S)
-        yield json.dumps({"prompt_tokens": int(enc["input_ids"].shape[1])})
-        stops, held, stopped = sampling.stop, "", False
-        # The model stops itself at a stop string, as in complete(), so the token count
-        # matches; the few pieces after it are read and dropped.
-        extra = ([completions.stop_criteria(self.tokenizer, stops, enc["input_ids"].shape[1])]
-                 if stops else [])
-        pieces = self._stream(enc, config, cancelled, streamer=streamer, seed=sampling.seed,
-                              criteria=extra)
+        yield json.dumps({"prompt_tokens": int(enc["attention_mask"].sum())})
+        if sampling.echo:
+            for index, prompt in enumerate(prompts):
+                yield json.dumps({"index": index, "text": self._prompt_text(prompt)})
+        rows = [_StreamRow(row, self.tokenizer, sampling, eos, self._special_ids())
+                for row in range(len(prompts))]
+        # The model stops each row at a stop string itself, as in complete(), so the token
+        # counts match.
+        extra = ([completions.stop_criteria(self.tokenizer, sampling.stop,
+                                            enc["input_ids"].shape[1])]
+                 if sampling.stop else [])
+        steps = self._stream(enc, config, cancelled, streamer=tap, seed=sampling.seed,
+                             criteria=extra, processors=processors)
         try:
-            for piece in pieces:
-                if stopped:
-                    continue
-                held += piece
-                if stops:
-                    held, stopped = completions.cut_at_stop(held, stops)
-                    keep = 0 if stopped else completions.held_back(held, stops)
-                    ready, held = held[:len(held) - keep], held[len(held) - keep:]
-                else:
-                    ready, held = held, ""
-                if ready:
-                    yield json.dumps({"text": ready})
+            for step in steps:
+                for stream_row, record in zip(rows, step, strict=True):
+                    yield from stream_row.add(record)
         finally:
-            pieces.close()  # stops the model at its next token when the consumer left early
-        if held:
-            yield json.dumps({"text": held})
-        finish = completions.STOP if stopped or streamer.saw_eos else completions.LENGTH
-        yield json.dumps({"finish_reason": finish, "completion_tokens": streamer.generated})
+            steps.close()  # stops the model at its next token when the consumer left early
+        for stream_row in rows:
+            yield from stream_row.finish(completions.LENGTH)
 
     def _stream(
         self, enc: dict[str, Any], config: Any, cancelled: Any, *, streamer: Any = None,
         seed: int | None = None, criteria: list[Any] | None = None,
-    ) -> Generator[str, None, None]:
+        processors: list[Any] | None = None,
+    ) -> Generator[Any, None, None]:
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
         # A queue-polling timeout lets the loop notice cancellation while another request
         # still holds the model.
@@ -441,7 +645,8 @@ class LLMRuntime(Runtime):
                     if seed is not None:
                         torch.manual_seed(seed)
                     self.model.generate(**enc, generation_config=config, streamer=streamer,
-                                        stopping_criteria=stopping)
+                                        stopping_criteria=stopping,
+                                        logits_processor=LogitsProcessorList(processors or []))
             except Exception as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
                 failures.append(exc)
                 streamer.end()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import os
 import resource
 import signal
@@ -24,7 +25,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from server_extension.serving.worker import protocol, serving
+from server_extension.serving.worker import protocol, serving, tree
 from server_extension.serving.worker.protocol import ProtocolError
 
 TEMPLATE_MODULES = ("numpy", "torch", "agilerl", "transformers", "peft")
@@ -58,6 +59,7 @@ class Worker:
         self.settings = settings
         self.limits = serving.Limits(max_rows=int(settings["max_rows"]),
                                      max_array_bytes=int(settings["max_array_bytes"]))
+        self.frame_cap = int(settings.get("frame_cap") or protocol.MAX_BODY)
         self.runtime: Any = None
         self._send_lock = threading.Lock()
         self._cancel: dict[int, threading.Event] = {}
@@ -85,12 +87,15 @@ class Worker:
         """Answer frames until the server closes the socket; then exit."""
         try:
             while True:
-                header_len, body_len = protocol.parse_prefix(self._recv_exact(8))
+                header_len, body_len = protocol.parse_prefix(self._recv_exact(8),
+                                                             self.frame_cap)
                 header = protocol.parse_header(self._recv_exact(header_len))
                 body = self._recv_exact(body_len) if body_len else b""
                 self.dispatch(header, body)
         except (EOFError, ConnectionError, ProtocolError):
             pass
+        # The server is gone (or stopped listening): so is everything this worker started.
+        _kill_own_group()
         os._exit(0)
 
     def dispatch(self, header: dict[str, Any], body: bytes) -> None:
@@ -113,23 +118,38 @@ class Worker:
             elif op == "relay":
                 status, answer, rows = serving.relay(self._loaded(), str(header["route"]),
                                                      body, self.limits)
+                if len(answer) > self.frame_cap:
+                    status, rows, answer = 500, 0, json.dumps({
+                        "success": False, "error": self._too_large(len(answer))}).encode()
                 self.send({"id": call_id, "ok": True, "status": status, "rows": rows}, answer)
             elif op == "invoke":
                 fn = serving.resolve(self._loaded(), str(header["name"]))
-                result = serving.jsonable(fn(*header.get("args", [])))
-                self.send({"id": call_id, "ok": True, "result": result})
+                result = protocol.dump_json(serving.jsonable(fn(*self._args(header, body))))
+                if len(result) > self.frame_cap:
+                    raise AnswerTooLarge(self._too_large(len(result)))
+                self.send({"id": call_id, "ok": True, "result_in_body": True}, result)
             elif op == "stream":
-                self._stream(call_id, header)
+                self._stream(call_id, header, body)
             else:
                 raise ValueError(f"unknown worker operation {op!r}")
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
             self.send({"id": call_id, "ok": False, "error": _error(exc)})
 
-    def _stream(self, call_id: int, header: dict[str, Any]) -> None:
+    @staticmethod
+    def _args(header: dict[str, Any], body: bytes) -> list[Any]:
+        args = protocol.load_json(body) if header.get("args_in_body") else header.get("args")
+        return list(args or [])
+
+    def _too_large(self, size: int) -> str:
+        return (f"The model's answer is {size / 2**20:.1f} MiB, over the "
+                f"{self.frame_cap / 2**20:.1f} MiB an agent may answer per call "
+                "(AgentsWorkbenchApp.max_array_mb sets it); ask for fewer rows or tokens.")
+
+    def _stream(self, call_id: int, header: dict[str, Any], body: bytes) -> None:
         cancelled = self._cancel[call_id]
         try:
             fn = serving.resolve(self._loaded(), str(header["name"]))
-            for piece in fn(*header.get("args", []), cancelled):
+            for piece in fn(*self._args(header, body), cancelled):
                 if cancelled.is_set():
                     break
                 self.send({"id": call_id, "chunk": str(piece)})
@@ -181,6 +201,10 @@ class Worker:
                 "phases": {k: round(v, 4) for k, v in phases.items()}}
 
 
+class AnswerTooLarge(RuntimeError):
+    """The model's answer is larger than a frame may carry (the server's cap)."""
+
+
 def _out_of_memory(exc: BaseException | None) -> bool:
     # Loaders wrap what went wrong in their own error; the memory limit may sit below it.
     seen = 0
@@ -205,6 +229,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
         return {"type": "request", "message": str(exc)}
     if isinstance(exc, (RuntimeLoadError, StoreError)):
         return {"type": "load", "message": str(exc).strip() or type(exc).__name__}
+    if isinstance(exc, AnswerTooLarge):
+        return {"type": "too_large", "message": str(exc)}
     if isinstance(exc, MemoryError):
         return {"type": "memory", "message": "the call needed more memory than the worker may "
                 "use (AgentsWorkbenchApp.worker_memory_mb)"}
@@ -224,8 +250,44 @@ def _limit_memory(megabytes: float) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
+def _kill_own_group() -> None:
+    # Only a group this worker leads: never the server's, should setsid have failed.
+    if os.getpgid(0) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)  # the worker and everything it started
+    os._exit(1)
+
+
+def _own_the_tree(sock: socket.socket, template_pid: int) -> None:
+    # A session of its own: whatever the checkpoint starts stays in it and goes with it.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    me = os.getpid()
+
+    def parent_died(signum: int, frame: Any) -> None:
+        if os.getpid() != me:  # a child forked by the checkpoint inherited this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        _kill_own_group()
+
+    # The template (our parent) dies with the server; the worker then takes its session down.
+    signal.signal(signal.SIGTERM, parent_died)
+    if template_pid:
+        tree.parent_death_signal(signal.SIGTERM, template_pid)
+    # The server watches and signals this process through a pidfd it cannot mistake for a
+    # recycled pid; only this process can open one on itself before anything else runs here.
+    pidfd = os.pidfd_open(me)
+    try:
+        socket.send_fds(sock, [json.dumps({"hello": me}).encode()], [pidfd])
+    finally:
+        os.close(pidfd)
+
+
 def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
     """Entry point of a worker process (``multiprocessing`` target)."""
+    sock.setblocking(True)
+    _own_the_tree(sock, int(settings.get("template_pid") or 0))
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -241,5 +303,4 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
 
     torch.set_num_threads(threads)
     _limit_memory(float(settings.get("memory_mb") or 0))
-    sock.setblocking(True)
     Worker(sock, settings).serve()

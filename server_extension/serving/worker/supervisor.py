@@ -6,11 +6,13 @@ a fork takes tens of milliseconds where a fresh interpreter would spend seconds 
 The template starts in the background when the server starts on a workspace with experiments
 (:func:`warm_template`), so the first Connect finds it ready.
 
-A :class:`WorkerProcess` owns one child: a socket to it (an asyncio protocol, so relaying a
-call costs the event loop a write and a callback), the calls in flight, and the reason it
-died. Deaths are noticed when the socket closes; the exit status comes from the fork server.
-Calls past their deadline, and workers past their memory limit, are killed by a sweep that
-runs a few times a second.
+A :class:`WorkerProcess` owns one child and everything it starts (``tree.py``): a socket to
+it (an asyncio protocol, so relaying a call costs the event loop a write and a callback), a
+pidfd the worker sent at start, the calls in flight, and the reason it died. Deaths are read
+from the pidfd (a child of the checkpoint holding the socket cannot hide one); the exit status
+comes from the fork server. Every signal goes through a pidfd, never to a bare pid. Calls past
+their deadline, and workers past their memory limit, are killed by a sweep that runs a few
+times a second; a stopped or dead worker's session is killed with it.
 
 Threading: everything here runs on the event loop except :func:`warm_template` and the
 blocking part of :meth:`WorkerProcess.start`, which run on a thread.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -36,11 +39,12 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import forkserver, spawn
 from pathlib import Path
 from typing import Any
 
-from server_extension.serving.worker import child, protocol
+from server_extension.serving.worker import child, protocol, tree
 from server_extension.serving.worker.protocol import ProtocolError
 
 log = logging.getLogger("agents_workbench.workers")
@@ -67,7 +71,16 @@ _TEMPLATE_LOCK = threading.Lock()
 # What the template imported (set once: the fork server's preload list cannot change).
 _TEMPLATE: dict[str, list[str]] = {}
 PRELOAD_ENV = "AGENTS_WORKBENCH_PRELOAD"
+SERVER_PID_ENV = "AGENTS_WORKBENCH_SERVER_PID"
+# The template's parent-death signal fires when the *thread* that started it ends, so it is
+# started from this one thread, which lives as long as the server.
+_KEEPER = ThreadPoolExecutor(1, thread_name_prefix="agents-template")
+HELLO_TIMEOUT = 60.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f}"
 
 
 class WorkerDied(RuntimeError):
@@ -101,8 +114,14 @@ def warm_template(frameworks: list[str]) -> None:
         if "frameworks" not in _TEMPLATE:
             _TEMPLATE["frameworks"] = sorted(set(frameworks))
             os.environ[PRELOAD_ENV] = ",".join(_TEMPLATE["frameworks"])
+            os.environ[SERVER_PID_ENV] = str(os.getpid())
             _CTX.set_forkserver_preload([f"{__package__}.template"])
-        forkserver.ensure_running()
+    _KEEPER.submit(forkserver.ensure_running).result()
+
+
+def template_pid() -> int:
+    """The running template's pid (0 before it started)."""
+    return int(getattr(forkserver._forkserver, "_forkserver_pid", None) or 0)
 
 
 def template_frameworks() -> list[str] | None:
@@ -150,7 +169,8 @@ class _Connection(asyncio.Protocol):
         buf += data
         try:
             while len(buf) >= 8:
-                header_len, body_len = protocol.parse_prefix(bytes(buf[:8]))
+                header_len, body_len = protocol.parse_prefix(bytes(buf[:8]),
+                                                             self.owner.frame_cap)
                 end = 8 + header_len + body_len
                 if len(buf) < end:
                     break
@@ -173,9 +193,12 @@ class WorkerProcess:
 
     def __init__(self, name: str, settings: dict[str, Any], log_dir: Path, *,
                  on_exit: Callable[[WorkerProcess], None], max_calls: int = 64,
-                 memory_mb: float = 0.0) -> None:
+                 memory_mb: float = 0.0, frame_cap: int = protocol.MAX_BODY) -> None:
         self.name = name
-        self.settings = settings
+        # The largest frame body either side sends: a caller's input past it is refused
+        # here, a worker's answer past it in the worker; nothing larger is ever buffered.
+        self.frame_cap = frame_cap
+        self.settings = {**settings, "frame_cap": frame_cap}
         self.log_path = log_dir / f"{name}.{next(self._ids)}.log"
         self.on_exit = on_exit
         self.max_calls = max(1, max_calls)
@@ -192,6 +215,10 @@ class WorkerProcess:
         self._streams: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._exited = asyncio.Event()
         self._reaper: asyncio.Future[None] | None = None
+        self._pidfd: int | None = None  # names the worker itself, never a recycled pid
+        self._gone = False  # the process has exited (its pidfd said so)
+        self._cpu_sample: tuple[float, float] | None = None  # (monotonic, CPU seconds)
+        self._cpu_percent: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -209,34 +236,71 @@ class WorkerProcess:
         return len(self._deadlines)
 
     async def start(self) -> None:
-        """Fork the worker from the template and connect to it."""
+        """Fork the worker from the template, take its pidfd and connect to it."""
         parent, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.log_path.touch(mode=0o600)
-        self.proc = _CTX.Process(
-            target=child.main, args=(sock, str(self.log_path), self.settings),
-            name=f"{WORKER_NAME} {self.name}", daemon=False)
+        frameworks = [str(self.settings.get("framework", ""))]
         try:
-            frameworks = [str(self.settings.get("framework", ""))]
-            await asyncio.to_thread(self._start_blocking, frameworks)
-        finally:
-            sock.close()
+            try:
+                await asyncio.to_thread(self._start_blocking, frameworks, parent, sock)
+            finally:
+                sock.close()
+        except BaseException:
+            parent.close()
+            raise
         self.started_at = time.time()
         loop = asyncio.get_running_loop()
         parent.setblocking(False)
         _, conn = await loop.create_unix_connection(lambda: _Connection(self), sock=parent)
         self._conn = conn
+        assert self._pidfd is not None
+        loop.add_reader(self._pidfd, self._on_process_exit)
 
-    def _start_blocking(self, frameworks: list[str]) -> None:
+    def _start_blocking(self, frameworks: list[str], parent: socket.socket,
+                        sock: socket.socket) -> None:
         warm_template(frameworks)
+        self.proc = _CTX.Process(
+            target=child.main,
+            args=(sock, str(self.log_path), {**self.settings, "template_pid": template_pid()}),
+            name=f"{WORKER_NAME} {self.name}", daemon=False)
         self.proc.start()
         # multiprocessing polls every child it knows at each start() (from whatever thread
         # calls it) and joins them at exit. This one is polled by its own reaper only, and
         # the server must not wait for workers when it exits.
         multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
+        sock.close()
+        # The worker's first words: its pid and a pidfd it opened on itself, before any
+        # checkpoint code ran there.
+        parent.settimeout(HELLO_TIMEOUT)
+        try:
+            message, fds, _, _ = socket.recv_fds(parent, 256, 1)
+        except OSError as exc:
+            raise WorkerDied(f"the worker did not start ({exc})") from exc
+        finally:
+            parent.settimeout(None)
+        try:
+            hello = json.loads(message) if message else {}
+        except ValueError:
+            hello = {}
+        if len(fds) != 1 or hello.get("hello") != self.proc.pid:
+            for fd in fds:
+                tree.close_quietly(fd)
+            raise WorkerDied(self._describe_exit(self.proc.exitcode)
+                             if not message else "the worker did not introduce itself")
+        self._pidfd = fds[0]
 
     # -- calls ----------------------------------------------------------------------------
 
     def _send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        if "args" in header:  # arguments travel in the body, as UTF-8 JSON
+            body = protocol.dump_json(header["args"])
+            header = {**{k: v for k, v in header.items() if k != "args"}, "args_in_body": True}
+        if len(body) > self.frame_cap:
+            # Refused here, before a byte is sent: the worker never sees (or dies of) it.
+            raise WorkerCallError("request", (
+                f"The call's input is {_mib(len(body))} MiB; an agent takes at most "
+                f"{_mib(self.frame_cap)} MiB per call (AgentsWorkbenchApp.max_array_mb sets "
+                "it). Send less, or split it into several calls."))
         if self._conn is None or self._conn.transport is None or self.reason is not None:
             raise WorkerDied(self.reason or "the worker is not running")
         self._conn.transport.write(protocol.pack(header, body))
@@ -284,6 +348,9 @@ class WorkerProcess:
             self._deadlines.pop(call_id, None)
         if not answer.get("ok"):
             self._raise_error(answer)
+        if answer.get("result_in_body"):
+            answer = {**answer, "result": protocol.load_json(payload)}
+            payload = b""
         return answer, payload
 
     async def stream(self, header: dict[str, Any], *, timeout: float,
@@ -331,12 +398,13 @@ class WorkerProcess:
 
     def sweep(self, now: float) -> None:
         """Kill the worker if a call is past its deadline or its memory is past the limit."""
-        if not self.alive:
+        if not self.alive or self._gone:
             return
         for deadline, _, late in list(self._deadlines.values()):
             if now > deadline:
                 self.kill(late)
                 return
+        # Only read while the pidfd says the worker lives: its pid is still its own then.
         rss = rss_bytes(self.proc.pid)
         self.peak_rss = max(self.peak_rss, rss)
         if self.memory_bytes and rss > self.memory_bytes:
@@ -344,14 +412,38 @@ class WorkerProcess:
                       f"({rss // (1024 * 1024)} MiB resident; "
                       "AgentsWorkbenchApp.worker_memory_mb raises the limit)")
 
+    def cpu_use(self) -> dict[str, Any]:
+        """CPU time of the worker and the processes it started (``cpu_seconds``), and its
+        share of one core since the last time this was asked (``cpu_percent``; ``None`` the
+        first time). Scans /proc, so it runs when the traffic view asks, not in the sweep."""
+        if not self.alive or self._gone or self.pid is None:
+            return {}
+        now, total = time.monotonic(), tree.worker_cpu_seconds(self.pid)
+        previous = self._cpu_sample
+        if previous is None or now - previous[0] >= 1.0:  # a share over a second at least
+            self._cpu_sample = (now, total)
+            if previous is not None:
+                self._cpu_percent = round(
+                    max(0.0, total - previous[1]) * 100 / (now - previous[0]), 1)
+        return {"cpu_seconds": round(total, 2), "cpu_percent": self._cpu_percent}
+
     def kill(self, reason: str) -> None:
-        """Stop the worker now (SIGKILL); ``reason`` becomes why it died."""
+        """Stop the worker and its session now (SIGKILL); ``reason`` becomes why it died.
+
+        Signals go through the worker's pidfd and verified pidfds of its session's members:
+        never to a pid that may have been given to another process.
+        """
         if self._kill_reason is None:
             self._kill_reason = reason
+        if self._pidfd is not None and not self._gone:
+            tree.signal_pidfd(self._pidfd, signal.SIGKILL)
+        self._kill_session()
+
+    def _kill_session(self) -> int:
         pid = self.pid
-        if pid is not None and self.reason is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if pid is None or self._pidfd is None:
+            return 0
+        return tree.kill_session(pid)
 
     def close(self) -> None:
         """Stop the worker because it is no longer wanted (Disconnect, Delete, shutdown)."""
@@ -360,31 +452,44 @@ class WorkerProcess:
         self._kill_reason = self._kill_reason or "stopped by the server"
         self.kill(self._kill_reason)
         self._finish(self._kill_reason)
-        if self._conn is not None and self._conn.transport is not None:
-            self._conn.transport.close()
 
     def _on_closed(self) -> None:
-        if self.reason is None:  # not closed by us: find out why it went
-            self._reaper = asyncio.ensure_future(self._reap())
+        # Its socket closed. Death itself is read from the pidfd (an exiting process closes
+        # its descriptors a moment before its pidfd says so); a worker that closed its socket
+        # but lives on cannot be talked to, so it is stopped.
+        if self.reason is None and not self._gone:
+            asyncio.get_running_loop().call_later(1.0, self._closed_but_alive)
+
+    def _closed_but_alive(self) -> None:
+        if self.reason is None and not self._gone:
+            self.kill(self._kill_reason or "the worker closed its connection")
+
+    def _on_process_exit(self) -> None:
+        # The pidfd is readable: the worker process has exited (children may live on).
+        self._gone = True
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self._pidfd)  # type: ignore[arg-type]
+        self._reaper = asyncio.ensure_future(self._reap())
 
     async def _reap(self) -> None:
         proc = self.proc
         code = None
+        # What the checkpoint started dies with the worker (it may hold the socket open).
+        self._kill_session()
         if proc is not None:
-            # The socket closes as the process dies; the fork server reports the status a
-            # moment later. A worker that closed its socket but lives on is killed.
-            for _ in range(40):
+            # The fork server reports the status a moment after the exit.
+            for _ in range(80):
                 code = proc.exitcode
                 if code is not None:
                     break
                 await asyncio.sleep(0.025)
-            if code is None:
-                self.kill(self._kill_reason or "the worker closed its connection")
-                for _ in range(40):
-                    code = proc.exitcode
-                    if code is not None:
-                        break
-                    await asyncio.sleep(0.025)
+        # Members forked while the first sweep ran: sweep until none is left.
+        for _ in range(100):
+            if not self._kill_session():
+                break
+            await asyncio.sleep(0.05)
+        tree.close_quietly(self._pidfd)
+        self._pidfd = None
         if self.reason is not None:
             return  # closed by the server meanwhile
         self._finish(self._describe_exit(code))
@@ -395,6 +500,9 @@ class WorkerProcess:
 
     def _finish(self, reason: str) -> None:
         self.reason = reason
+        if self._conn is not None and self._conn.transport is not None:
+            # A child of the checkpoint may still hold the other end; nothing more is read.
+            self._conn.transport.close()
         died = WorkerDied(reason)
         for future in list(self._pending.values()):
             if not future.done():
