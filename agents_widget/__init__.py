@@ -1,7 +1,8 @@
 """The notebook side of agents-workbench: the Agents panel, experiment logging, and data.
 
 ``AgentsPanel()`` shows the Agents page for the workbench server this kernel belongs to;
-``start_experiment(...)`` logs a training run so the panel can serve its checkpoints.
+``start_experiment(...)`` logs a training run so the panel can serve its checkpoints;
+``import_checkpoint(path, env=...)`` imports checkpoints trained elsewhere.
 ``experiments()``, ``checkpoints(name)``, ``metrics(name)``, ``agents()``, ``traffic(agent)``
 and ``requests(agent)`` return pandas DataFrames; ``evaluate(agent)``, ``compare([...])``
 and ``head_to_head(a, b)`` play deployed agents through their live endpoints.
@@ -18,6 +19,7 @@ from .tracking import start_experiment
 if TYPE_CHECKING:
     from .dataframes import agents, checkpoints, experiments, metrics, requests, traffic
     from .evaluation import compare, evaluate, head_to_head
+    from .importing import import_checkpoint
     from .live_checkpoints import (
         abort,
         change_checkpoint,
@@ -29,8 +31,9 @@ if TYPE_CHECKING:
     from .panel import AgentsPanel
 
 __all__ = ["AgentsPanel", "abort", "agents", "change_checkpoint", "checkpoint_history",
-           "checkpoints", "compare", "evaluate", "experiments", "head_to_head", "metrics",
-           "promote", "requests", "rollback", "split", "start_experiment", "traffic"]
+           "checkpoints", "compare", "evaluate", "experiments", "head_to_head",
+           "import_checkpoint", "metrics", "promote", "requests", "rollback", "split",
+           "start_experiment", "traffic"]
 
 # Loaded on first use: the panel pulls in ipywidgets and anywidget, the data functions
 # pandas; training scripts that only log experiments should pay for neither.
@@ -39,6 +42,7 @@ _LAZY = {
     **dict.fromkeys(("agents", "checkpoints", "experiments", "metrics", "requests", "traffic"),
                     "dataframes"),
     **dict.fromkeys(("compare", "evaluate", "head_to_head"), "evaluation"),
+    "import_checkpoint": "importing",
     **dict.fromkeys(("abort", "change_checkpoint", "checkpoint_history", "promote", "rollback",
                      "split"), "live_checkpoints"),
 }

@@ -25,6 +25,7 @@ from server_extension.handlers.base import (
     STATUS_KIND_PUBLIC,
     STORE,
 )
+from server_extension.handlers.imports import IMPORTS
 from server_extension.handlers.public_url import (
     DEFAULT_TRUSTED,
     PUBLIC_URL,
@@ -139,6 +140,13 @@ class AgentsWorkbenchApp(ExtensionApp):
     worker_restart_limit = Int(
         3, help="Times an agent's worker is restarted after dying within two minutes before "
         "the agent is left Failed.",
+    ).tag(config=True)
+    import_mode = Enum(
+        ["on", "workspace", "off"], "on",
+        help="Who may import checkpoints through POST agents/api/experiments (the panel's "
+        "Import, agents_widget.import_checkpoint). 'on': any path this server's user can read "
+        "(JupyterLab: your own machine). 'workspace': paths under root_dir only. 'off': no "
+        "import (the Voila app's default). Importing runs the file's code in a worker process.",
     ).tag(config=True)
     metrics_enabled = Bool(
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
@@ -289,6 +297,8 @@ class AgentsWorkbenchApp(ExtensionApp):
             self.metrics = MetricsStore(log_size=self.request_log_size)
             register_collector(self.metrics)
             self.settings[METRICS] = self.metrics
+        self.settings[IMPORTS] = {"mode": self.import_mode, "memory_mb": self.worker_memory_mb,
+                                  "timeout_s": max(self.load_timeout, 300.0)}
         self.settings.update({
             DEPLOYER: self.deployer,
             STORE: self.store,
