@@ -16,7 +16,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(sub.choices)
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "app"])
+@pytest.mark.parametrize("command", ["demo", "run", "app", "import"])
 def test_every_option_has_a_sentence(command: str) -> None:
     parser = _subcommands()[command]
     for action in parser._actions:
@@ -33,7 +33,7 @@ def test_every_option_has_a_sentence(command: str) -> None:
     ("--ip IP", "0.0.0.0 lets other machines reach"),
     ("--no-browser", "do not open a browser"),
     ("--root ROOT", "workspace folder"),
-    ("--demo {minimal,full}", "CartPole with DQN only"),
+    ("--demo {minimal,full,none}", "train nothing, start at once"),
     ("--workers WORKERS", "demo jobs trained at once"),
 ])
 def test_run_help_names_each_option_with_its_explanation(

@@ -101,14 +101,30 @@ class ManagementHandler(ServicesMixin, APIHandler):
 
 
 class ExperimentsHandler(ManagementHandler):
-    """``GET agents/api/experiments``: every experiment with its checkpoints and metrics."""
+    """``GET agents/api/experiments``: every experiment with its checkpoints and metrics;
+    ``POST`` imports one."""
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
         """List experiments (and, under ``broken``, folders that are not usable ones)."""
         # Disk work (every folder's JSON, metrics and checkpoints) stays off the event loop.
-        self.reply(await asyncio.to_thread(self.store.listing))
+        listing: dict[str, Any] = dict(await asyncio.to_thread(self.store.listing))
+        from server_extension.handlers.imports import IMPORTS
+
+        # The folder this server serves, and whether it imports (the panel shows both).
+        listing["root"] = str(self.store.root)
+        listing["import"] = (self.settings.get(IMPORTS) or {"mode": "on"})["mode"]
+        self.reply(listing)
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """Import checkpoints trained elsewhere as an experiment (handlers/imports.py)."""
+        from server_extension.handlers.imports import import_request
+
+        experiment = await import_request(self.settings, self.store.root, self.json_body())
+        self.reply(experiment, status=201)
 
 
 class AgentsHandler(ManagementHandler):

@@ -23,6 +23,7 @@ from server_extension.handlers.base import (
     SESSIONS,
     STORE,
 )
+from server_extension.handlers.imports import IMPORTS
 from server_extension.serving.deployer import Deployer
 from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
 from server_extension.serving.ray_backend import RayBackend
@@ -130,6 +131,13 @@ class AgentsWorkbenchApp(ExtensionApp):
         3, help="Times an agent's worker is restarted after dying within two minutes before "
         "the agent is left Failed.",
     ).tag(config=True)
+    import_mode = Enum(
+        ["on", "workspace", "off"], "on",
+        help="Who may import checkpoints through POST agents/api/experiments (the panel's "
+        "Import, agents_widget.import_checkpoint). 'on': any path this server's user can read "
+        "(JupyterLab: your own machine). 'workspace': paths under root_dir only. 'off': no "
+        "import (the Voila app's default). Importing runs the file's code in a worker process.",
+    ).tag(config=True)
     metrics_enabled = Bool(
         True, help="Keep request counts, latencies and a request log per deployment (shown in "
         "the panel, under agents/api/agents/<name>/metrics and in the server's /metrics)."
@@ -209,6 +217,8 @@ class AgentsWorkbenchApp(ExtensionApp):
             self.metrics = MetricsStore(log_size=self.request_log_size)
             register_collector(self.metrics)
             self.settings[METRICS] = self.metrics
+        self.settings[IMPORTS] = {"mode": self.import_mode, "memory_mb": self.worker_memory_mb,
+                                  "timeout_s": max(self.load_timeout, 300.0)}
         self.settings.update({
             DEPLOYER: self.deployer,
             STORE: self.store,

@@ -8,6 +8,9 @@
     Train what the demo still lacks in DIR: CartPole with DQN first, then JupyterLab starts
     (its URL printed) while the other experiments train in the background, two at a time,
     with their progress in this terminal and in the panel. A second run trains nothing.
+``agents-workbench import PATH... [--env ENV] [--name NAME] [--root DIR]``
+    Import checkpoints trained elsewhere as an experiment (see the README's "Bring your own
+    model"); ``run --demo none`` then starts on them without training the demo.
 ``agents-workbench app [--root DIR] [--port N] [--token T]``
     Publish the Agents panel (notebooks/Agents.ipynb) as a Voila app over DIR, with the
     workbench's API in the same process, and print its URL (with its token).
@@ -145,7 +148,8 @@ def trust_notebooks(paths: Sequence[Path]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Seed the demo workspace when empty, then run JupyterLab over it."""
     root = Path(args.root).expanduser()
-    background = _seed_workspace(root, args.demo, args.workers, quick=args.quick)
+    background = (None if args.demo == "none"
+                  else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
     notebooks = _notebooks_dir(root)
     env = {**os.environ, ROOT_ENV: str(root)}
     command = [
@@ -223,6 +227,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         argv += ["--preheat_kernel=True", "--pool_size=1"]
     if args.debug:
         argv.append("--debug")
+    if args.allow_import:
+        # Paths confined to the workspace: whoever holds the app's link may import.
+        argv.append("--AgentsWorkbenchApp.import_mode=workspace")
     host = "127.0.0.1" if args.ip in ("", "0.0.0.0", "localhost") else args.ip  # noqa: S104
     base = args.base_url if args.base_url.endswith("/") else args.base_url + "/"
     _progress(f"Publishing {notebook.name} over {root}")
@@ -231,10 +238,13 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--demo", choices=MODES, default="full",
+def _demo_arguments(parser: argparse.ArgumentParser, *, allow_none: bool = False) -> None:
+    parser.add_argument("--demo", choices=MODES + (("none",) if allow_none else ()),
+                        default="full",
                         help="full: every Classic RL family and the Advanced Training set; "
-                             "minimal: CartPole with DQN only (default: full)")
+                             "minimal: CartPole with DQN only"
+                             + ("; none: train nothing, start at once on your own models"
+                                if allow_none else "") + " (default: full)")
     parser.add_argument("--workers", type=int, default=2,
                         help="demo jobs trained at once (default 2; one core each)")
 
@@ -273,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "yourself, e.g. on a remote machine or in a container")
     run.add_argument("--quick", action="store_true",
                      help="seed with seconds-long test runs (agents will not be good)")
-    _demo_arguments(run)
+    _demo_arguments(run, allow_none=True)
     run.set_defaults(func=cmd_run)
 
     app = sub.add_parser(
@@ -299,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not open a browser; open the URL printed yourself")
     app.add_argument("--debug", action="store_true",
                      help="debug logging, API calls included (and tracebacks on the page)")
+    app.add_argument("--allow-import", action="store_true",
+                     help="let the app's users import checkpoints from files under --root "
+                          "(off by default: importing runs the file's code, and the app's "
+                          "link may be shared)")
     app.set_defaults(func=cmd_app)
+    from server_extension.hosts.import_cli import add_parser as add_import
+
+    add_import(sub)
     return parser
 
 

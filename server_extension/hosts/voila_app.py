@@ -80,6 +80,10 @@ class WorkbenchVoila(Voila):
         # ``serverapp=None``: there is no Jupyter server here, so the extension must not
         # write a discovery file for one; this app writes its own below.
         self.workbench = AgentsWorkbenchApp(parent=self, serverapp=None)
+        if "import_mode" not in self.config.get("AgentsWorkbenchApp", {}):
+            # The app's link (with its token) may be handed to others, and importing runs a
+            # file's code: off unless the app is started with an explicit import_mode.
+            self.workbench.import_mode = "off"
         self.workbench.initialize_settings()
         self.workbench.lease.url = self.kernel_url  # where other servers' panels send callers
         settings.update(self.workbench.settings)

@@ -1,0 +1,99 @@
+"""``POST agents/api/experiments``: the management API's door to the one import.
+
+The body is ``{"path": str | [str], "name"?, "env"?, "env_kwargs"?, "base_model"?,
+"scores"?, "link"?, "options"?}``; the reply is 201 with the experiment as
+``GET agents/api/experiments`` lists it (plus ``import``: what was detected, link or copy,
+where scores came from, timings), or 400 naming the field to fix. The files are loaded in a
+worker process, never in this server; the import runs on a thread so the event loop stays
+free while the worker works.
+
+Where import is allowed is the server's ``AgentsWorkbenchApp.import_mode``: ``on`` (JupyterLab:
+the user's own machine and files), ``workspace`` (paths under the workspace only) or ``off``
+(the Voila app's default, whose token may be handed to others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tornado import web
+
+from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
+from server_extension.serving.runtimes.detection import ImportHints
+
+IMPORTS = "agents_workbench_imports"  # settings key: {"mode", "memory_mb", "timeout_s"}
+FIELDS = ("path", "name", "env", "env_kwargs", "base_model", "scores", "link", "options")
+_LOCK = asyncio.Lock()
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise web.HTTPError(400, "%s must be a string, not %s.", key, type(value).__name__)
+    return value
+
+
+def hints_from_body(body: dict[str, Any]) -> tuple[list[str], ImportHints]:
+    """The paths and hints a request body carries; 400 naming the field that is wrong."""
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise web.HTTPError(400, "Unknown field(s) %s; an import takes %s.", unknown,
+                            ", ".join(FIELDS))
+    raw = body.get("path")
+    paths = [raw] if isinstance(raw, str) else raw
+    if not paths or not isinstance(paths, list) or not all(isinstance(p, str) and p
+                                                            for p in paths):
+        raise web.HTTPError(400, "path is required: a checkpoint file, a folder, a glob or a "
+                            "model folder on the server (a string or a list of strings).")
+    env_kwargs = body.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict):
+        raise web.HTTPError(400, "env_kwargs must be a JSON object, e.g. {\"N\": 3}.")
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise web.HTTPError(400, "options must be a JSON object.")
+    link = body.get("link")
+    if link is not None and not isinstance(link, bool):
+        raise web.HTTPError(400, "link must be true (link to the files), false (copy them) or "
+                            "left out (copy files under 512 MiB).")
+    hints = ImportHints(name=_text(body, "name"), env=_text(body, "env"),
+                        env_kwargs=env_kwargs, base_model=_text(body, "base_model"),
+                        scores=_text(body, "scores"), link=link, options=options)
+    return paths, hints
+
+
+async def import_request(settings: dict[str, Any], root: Path, body: dict[str, Any]
+                         ) -> dict[str, Any]:
+    """Run the import a request asks for; 400/403 with the reason when refused."""
+    config = settings.get(IMPORTS) or {"mode": "on"}
+    mode = config.get("mode", "on")
+    if mode == "off":
+        raise web.HTTPError(403, "Import is off on this server (the Voila app's default, as "
+                            "its link may be shared). Import from JupyterLab or the "
+                            "agents-workbench import command, or start the app with "
+                            "--allow-import.")
+    paths, hints = hints_from_body(body)
+    confine = root if mode == "workspace" else None
+    for key in ("scores", "base_model"):
+        value = getattr(hints, key)
+        if confine is not None and value:
+            resolved = (confine / Path(value).expanduser()).resolve()
+            if confine.resolve() not in resolved.parents:
+                raise web.HTTPError(400, "%s %s is outside the workspace; this server reads "
+                                    "only files under %s.", key, value, confine)
+    # One import at a time: each loads the user's files in a worker of its own, and two at
+    # once on a small machine only makes both slower.
+    async with _LOCK:
+        try:
+            return await asyncio.to_thread(
+                import_experiment, root, paths, hints, confine_to=confine,
+                timeout_s=float(config.get("timeout_s") or 300.0),
+                memory_mb=float(config.get("memory_mb") or 4096.0))
+        except ImportRefused as exc:
+            raise web.HTTPError(400, "%s: %s", exc.field, exc) from exc
+
+
+__all__ = ["IMPORTS", "hints_from_body", "import_request"]
