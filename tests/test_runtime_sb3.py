@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from agilerl.arena.inference import Agent
 
 from server_extension.demos.llm import one_torch_thread
+from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
 from server_extension.serving.runtimes import sb3
 from server_extension.serving.runtimes.detection import ImportHints
 from tests.byom_fixtures import (
@@ -50,33 +50,42 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
         return Made(tmp_path_factory.mktemp("sb3-files"))
 
 
-def _import(root: Path, name: str, path: Path, env: str | None, **options: Any) -> None:
-    """What the import does with an SB3 path: detect, describe, copy the files in."""
+def _write(root: Path, name: str, path: Path) -> None:
+    """A policy whose environment is no Gymnasium id (SB3's own test envs) cannot pass the
+    import's environment check; its files go in as the import would write them."""
     detected = sb3.detect(path)
     assert detected is not None, path
-    hints = ImportHints(env=env, options=options)
-    described = sb3.describe(detected, hints)
+    described = sb3.describe(detected, ImportHints(env="unregistered"))
     write_experiment(root, name, framework="sb3", algorithm=described.algorithm,
-                     checkpoints={s: Path(p) for s, p in detected.checkpoints},
-                     environment=env, recurrent=described.recurrent,
-                     files={rel: Path(src) for rel, src in sb3.extra_files(detected,
-                                                                            hints).items()})
+                     checkpoints={s: Path(p) for s, p in detected.checkpoints})
 
 
 @pytest.fixture(scope="module")
 def server(made: Made, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # Five imports, each checked in a worker process that loads SB3 (~10 s each here).
     root = tmp_path_factory.mktemp("sb3-workspace")
-    _import(root, "sb3-ppo", made.ppo_folder, "CartPole-v1")
-    _import(root, "sb3-dqn", made.dqn, "CartPole-v1")
-    _import(root, "sb3-sac-norm", made.sac, "Pendulum-v1", vecnormalize=str(made.vecnormalize))
-    _import(root, "sb3-sac-raw", made.sac, "Pendulum-v1")
-    _import(root, "sb3-recurrent", made.recurrent, "CartPole-v1")
-    _import(root, "sb3-maskable", made.maskable, None)
-    _import(root, "sb3-dict", made.dict_obs, None)
+    _write(root, "sb3-maskable", made.maskable)
+    _write(root, "sb3-dict", made.dict_obs)
     # A zip missing its weights: detected by its data member, refused when loaded.
     write_experiment(root, "sb3-broken", framework="sb3", algorithm="DQN",
                      checkpoints={0: made.broken}, environment="CartPole-v1")
     with running_server(root) as running:
+        running.imported = {}  # type: ignore[attr-defined]
+        # The API door for one, the function every door calls for the others.
+        made_by_api = running.api("POST", "experiments", json={
+            "path": str(made.ppo_folder), "name": "sb3-ppo", "env": "CartPole-v1"})
+        assert made_by_api.status_code == 201, made_by_api.text
+        assert made_by_api.json()["import"]["checkpoints"] == 2
+        for name, path, env, options in (
+                ("sb3-dqn", made.dqn, "CartPole-v1", {}),
+                ("sb3-sac-norm", made.sac, "Pendulum-v1",
+                 {"vecnormalize": str(made.vecnormalize)}),
+                ("sb3-sac-raw", made.sac, "Pendulum-v1", {}),
+                ("sb3-recurrent", made.recurrent, "CartPole-v1", {})):
+            imported = import_experiment(root, [path], ImportHints(name=name, env=env,
+                                                                   options=options))
+            assert imported["import"]["framework"] == "sb3"
+            running.imported[name] = imported  # type: ignore[attr-defined]
         yield running
 
 
@@ -169,6 +178,9 @@ def test_vecnormalize_statistics_are_applied_as_in_training(server: ServerProces
     with _client(server, "sb3-sac-raw") as agent:
         unnormalised, _ = agent.get_action(obs, batched=True)
     np.testing.assert_allclose(np.asarray(unnormalised), raw, rtol=0, atol=1e-6)
+    warnings = server.imported["sb3-sac-raw"]["import"]["warnings"]  # type: ignore[attr-defined]
+    assert any("trained inside VecNormalize" in w for w in warnings)
+    assert server.imported["sb3-sac-norm"]["import"]["warnings"] == []  # type: ignore[attr-defined]
     _disconnect(server, "sb3-sac-norm")
     _disconnect(server, "sb3-sac-raw")
 
@@ -238,3 +250,13 @@ def test_a_zip_missing_its_weights_is_refused_with_the_reason(server: ServerProc
     assert agent["status"] == "Failed"
     assert "lacks policy.pth" in agent["error"]
     assert "model.save" in agent["error"]
+
+
+def test_import_refuses_a_broken_zip_and_a_wrong_environment(made: Made, tmp_path: Path) -> None:
+    with pytest.raises(ImportRefused, match=r"lacks policy\.pth"):
+        import_experiment(tmp_path, [made.broken], ImportHints(env="CartPole-v1"))
+    with pytest.raises(ImportRefused, match="does not fit") as refused:
+        import_experiment(tmp_path, [made.dqn], ImportHints(env="Pendulum-v1"))
+    assert refused.value.field == "env"
+    assert not (tmp_path / "experiments").exists() or not any(
+        (tmp_path / "experiments").iterdir())

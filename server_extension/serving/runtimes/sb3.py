@@ -195,6 +195,8 @@ def extra_files(detected: Detected, hints: ImportHints) -> dict[str, str]:
 
 def describe(detected: Detected, hints: ImportHints) -> Description:
     """Load the last zip (in a worker) and report algorithm and spaces."""
+    from server_extension.serving.importing.spaces import space_json
+
     unknown = sorted(set(hints.options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} for an SB3 model; it takes {OPTIONS}.")
@@ -216,14 +218,17 @@ def describe(detected: Detected, hints: ImportHints) -> Description:
         framework=FRAMEWORK, algorithm=algo, project_type="classic",
         recurrent=algo == "RecurrentPPO", observation_space=repr(model.observation_space),
         action_space=repr(model.action_space), environment=hints.env,
-        extra={"vecnormalize": bool(stats)}, needs=needs, warnings=warnings)
+        extra={"vecnormalize": bool(stats), "spaces": {"agent": {
+            "observation": space_json(model.observation_space),
+            "action": space_json(model.action_space)}}},
+        needs=needs, warnings=warnings)
 
 
 _UNNORMALISED = (
     "This policy was trained inside VecNormalize, and no statistics were given: it will act "
     "on raw observations, not the normalised ones it learnt from, and act wrongly. Import the "
-    "statistics with it (vec_env.save('vecnormalize.pkl') beside the zip, or --vecnormalize "
-    "FILE).")
+    "statistics with it: vec_env.save('vecnormalize.pkl') beside the zip, or --option "
+    "vecnormalize=FILE.")
 
 
 def _missing_algorithm(path: Path) -> str:

@@ -47,7 +47,7 @@ from server_extension.serving.runtimes.torch_call import checkpoint_file, servin
 from workbench_core.store import Checkpoint, Experiment
 
 FRAMEWORK = "pytorch"
-OPTIONS = ("module_class", "init_kwargs", "env_argument", "method")
+OPTIONS = ("module_class", "init_kwargs", "env_argument", "method", "code")
 _PATH_LOCK = threading.Lock()
 _TORCH_GLOBALS = ("torch.", "collections ", "numpy", "builtins ", "__builtin__ ", "_codecs ")
 
@@ -106,13 +106,28 @@ def detect(path: Path) -> Detected | None:
     return Detected(found.framework, found.checkpoints, facts)
 
 
-def _code_path(experiment_folder: Path | None) -> None:
-    if experiment_folder is None:
-        return
-    code = experiment_folder / "code"
+def _code_path(experiment: Experiment) -> None:
+    """Put the experiment's ``code/`` (and, while importing, the folder of the user's own
+    file, ``extra["code"]``) on ``sys.path``."""
+    places = [experiment.folder / "code"]
+    given = experiment.info.extra.get("code")
+    if given:
+        source = Path(str(given)).expanduser()
+        places.append(source if source.is_dir() else source.parent)
     with _PATH_LOCK:
-        if code.is_dir() and str(code) not in sys.path:
-            sys.path.insert(0, str(code))
+        for place in reversed(places):
+            if place.is_dir() and str(place) not in sys.path:
+                sys.path.insert(0, str(place))
+
+
+def extra_files(detected: Detected, hints: ImportHints) -> dict[str, str]:
+    """The user's model code (option ``code``: a .py file) copied into the experiment's
+    ``code/``, so the worker can import the class after the source moves."""
+    given = hints.options.get("code")
+    if not given:
+        return {}
+    source = Path(str(given)).expanduser()
+    return {f"code/{source.name}": str(source)}
 
 
 def import_class(spec: str) -> Any:
@@ -128,7 +143,7 @@ def import_class(spec: str) -> Any:
         raise RuntimeLoadError(
             f"module_class {spec!r}: module {module_name!r} cannot be imported in the worker "
             f"({type(exc).__name__}: {exc}). Put the file in the experiment's code/ folder "
-            "(the import copies it there with --code FILE) or pip install its package into "
+            "(the import copies it there with --option code=FILE) or pip install its package into "
             "the server's environment.") from exc
     cls = getattr(module, attr, None)
     if cls is None:
@@ -152,7 +167,7 @@ def build_module(experiment: Experiment, path: Path) -> Any:
     import torch
 
     extra = experiment.info.extra
-    _code_path(getattr(experiment, "folder", None))
+    _code_path(experiment)
     spec = extra.get("module_class")
     if spec:
         try:
@@ -183,7 +198,7 @@ def build_module(experiment: Experiment, path: Path) -> Any:
             raise RuntimeLoadError(
                 f"{path.name} pickles a class defined in __main__ ({', '.join(needed)}), which "
                 "the worker cannot import. Move the class into a .py module and import it "
-                "with that file (--code FILE), or save model.state_dict() and give "
+                "with that file (--option code=FILE), or save model.state_dict() and give "
                 "module_class.")
         try:
             model = torch.load(path, map_location="cpu", weights_only=False)
