@@ -11,6 +11,8 @@ Training is kept to seconds: the tests compare the served answer with the librar
 from __future__ import annotations
 
 import shutil
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,81 @@ def observations(space: Any, n: int, seed: int = 0) -> Any:
     if isinstance(samples[0], dict):
         return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
     return np.stack([np.asarray(s) for s in samples])
+
+
+# -- torch models ----------------------------------------------------------------------------
+
+def cleanrl_files(out: Path) -> tuple[Any, Path, Path]:
+    """A CleanRL-style QNetwork for CartPole: (the model, its script, its state dict)."""
+    import importlib.util
+
+    import gymnasium as gym
+    import torch
+
+    script = out / "cleanrl_agent.py"
+    script.write_text(CLEANRL_AGENT, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("cleanrl_agent", script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # As if the user's script were importable here (pickling the whole module needs it).
+    sys.modules.setdefault("cleanrl_agent", module)
+    torch.manual_seed(0)
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
+    model = module.QNetwork(envs).eval()
+    torch.save(model.state_dict(), out / "qnetwork.pt")
+    return model, script, out / "qnetwork.pt"
+
+
+def export_formats(model: Any, example: Any, out: Path, stem: str,
+                   names: tuple[list[str], list[str]] = (["obs"], ["output"])) -> dict[str, Path]:
+    """``model`` as TorchScript, torch.export (.pt2) and ONNX, each with a free batch axis."""
+    import torch
+
+    examples = example if isinstance(example, tuple) else (example,)
+    paths = {"torchscript": out / f"{stem}_script.pt", "torch_export": out / f"{stem}.pt2",
+             "onnx": out / f"{stem}.onnx"}
+    with warnings.catch_warnings():
+        # torch marks jit.trace and the TorchScript ONNX exporter deprecated; users' files
+        # are still made with them, which is what these stand for.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(model, examples), str(paths["torchscript"]))
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(model, examples,
+                                      dynamic_shapes=tuple({0: batch} for _ in examples))
+        torch.export.save(program, str(paths["torch_export"]))
+        input_names, output_names = names
+        torch.onnx.export(model, examples, str(paths["onnx"]), input_names=input_names,
+                          output_names=output_names, dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in input_names + output_names})
+    return paths
+
+
+def tiny_cnn() -> Any:
+    """A tiny image classifier: (B, 1, 8, 8) images -> (B, 3) class logits."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 3)).eval()
+
+
+def two_input_model() -> Any:
+    """A model of two named inputs: features (B, 3) and context (B, 2) -> (B, 2)."""
+    import torch
+    from torch import nn
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 2)
+            self.b = nn.Linear(2, 2)
+
+        def forward(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            return self.a(features) * torch.tanh(self.b(context))
+
+    torch.manual_seed(2)
+    return TwoInputs().eval()

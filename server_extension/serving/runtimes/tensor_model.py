@@ -369,6 +369,10 @@ def describe_tensor_model(detected: Detected, hints: ImportHints, *, algorithm: 
         out["inputs"] = [spec.to_json() for spec in inputs]
     if options.get("class_names") is not None:
         out["class_names"] = [str(c) for c in options["class_names"]]
+    if project_type == "classic" and hints.env:
+        # The file says nothing of spaces: the environment's are what the import checks
+        # against, and its probe then feeds the model one of its observations.
+        out["spaces"] = _environment_spaces_json(hints)
     needs = []
     if project_type == "classic" and not hints.env:
         needs.append("env: a Classic policy needs the environment it acts in (a Gymnasium id)")
@@ -380,6 +384,14 @@ def describe_tensor_model(detected: Detected, hints: ImportHints, *, algorithm: 
     return Description(framework=detected.framework, algorithm=algorithm,
                        project_type=project_type, environment=hints.env, extra=out,
                        needs=needs, warnings=warnings)
+
+
+def _environment_spaces_json(hints: ImportHints) -> dict[str, Any]:
+    from server_extension.serving.importing.spaces import environment_spaces, recipe, space_json
+
+    spec = recipe(str(hints.env), dict(hints.env_kwargs), multi_agent=False)
+    return {aid: {"observation": space_json(obs), "action": space_json(act)}
+            for aid, (obs, act) in environment_spaces(spec).items()}
 
 
 __all__ = ["COMMON_OPTIONS", "InputSpec", "TensorModelRuntime", "build_runtime",

@@ -49,7 +49,13 @@ from workbench_core.store import Checkpoint, Experiment
 FRAMEWORK = "pytorch"
 OPTIONS = ("module_class", "init_kwargs", "env_argument", "method", "code")
 _PATH_LOCK = threading.Lock()
-_TORCH_GLOBALS = ("torch.", "collections ", "numpy", "builtins ", "__builtin__ ", "_codecs ")
+# Modules whose globals a plain state dict's pickle may name (tensors, their storages, dicts).
+_PLAIN_MODULES = ("torch", "collections", "numpy", "builtins", "__builtin__", "_codecs")
+
+
+def _plain(global_name: str) -> bool:
+    module = global_name.split(" ", 1)[0]
+    return any(module == m or module.startswith(m + ".") for m in _PLAIN_MODULES)
 
 
 def pickle_globals(path: Path) -> list[str] | None:
@@ -81,13 +87,13 @@ def pickle_globals(path: Path) -> list[str] | None:
 def user_classes(path: Path) -> list[str]:
     """The non-torch classes a pickle needs (``module:Class``), ``[]`` for a state dict."""
     found = pickle_globals(path) or []
-    return sorted({g.replace(" ", ":") for g in found if not g.startswith(_TORCH_GLOBALS)})
+    return sorted({g.replace(" ", ":") for g in found if not _plain(g)})
 
 
 def is_whole_module(path: Path) -> bool:
     """Whether the pickle builds an ``nn.Module`` (not just tensors in a dict)."""
     found = pickle_globals(path) or []
-    return any(g.startswith("torch.nn.") or not g.startswith(_TORCH_GLOBALS) for g in found)
+    return any(g.startswith("torch.nn.") or not _plain(g) for g in found)
 
 
 def claims(path: Path) -> bool:
