@@ -133,11 +133,12 @@ def _unrecognised(path: Path) -> str:
 
 
 def default_name(paths: list[Path], detected: Detected) -> str:
-    """An experiment name from the files: the common prefix of AgileRL's names, else the
-    file or folder name."""
+    """An experiment name from the files: the first checkpoint file's name without its step
+    (AgileRL's ``<prefix>_<member>_<steps>``), else the model folder's name."""
     first = Path(detected.checkpoints[0][1]) if detected.checkpoints else paths[0]
-    source = paths[0] if len(paths) == 1 and paths[0].is_dir() else first
-    stem = source.name if source.is_dir() else source.stem
+    # A file; a model folder; or a folder of checkpoint-<N> folders.
+    stem = (first.stem if first.is_file() else first.name if first == paths[0]
+            else paths[0].name)
     stem = re.sub(r"(_\d+_\d+|_?step_?\d+|-checkpoint-\d+)$", "", stem) or stem
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "imported"
     return cleaned[:100]

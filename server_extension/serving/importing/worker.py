@@ -19,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it wraps) is an allocation refused by the memory cap."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, MemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 class Refusal(Exception):
     """A reason to refuse the import, naming the field the user should change."""
 
@@ -67,6 +78,8 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
     try:
         description = module.describe(detected, hints)
     except RuntimeLoadError as exc:
+        if _memory(exc):
+            raise MemoryError from exc
         raise Refusal("path", str(exc)) from exc
     if description.needs:
         field = description.needs[0].split(":", 1)[0].strip()
@@ -103,6 +116,8 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
             if observations is not None:
                 _probe(runtime, description, observations)
         except RuntimeLoadError as exc:
+            if _memory(exc):
+                raise MemoryError from exc
             raise Refusal("path", f"{Path(path).name}: {exc}") from exc
         close = getattr(runtime, "close", None)
         if callable(close):
@@ -137,7 +152,8 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         result = {"ok": False, "field": "path", "message": (
             f"loading the checkpoint needed more than the import's memory limit "
-            f"({request.get('memory_mb')} MiB).")}
+            f"({request.get('memory_mb'):.0f} MiB): a file this small should not; it may be "
+            "hostile. Nothing was imported.")}
     except Exception as exc:  # noqa: BLE001 - the user's file may raise anything
         traceback.print_exc()
         result = {"ok": False, "field": "path",

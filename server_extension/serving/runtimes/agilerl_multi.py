@@ -137,7 +137,14 @@ def load(experiment: Experiment, checkpoint: Checkpoint, device: str) -> MultiAg
             f"{', '.join(MULTI_AGENT_ALGORITHMS)}."
         )
     agent = load_agilerl_agent(checkpoint.path, (algorithm,), device)
-    return MultiAgentRuntime(agent)
+    runtime = MultiAgentRuntime(agent)
+    # The recipe's preprocessing (tic-tac-toe's board flattened from its dict observation):
+    # the runtime then also takes the environment's own observations and applies it.
+    rule = (experiment.info.extra.get("env") or {}).get("observation") or {}
+    if experiment.info.environment in ("tictactoe_v3",) and not rule:
+        rule = {"flatten_key": "observation"}
+    runtime.flatten_key = rule.get("flatten_key")
+    return runtime
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +420,28 @@ class MultiAgentRuntime(Runtime):
 
     # -- the route ----------------------------------------------------------------------------
 
+    flatten_key: str | None = None
+
+    def _environment_observations(self, obs: Mapping[str, Any], masks: dict[str, Any]
+                                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The environment's own observations made what the policy saw: a dict observation's
+        ``flatten_key`` entry (its ``action_mask`` the mask unless one was sent), and a board
+        (batch, 3, 3, 2) flattened to (batch, 18). The flat form passes unchanged."""
+        out: dict[str, Any] = {}
+        masks = dict(masks)
+        for aid, value in obs.items():
+            if isinstance(value, Mapping) and self.flatten_key in value:
+                if masks.get(aid) is None and value.get("action_mask") is not None:
+                    masks[aid] = value["action_mask"]
+                value = value[self.flatten_key]
+            shape = getattr(self.obs_spaces[aid], "shape", None) or ()
+            array = np.asarray(value) if isinstance(value, (np.ndarray, list)) else value
+            if (isinstance(array, np.ndarray) and len(shape) == 1 and array.ndim > 2
+                    and int(np.prod(array.shape[1:])) == int(shape[0])):
+                array = array.reshape(array.shape[0], -1)
+            out[aid] = array
+        return out, masks
+
     def get_action(
         self,
         obs: Any,
@@ -438,6 +467,8 @@ class MultiAgentRuntime(Runtime):
                 f"obs names unknown agent(s) {unknown}; this {self.algo} agent was trained "
                 f"for {self._ids_text()}.")
         masks = self._per_agent(action_mask, "action_mask")
+        if self.flatten_key is not None:
+            obs, masks = self._environment_observations(obs, masks)
         overrides = self._per_agent(env_defined_actions, "env_defined_actions")
 
         batches = {aid: check_observation(value, self.obs_spaces[aid], f"obs[{aid!r}]")

@@ -1,0 +1,227 @@
+"""Bring your own checkpoint: AgileRL files made by AgileRL's own helpers, imported through
+the CLI, the API and the notebook function, deployed, and called with the Arena client.
+
+One real server over an empty workspace serves every import of this module; each import
+loads its files in a real worker process. Hostile files (a pickle that exits at load, one
+that hangs, one that over-allocates, a truncated file, a folder with no checkpoint, a wrong
+environment) are refused with their reason, nothing is written and the server lives.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from agilerl.arena.inference import Agent
+
+from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
+from server_extension.serving.runtimes.detection import ImportHints
+from tests import import_support
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+# An import loads and probes every checkpoint in a fresh worker process (torch and AgileRL
+# imported there): tens of seconds on a busy machine.
+IMPORT_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """What users have on disk: AgileRL training-helper files, and a hand-saved agent."""
+    base = tmp_path_factory.mktemp("user-runs")
+    return {
+        "dqn": import_support.train_dqn(base / "dqn-run"),
+        "ppo": import_support.train_ppo(base / "ppo-run"),
+        "saved": import_support.save_dqn(base / "my_agent.pt"),
+        "base": base,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server over an empty workspace."""
+    root = tmp_path_factory.mktemp("import-workspace")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        served = ServerProcess(root).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def post_import(server: ServerProcess, body: dict[str, Any]) -> requests.Response:
+    """``POST agents/api/experiments`` with the server's token."""
+    return server.session.post(server.url + "agents/api/experiments", json=body,
+                               timeout=IMPORT_TIMEOUT)
+
+
+def listed(server: ServerProcess) -> dict[str, Any]:
+    """The experiments the server lists, by name."""
+    body = server.api("GET", "experiments").json()
+    return {e["name"]: e for e in body["experiments"]}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``agents-workbench <args>`` as a user runs it."""
+    return subprocess.run([str(BIN / "agents-workbench"), *args], capture_output=True,
+                          text=True, timeout=IMPORT_TIMEOUT, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def nothing_written(root: Path, before: set[str]) -> None:
+    """No experiment appeared and no staging folder was left behind."""
+    now = {p.name for p in (root / "experiments").glob("*")} if (root / "experiments").exists() \
+        else set()
+    assert now == before
+    staging = root / ".imports"
+    assert not staging.exists() or not [p for p in staging.iterdir() if p.is_dir()]
+
+
+def _load(path: Path) -> Any:
+    from agilerl.algorithms import DQN, PPO
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls = DQN if "dqn" in path.name.lower() or "agent" in path.name else PPO
+        return cls.load(str(path))
+
+
+def test_cli_imports_train_off_policy_files_and_the_client_gets_dqns_answers(
+        runs: dict[str, Path], server: ServerProcess) -> None:
+    prefix = runs["dqn"]
+    files = sorted(prefix.parent.glob("dqn_0_*.pt"))
+    assert len(files) >= 2, files  # AgileRL's own names: <checkpoint_path>_<member>_<steps>.pt
+    done = cli("import", f"{prefix}_*.pt", "--env", "CartPole-v1", "--name", "dqn-cli",
+               "--root", str(server.root))
+    assert done.returncode == 0, done.stderr
+    assert "Imported 'dqn-cli': agilerl DQN" in done.stdout
+    experiment = listed(server)["dqn-cli"]
+    steps = sorted(int(f.stem.split("_")[-1]) for f in files)
+    assert [c["step"] for c in experiment["checkpoints"]] == steps
+    assert experiment["extra"]["env"] == {"kind": "gymnasium", "id": "CartPole-v1",
+                                          "kwargs": {}}
+    agent = server.deploy("dqn-cli", "dqn-cli", "final", timeout=IMPORT_TIMEOUT)
+    local = _load(max(files, key=lambda f: int(f.stem.split("_")[-1])))
+    obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    expected = np.asarray(local.get_action(obs, epsilon=0.0))
+    with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
+        actions, _ = client.get_action(obs, batched=True)
+    np.testing.assert_array_equal(np.asarray(actions), expected)
+
+
+def test_api_imports_a_train_on_policy_folder_and_serves_ppos_mode(
+        runs: dict[str, Path], server: ServerProcess) -> None:
+    from tests.test_runtime_agilerl import clear_rows, sharpened_ppo
+
+    folder = runs["ppo"].parent
+    response = post_import(server, {"path": str(folder), "env": "CartPole-v1"})
+    assert response.status_code == 201, response.text
+    experiment = response.json()
+    assert experiment["name"] == "ppo"
+    assert experiment["algorithm"] == "PPO"
+    assert experiment["import"]["scores"].startswith("none")
+    assert "ppo" in listed(server)
+    last = max(folder.glob("ppo_0_*.pt"), key=lambda f: int(f.stem.split("_")[-1]))
+    agent = server.deploy("ppo", "ppo", "final", timeout=IMPORT_TIMEOUT)
+    obs = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
+    local = _load(last)
+    clear = clear_rows(local, obs)
+    expected = np.asarray(sharpened_ppo(local).get_action(obs)[0])
+    with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
+        actions, _ = client.get_action(obs, batched=True)
+    np.testing.assert_array_equal(np.asarray(actions)[clear], expected[clear])
+
+
+def test_a_save_checkpoint_file_asks_only_for_its_environment(
+        runs: dict[str, Path], server: ServerProcess) -> None:
+    before = set(listed(server))
+    asked = post_import(server, {"path": str(runs["saved"])})
+    assert asked.status_code == 400
+    assert asked.json()["message"].startswith("env:")
+    assert "CartPole-v1" in asked.json()["message"]  # an example of what to pass
+    assert set(listed(server)) == before
+    done = post_import(server, {"path": str(runs["saved"]), "env": "CartPole-v1",
+                                "name": "my-agent", "link": True})
+    assert done.status_code == 201, done.text
+    experiment = done.json()
+    assert (experiment["algorithm"], experiment["framework"]) == ("DQN", "agilerl")
+    assert [c["step"] for c in experiment["checkpoints"]] == [0]
+    assert experiment["import"]["link"] is True
+    assert (server.root / "experiments" / "my-agent" / "checkpoints" / "step_0.pt").is_symlink()
+
+
+def test_a_wrong_environment_is_refused_at_import(runs: dict[str, Path],
+                                                  server: ServerProcess) -> None:
+    before = {p.name for p in (server.root / "experiments").glob("*")}
+    refused = post_import(server, {"path": str(runs["saved"]), "env": "MountainCar-v0",
+                                   "name": "wrong-env"})
+    assert refused.status_code == 400
+    message = refused.json()["message"]
+    assert message.startswith("env:")
+    assert "Box(2,)" in message
+    assert "Box(4,)" in message
+    nothing_written(server.root, before)
+
+
+def test_hostile_files_are_refused_with_their_reason_and_the_server_lives(
+        runs: dict[str, Path], server: ServerProcess, tmp_path: Path) -> None:
+    before = {p.name for p in (server.root / "experiments").glob("*")}
+    exits = import_support.exits_at_load(tmp_path / "exits.pt")
+    refused = post_import(server, {"path": str(exits), "env": "CartPole-v1"})
+    assert refused.status_code == 400
+    assert "exited with status 3" in refused.json()["message"]
+    cut = import_support.truncated(runs["saved"], tmp_path / "cut.pt")
+    refused = post_import(server, {"path": str(cut), "env": "CartPole-v1"})
+    assert refused.status_code == 400
+    assert "truncated" in refused.json()["message"]
+    assert "agilerl" in refused.json()["message"]  # the frameworks that can be imported
+    empty = tmp_path / "empty-folder"
+    (empty / "notes").mkdir(parents=True)
+    (empty / "readme.txt").write_text("no checkpoints here")
+    refused = post_import(server, {"path": str(empty), "env": "CartPole-v1"})
+    assert refused.status_code == 400
+    assert "no checkpoint file or model folder" in refused.json()["message"]
+    missing = post_import(server, {"env": "CartPole-v1"})
+    assert missing.status_code == 400
+    assert "path is required" in missing.json()["message"]
+    nothing_written(server.root, before)
+    assert server.api("GET", "experiments").status_code == 200  # alive and answering
+
+
+def test_a_hanging_or_greedy_pickle_is_stopped(tmp_path: Path) -> None:
+    hangs = import_support.hangs_at_load(tmp_path / "hangs.pt")
+    root = tmp_path / "ws"
+    with pytest.raises(ImportRefused, match="did not finish within 20 s") as refused:
+        import_experiment(root, [hangs], ImportHints(env="CartPole-v1"), timeout_s=20)
+    assert refused.value.field == "path"
+    greedy = import_support.hostile(tmp_path / "greedy.pt", import_support.Allocate())
+    with pytest.raises(ImportRefused, match="memory limit"):
+        import_experiment(root, [greedy], ImportHints(env="CartPole-v1"), memory_mb=3072)
+    nothing_written(root, set())
+
+
+def test_notebook_function_imports_through_the_server(
+        runs: dict[str, Path], server: ServerProcess) -> None:
+    from agents_widget import import_checkpoint
+    from agents_widget.importing import ImportFailed
+    from workbench_core.discovery import ServerInfo
+
+    info = ServerInfo(url=server.url, token=server.token)
+    scores = runs["base"] / "scores.csv"
+    scores.write_text("step,mean_reward\n0,12.5\n")
+    experiment = import_checkpoint(runs["saved"], env="CartPole-v1", name="from-notebook",
+                                   scores=scores, server=info)
+    assert experiment["checkpoints"][0]["evaluation_score"] == 12.5
+    assert "scores.csv" in experiment["import"]["scores"]
+    with pytest.raises(ImportFailed, match="already exists"):
+        import_checkpoint(runs["saved"], env="CartPole-v1", name="from-notebook", server=info)
