@@ -428,7 +428,10 @@ def _check_part(value: Any, space: Any, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
         raise RequestError(f"{what} must be a numeric array with a leading batch axis.")
     shape = tuple(space.shape or ())
-    if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != shape:
+    # SB3 trains image policies on channel-first frames (VecTransposeImage) and its predict
+    # transposes the environment's channel-last ones itself: both are what the policy takes.
+    channel_last = (shape[1], shape[2], shape[0]) if len(shape) == 3 else None
+    if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) not in (shape, channel_last):
         raise RequestError(
             f"{what} has shape {value.shape}; expected (batch, {', '.join(map(str, shape))})"
             if shape else f"{what} has shape {value.shape}; expected (batch,).")
