@@ -30,7 +30,8 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import ipywidgets as widgets
 
@@ -91,6 +92,9 @@ class AgentsPanel(widgets.VBox):
                                          button_style="primary", disabled=True,
                                          tooltip="Loading experiments…")
         self.gate_hint = widgets.HTML()
+        self.import_button = widgets.Button(description="Import", icon="upload",
+                                            tooltip="Import a checkpoint trained elsewhere")
+        self.import_button.on_click(lambda _b: self.open_import())
         # Built on first click: most sessions never open it, and the panel's build stays lean.
         self.tokens_button = widgets.Button(description="Access tokens", icon="key",
                                             tooltip="Tokens for the Arena SDK and CLI")
@@ -98,7 +102,8 @@ class AgentsPanel(widgets.VBox):
         self.tokens_button.on_click(lambda _b: self.toggle_tokens())
         topbar = gap(widgets.HBox([
             widgets.VBox([self.title, self.subtitle], layout=widgets.Layout(flex="1 1 auto")),
-            self.gate_hint, self.tokens_button, self.refresh_button, self.new_button,
+            self.gate_hint, self.tokens_button, self.refresh_button, self.import_button,
+            self.new_button,
         ], layout=widgets.Layout(width="100%")), 8)
         topbar.add_class("awb-topbar")
         self.notice = widgets.HTML()
@@ -438,6 +443,26 @@ class AgentsPanel(widgets.VBox):
             self.scroll.reveal()
         return self.wizard
 
+    def open_import(self) -> Any:
+        """Open the Import dialog (agents_widget/import_dialog.py) in the wizard's place."""
+        from .import_dialog import ImportDialog
+
+        client = self.client
+        if client is None:
+            return None
+
+        def imported(_experiment: dict[str, Any]) -> None:
+            self.refresh()  # the new experiment shows in New Agent at once
+
+        with self._lock:
+            self.close_wizard()
+            dialog = ImportDialog(server=client.server, submit=client.submit,
+                                  root=_served_folder(client.server),
+                                  on_done=imported, on_cancel=self.close_wizard)
+            self.wizard_area.children = [dialog]
+            self.body.selected_index = 1
+        return dialog
+
     def close_wizard(self) -> None:
         """Back to the tables, freeing the wizard's widgets."""
         with self._lock:
@@ -550,3 +575,8 @@ def _wait_for_visitor() -> None:
         log.warning("Waiting for the Voila visitor failed; loading the panel now.",
                     exc_info=True)
 
+
+def _served_folder(server: ServerInfo) -> Path:
+    """The workspace folder the server serves (its discovery record), else the kernel's."""
+    root = getattr(server, "root", None) or os.environ.get("AGENTS_WORKBENCH_ROOT")
+    return Path(root).expanduser() if root else Path.cwd()

@@ -75,6 +75,16 @@ def score_notes(experiment: ExperimentInfo) -> list[str]:
         if minus_loss and values and max(values) <= 0:
             line += ", so it is below 0: higher (closer to 0) is better"
         notes.append(line + ".")
+    imported = experiment.extra.get("import")
+    if isinstance(imported, Mapping):
+        # An imported run: say where its scores came from, and what Best means without any.
+        source = str(imported.get("scores") or "")
+        scored = any(c.evaluation_score is not None for c in experiment.checkpoints)
+        if scored:
+            notes.append(f"<b>Scores</b>: imported from {html.escape(source)}.")
+        else:
+            notes.append("<b>Scores</b>: none were imported, so <i>Best</i> is the final "
+                         "checkpoint. Import again with a scores CSV (--scores) to rank them.")
     return notes
 
 

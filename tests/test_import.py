@@ -25,9 +25,11 @@ from agilerl.arena.inference import Agent
 from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
 from server_extension.serving.runtimes.detection import ImportHints
 from tests import import_support
-from tests.servers import ServerProcess
+from tests.panel_support import front_end
+from tests.servers import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
+__all__ = ["front_end"]  # a fixture used by name below
 BIN = Path(sys.executable).parent
 # An import loads and probes every checkpoint in a fresh worker process (torch and AgileRL
 # imported there): tens of seconds on a busy machine.
@@ -225,3 +227,51 @@ def test_notebook_function_imports_through_the_server(
     assert "scores.csv" in experiment["import"]["scores"]
     with pytest.raises(ImportFailed, match="already exists"):
         import_checkpoint(runs["saved"], env="CartPole-v1", name="from-notebook", server=info)
+
+
+def test_a_linked_source_that_moves_makes_the_experiment_broken(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    from workbench_core.store import ExperimentStore
+
+    source = tmp_path / "kept-elsewhere.pt"
+    source.write_bytes(runs["saved"].read_bytes())
+    root = tmp_path / "ws"
+    experiment = import_experiment(root, [source], ImportHints(env="CartPole-v1", link=True))
+    assert experiment["import"]["link"] is True
+    assert experiment["extra"]["import"]["sources"] == [str(source)]
+    source.rename(tmp_path / "moved.pt")
+    listing = ExperimentStore(root).listing()
+    assert listing["experiments"] == []
+    assert listing["broken"][0]["name"] == "kept-elsewhere"
+    assert "no longer exists" in listing["broken"][0]["error"]
+
+
+def test_panel_import_dialog_imports_and_new_agent_offers_it(
+        runs: dict[str, Path], server: ServerProcess,
+        front_end: list[dict[str, Any]]) -> None:
+    from agents_widget.panel import AgentsPanel
+    from workbench_core.discovery import ServerInfo
+
+    panel = AgentsPanel(ServerInfo(url=server.url, token=server.token,
+                                   root=str(runs["base"])), poll_interval=0.5)
+    try:
+        panel.wait_idle()
+        dialog = panel.open_import()
+        assert dialog is not None
+        assert str(runs["base"]) in dialog.header.value  # the folder it browses
+        assert "my_agent.pt" in dialog.browser.options
+        dialog.browser.value = "my_agent.pt"  # picked in the folder browser
+        assert dialog.path.value == str(runs["saved"])
+        dialog.name.value = "from-dialog"
+        dialog.start()  # no environment: refused, naming the field
+        wait_until(lambda: not dialog.import_button.disabled, IMPORT_TIMEOUT, "refusal")
+        assert "env:" in dialog.status.value
+        dialog.env.value = "CartPole-v1"
+        future = dialog.start()
+        assert future is not None
+        future.result(IMPORT_TIMEOUT)
+        wait_until(lambda: "Imported from-dialog" in dialog.status.value, 10, "status")
+        wait_until(lambda: "from-dialog" in [e.name for e in panel.state.sources("classic")],
+                   30, "the experiment in New Agent")
+    finally:
+        panel.close()

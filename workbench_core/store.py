@@ -265,6 +265,13 @@ class Experiment:
         scores = {int(row["step"] or 0): row for row in self.metrics()}
         out = []
         for step, path in sorted(self._checkpoint_files()):
+            if path.is_symlink() and not path.exists():
+                # An imported checkpoint linked where the user keeps it, since moved.
+                raise StoreError(
+                    f"Checkpoint {path.name} of {self.name!r} links to {os.readlink(path)}, "
+                    "which no longer exists (moved or deleted?); put it back, or import it "
+                    "again."
+                )
             row = scores.get(step, {})
             out.append(
                 Checkpoint(

@@ -429,12 +429,13 @@ class MultiAgentRuntime(Runtime):
         (batch, 3, 3, 2) flattened to (batch, 18). The flat form passes unchanged."""
         out: dict[str, Any] = {}
         masks = dict(masks)
-        for aid, value in obs.items():
-            if isinstance(value, Mapping) and self.flatten_key in value:
-                if masks.get(aid) is None and value.get("action_mask") is not None:
-                    masks[aid] = value["action_mask"]
-                value = value[self.flatten_key]
-            shape = getattr(self.obs_spaces[aid], "shape", None) or ()
+        for aid, sent in obs.items():
+            value = sent
+            if isinstance(sent, Mapping) and self.flatten_key in sent:
+                if masks.get(aid) is None and sent.get("action_mask") is not None:
+                    masks[aid] = sent["action_mask"]
+                value = sent[self.flatten_key]
+            shape: tuple[int, ...] = tuple(getattr(self.obs_spaces[aid], "shape", None) or ())
             array = np.asarray(value) if isinstance(value, (np.ndarray, list)) else value
             if (isinstance(array, np.ndarray) and len(shape) == 1 and array.ndim > 2
                     and int(np.prod(array.shape[1:])) == int(shape[0])):
