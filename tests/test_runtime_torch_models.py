@@ -202,3 +202,24 @@ def test_hostile_files_are_refused_with_the_reason(made: Made, tmp_path: Path) -
             options={"modul_class": "x:Y"}))
     assert not (tmp_path / "experiments").exists() or not any(
         (tmp_path / "experiments").iterdir())
+
+
+def test_framework_torch_with_a_module_class_is_served_as_that_module(made: Made,
+                                                                      tmp_path: Path) -> None:
+    """experiment.json written by hand as framework "torch" (the MLP classifier's name) with a
+    module_class: the nn.Module loader serves it, in-process here (no pickle runs)."""
+    from server_extension.serving.runtimes import load_runtime
+    from tests.byom_fixtures import write_experiment
+    from workbench_core.store import ExperimentStore
+
+    write_experiment(tmp_path, "by-hand", framework="torch", algorithm="DQN",
+                     checkpoints={7: made.state_dict}, environment=CARTPOLE,
+                     extra={"module_class": "cleanrl_agent:QNetwork", "env_argument": "envs"},
+                     files={"code/cleanrl_agent.py": made.script})
+    experiment = ExperimentStore(tmp_path).get("by-hand")
+    runtime = load_runtime(experiment, experiment.checkpoint(7))
+    obs = np.random.default_rng(4).normal(size=(8, 4)).astype(np.float32)
+    actions, _ = runtime.get_action(obs)
+    with torch.inference_mode():
+        expected = made.qnet(torch.from_numpy(obs)).numpy().argmax(axis=1)
+    np.testing.assert_array_equal(actions, expected)

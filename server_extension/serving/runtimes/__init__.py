@@ -48,8 +48,9 @@ def loader_module(experiment: Experiment) -> Any:
         module_name = "agilerl_multi"
     elif framework == "agilerl" and experiment.info.recurrent:
         module_name = "agilerl_recurrent"
-    # "torch" without the MLP classifier's feature_columns is any nn.Module (module_class...).
-    elif framework == "torch" and "feature_columns" not in experiment.info.extra:
+    # "torch" naming a module_class is any nn.Module (the "pytorch" loader); without one it
+    # is the MLP classifier, whose own checks say what experiment.json lacks.
+    elif framework == "torch" and "module_class" in experiment.info.extra:
         module_name = "torch_module"
     if module_name is None:
         raise RuntimeLoadError(
