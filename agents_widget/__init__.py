@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .importing import import_checkpoint
 from .tracking import start_experiment
 
 if TYPE_CHECKING:
     from .dataframes import agents, checkpoints, experiments, metrics, requests, traffic
     from .evaluation import compare, evaluate, head_to_head
+    from .importing import import_checkpoint
     from .panel import AgentsPanel
 
 __all__ = ["AgentsPanel", "agents", "checkpoints", "compare", "evaluate", "experiments",
@@ -31,6 +31,7 @@ _LAZY = {
     **dict.fromkeys(("agents", "checkpoints", "experiments", "metrics", "requests", "traffic"),
                     "dataframes"),
     **dict.fromkeys(("compare", "evaluate", "head_to_head"), "evaluation"),
+    "import_checkpoint": "importing",
 }
 
 

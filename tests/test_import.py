@@ -98,6 +98,7 @@ def _load(path: Path) -> Any:
         return cls.load(str(path))
 
 
+# The CLI (a fresh interpreter), a worker loading two checkpoints, and a deploy: ~60 s.
 def test_cli_imports_train_off_policy_files_and_the_client_gets_dqns_answers(
         runs: dict[str, Path], server: ServerProcess) -> None:
     prefix = runs["dqn"]
@@ -144,6 +145,7 @@ def test_api_imports_a_train_on_policy_folder_and_serves_ppos_mode(
     np.testing.assert_array_equal(np.asarray(actions)[clear], expected[clear])
 
 
+# Two imports, each loading the file in a fresh worker: about 100 s on a busy machine.
 def test_a_save_checkpoint_file_asks_only_for_its_environment(
         runs: dict[str, Path], server: ServerProcess) -> None:
     before = set(listed(server))
@@ -246,6 +248,7 @@ def test_a_linked_source_that_moves_makes_the_experiment_broken(
     assert "no longer exists" in listing["broken"][0]["error"]
 
 
+# Two imports from the dialog (a refusal, then the import): ~60 s on a busy machine.
 def test_panel_import_dialog_imports_and_new_agent_offers_it(
         runs: dict[str, Path], server: ServerProcess,
         front_end: list[dict[str, Any]]) -> None:

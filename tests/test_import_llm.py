@@ -68,6 +68,7 @@ def test_save_pretrained_folder_imports_with_one_command(
     assert reply.choices[0].message.content is not None
 
 
+# Two imports (each a worker loading transformers) and a deploy: about 100 s when busy.
 def test_lora_adapter_asks_for_its_base_and_offers_the_folder_that_fits(
         models: dict[str, Path], server: ServerProcess) -> None:
     asked = post_import(server, {"path": str(models["adapter"])})

@@ -41,8 +41,12 @@ def peek(path: Path) -> dict[str, Any] | None:
         if not path.is_file() or not zipfile.is_zipfile(path):
             return None
         with zipfile.ZipFile(path) as archive:
-            members = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-            if len(members) != 1:
+            names = archive.namelist()
+            members = [n for n in names if n.endswith("/data.pkl")]
+            # TorchScript archives also hold a data.pkl (beside code/ and constants.pkl),
+            # and may name agilerl's classes: those are another framework module's.
+            if len(members) != 1 or any("/code/" in n or n.endswith("/constants.pkl")
+                                        for n in names):
                 return None
             with archive.open(members[0]) as fh:
                 data = fh.read(MAX_PICKLE_BYTES)
