@@ -257,7 +257,8 @@ def import_experiment(
         "scores": scores_source or "none: Best is the final checkpoint until evaluated",
         "detected": detected.facts,
     }}
-    _write(root, name, info, detected, scores, link=bool(link))
+    _write(root, name, info, detected, scores, link=bool(link),
+           files=_extra_files(detected, hints))
     experiment = store.get(name).to_json()
     experiment["import"] = {
         "framework": detected.framework,
@@ -272,8 +273,22 @@ def import_experiment(
     return experiment
 
 
+def _extra_files(detected: Detected, hints: ImportHints) -> dict[str, Path]:
+    """Files besides the checkpoints a framework module asks to have copied in (its
+    ``extra_files(detected, hints)``: VecNormalize statistics, the user's model code)."""
+    hook = getattr(frameworks.module_for(detected.framework), "extra_files", None)
+    if not callable(hook):
+        return {}
+    files = {str(rel): Path(src).expanduser() for rel, src in hook(detected, hints).items()}
+    for rel, src in files.items():
+        if not src.is_file():
+            raise ImportRefused("path", f"{src} (for {rel}) does not exist or is not a file.")
+    return files
+
+
 def _write(root: Path, name: str, info: dict[str, Any], detected: Detected,
-           scores: dict[int, float], *, link: bool) -> None:
+           scores: dict[int, float], *, link: bool,
+           files: dict[str, Path] | None = None) -> None:
     """Build the experiment folder aside and rename it into place (atomic)."""
     staging_dir = root / STAGING
     staging_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +307,12 @@ def _write(root: Path, name: str, info: dict[str, Any], detected: Detected,
                 shutil.copytree(src, target, symlinks=False)
             else:
                 shutil.copy2(src, target)
+        for rel, src in (files or {}).items():
+            target = folder / rel
+            if folder.resolve() not in target.resolve().parents:
+                raise ImportRefused("path", f"{rel!r} would be written outside the experiment.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
         (folder / "experiment.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
         rows = [",".join(METRIC_FIELDS)]
         for step in sorted(scores):

@@ -26,6 +26,12 @@ LOADERS: dict[str, str] = {
     "transformers": "llm",
     "torch": "supervised",
     "latent_ppo": "latent",
+    # Bring your own model (see each module's docstring for the files it reads).
+    "sb3": "sb3",
+    "torchscript": "torchscript",
+    "torch_export": "torch_export",
+    "onnx": "onnx_model",
+    "pytorch": "torch_module",
 }
 
 
@@ -42,6 +48,10 @@ def loader_module(experiment: Experiment) -> Any:
         module_name = "agilerl_multi"
     elif framework == "agilerl" and experiment.info.recurrent:
         module_name = "agilerl_recurrent"
+    # "torch" naming a module_class is any nn.Module (the "pytorch" loader); without one it
+    # is the MLP classifier, whose own checks say what experiment.json lacks.
+    elif framework == "torch" and "module_class" in experiment.info.extra:
+        module_name = "torch_module"
     if module_name is None:
         raise RuntimeLoadError(
             f"Experiment {experiment.name!r} was trained with framework {framework!r}, which "

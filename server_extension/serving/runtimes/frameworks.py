@@ -19,6 +19,11 @@ from server_extension.serving.runtimes.detection import Detected
 FRAMEWORK_MODULES: tuple[str, ...] = (
     "agilerl_detect",   # AgileRL save_checkpoint files (single, multi-agent, recurrent)
     "llm_detect",       # Hugging Face save_pretrained folders and PEFT LoRA adapters
+    "sb3",              # Stable-Baselines3 / sb3-contrib zips, CheckpointCallback folders
+    "torchscript",      # torch.jit.save files
+    "torch_export",     # torch.export .pt2 programs
+    "onnx_model",       # .onnx models
+    "torch_module",     # any other torch.save file: a whole nn.Module or a state dict
 )
 
 

@@ -41,8 +41,16 @@ def preload(frameworks: list[str]) -> None:
 
     from server_extension.serving.runtimes import base  # noqa: F401
 
-    if "agilerl" in frameworks or "latent_ppo" in frameworks or "torch" in frameworks:
+    if {"agilerl", "latent_ppo", "torch", "pytorch", "torchscript", "torch_export",
+            "sb3"} & set(frameworks):
         import torch  # noqa: F401
+    if "sb3" in frameworks:
+        from server_extension.serving.runtimes import sb3
+
+        sb3.warm()
+    if "onnx" in frameworks:
+        # onnxruntime only: an ONNX worker never needs torch.
+        import onnxruntime  # noqa: F401
     if "agilerl" in frameworks or "latent_ppo" in frameworks:
         from server_extension.serving.runtimes import agilerl, agilerl_multi, agilerl_recurrent  # noqa: F401
 
