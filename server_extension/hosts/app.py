@@ -219,6 +219,8 @@ class AgentsWorkbenchApp(ExtensionApp):
         # Another server may serve this workspace already (workspace.py): until the lease is
         # decided, Connect only writes the registry.
         self.deployer.serves = False
+        # Templates import for seconds: start them now, before the HTTP server listens.
+        self.deployer.warm_templates()
         self.lease = ServingLease(root)
         self.settings[SERVING] = self.lease
         self.reconciler = Reconciler(self.deployer, self.lease)
