@@ -20,4 +20,16 @@ if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
 fi
 .venv/bin/ruff check workbench_core server_extension agents_widget tests benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Parallel by default: most of the suite's time is waiting (servers starting, workers forking,
+# Ray joining, a browser rendering), which several workers overlap even on 2 cores. The
+# worker count is PYTEST_WORKERS (default: see README "Tests" for the measurement behind it).
+# Tests of one module share one worker (its servers start once), all Ray tests share one
+# (tests/conftest.py), and the `serial` ones (benchmark smoke, soak, multi-node Ray) run
+# afterwards on their own, since they measure or load the whole machine.
+WORKERS=${PYTEST_WORKERS:-3}
+if [ "$#" -gt 0 ]; then
+  # Arguments (a -k or -m expression, a file): one run over what they select.
+  exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup "$@"
+fi
+.venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup -m "not serial" --durations=20
+.venv/bin/python -m pytest -n 0 -m serial --durations=10

@@ -35,10 +35,12 @@ CLASSIC_AGENTS = {
 def classic_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` of a quick classic demo workspace (real AgileRL training, seconds)."""
     from server_extension.demos.classic_multi_recurrent import build_classic_demo
+    from tests.conftest import built_once
 
-    root = tmp_path_factory.mktemp("classic-workspace")
-    build_classic_demo(root, quick=True)
-    return root / "experiments"
+    def build(root: Path) -> None:
+        build_classic_demo(root, quick=True)
+
+    return built_once(tmp_path_factory, "classic-workspace", build) / "experiments"
 
 
 @pytest.fixture(scope="session")

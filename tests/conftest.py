@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 from tests.servers import ServerProcess, copy_workspace, running_server
 
@@ -17,29 +19,55 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], None]) -> Path:
+    """A folder ``build`` fills once per test run, however many xdist workers ask for it.
+
+    Under xdist every worker has its own session, so a session fixture alone would train the
+    demo once per worker. The workers' temp folders share one parent for the run: the first
+    worker to get there builds under a file lock and the others wait and reuse its result.
+    Callers treat the folder as read-only (tests copy it before writing).
+    """
+    base = tmp_path_factory.getbasetemp()
+    run_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target = run_root / f"built-{name}"
+    with FileLock(str(target) + ".lock"):
+        if not (target / ".complete").exists():
+            # A worker that died mid-build leaves a partial folder: build it afresh.
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            build(target)
+            (target / ".complete").touch()
+    return target
+
+
+def _build_demo(root: Path) -> None:
+    from server_extension.demos.classic import build_demo
+
+    build_demo(root, quick=True)
+
+
+def _build_advanced(root: Path) -> None:
+    from server_extension.demos.latent import build_latent_demo
+    from server_extension.demos.llm import build_llm_demo
+    from server_extension.demos.supervised import build_supervised_demo
+
+    build_llm_demo(root, quick=True)
+    build_supervised_demo(root, quick=True)
+    build_latent_demo(root, quick=True)
+
+
 @pytest.fixture(scope="session")
 def demo_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` of a quick demo workspace (real AgileRL training, seconds long)."""
-    from server_extension.demos.classic import build_demo
-
-    root = tmp_path_factory.mktemp("demo-workspace")
-    build_demo(root, quick=True)
-    return root / "experiments"
+    return built_once(tmp_path_factory, "demo-workspace", _build_demo) / "experiments"
 
 
 @pytest.fixture(scope="session")
 def advanced_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``experiments/`` with a quick tiny LLM (full model and LoRA), a supervised model and a
     LatentPPO policy decoding through that supervised model."""
-    from server_extension.demos.latent import build_latent_demo
-    from server_extension.demos.llm import build_llm_demo
-    from server_extension.demos.supervised import build_supervised_demo
-
-    root = tmp_path_factory.mktemp("advanced-workspace")
-    build_llm_demo(root, quick=True)
-    build_supervised_demo(root, quick=True)
-    build_latent_demo(root, quick=True)
-    return root / "experiments"
+    return built_once(tmp_path_factory, "advanced-workspace", _build_advanced) / "experiments"
 
 
 @pytest.fixture
@@ -88,3 +116,27 @@ def server(workspace: Path) -> Iterator[ServerProcess]:
     """A real ``jupyter server`` child process over ``workspace``."""
     with running_server(workspace) as proc:
         yield proc
+
+
+# Modules that measure time or load the whole machine: they run in the second, serial phase
+# of scripts/test.sh (pytest -m serial, one process), never beside other tests.
+SERIAL_MODULES = {"test_ray_multinode", "test_benchmarks_smoke", "test_soak"}
+
+
+# tryfirst: before -m deselects by marker and before xdist reads the groups.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the serial modules, and give every test an xdist group for ``--dist loadgroup``.
+
+    A test's group is its module, so a module's shared servers are started by one worker only;
+    every test that starts Ray shares one group (one worker), so two Ray clusters never fight
+    for the two cores. The Ray group is scheduled first: it is the longest single queue.
+    """
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        if module in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("xdist_group") is None:
+            group = "ray" if item.get_closest_marker("ray") else module
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: 0 if item.get_closest_marker("ray") else 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, wait_until
 from tests.test_management_api import call, create, obs_payload, wait_status
 
 
@@ -153,7 +152,8 @@ def test_kill_9_during_create_connect_rotate(server: ServerProcess) -> None:
 
     worker = threading.Thread(target=churn)
     worker.start()
-    time.sleep(2.0)
+    # Kill once the churn is under way (two agents through), mid-way through the next one.
+    wait_until(lambda: len(done) >= 2, timeout=60, what="the churn to get going")
     server.kill9()
     stop.set()
     worker.join(10)
