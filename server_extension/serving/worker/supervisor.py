@@ -103,6 +103,19 @@ class WorkerCallError(RuntimeError):
         self.kind = kind
 
 
+class _ForkServer(forkserver.ForkServer):
+    """A fork server that is only ever (re)started through its :class:`Template` on the
+    keeper thread, with the template's environment (multiprocessing would otherwise restart
+    a dead one from whichever thread starts the next worker)."""
+
+    def __init__(self, template: Template) -> None:
+        super().__init__()
+        self.template = template
+
+    def ensure_running(self) -> None:
+        _KEEPER.submit(self.template.ensure_running).result()
+
+
 class Template:
     """One warm template: a fork server that imported one family's libraries
     (``families.py``). Workers of that family fork from it."""
@@ -110,7 +123,7 @@ class Template:
     def __init__(self, family: str, ready_path: Path) -> None:
         self.family = family
         self.ready_path = ready_path
-        self.server = forkserver.ForkServer()
+        self.server = _ForkServer(self)
         self.server.set_forkserver_preload([f"{__package__}.template"])
         self.started_at: float | None = None  # time.time() of its (last) start
 
@@ -133,7 +146,7 @@ class Template:
         os.environ[READY_ENV] = str(self.ready_path)
         os.environ[SERVER_PID_ENV] = str(os.getpid())
         try:
-            self.server.ensure_running()  # starts it again if it died
+            forkserver.ForkServer.ensure_running(self.server)  # starts it again if it died
         finally:
             os.environ.pop(PRELOAD_ENV, None)
             os.environ.pop(READY_ENV, None)
