@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .run import machine, say, versions
+from .run import machine, say
 from .servers import WorkbenchServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,6 +38,20 @@ POLICIES = {"dqn": "cartpole-dqn", "ppo": "cartpole-ppo", "maddpg": "spread-madd
 CLASSIC = ("dqn", "ppo", "maddpg")
 OFFSETS = (0.0, 1.0, 3.0, 5.0)
 GOALS = {"classic": 1.0, "chat": 3.0, "warm": 0.1}
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the templates import."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "agilerl", "transformers", "peft", "jupyter_server"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
 
 
 def build(work: Path) -> dict[str, Path]:
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="where the workspaces are built (reused by the next run)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    started = {"machine": machine(), "versions": versions()}
     workspaces = build(args.work)
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> Path:
     results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "command": "python -m benchmarks.first_connect" + (" --quick" if args.quick
                                                                    else ""),
-               "machine": machine(), "versions": versions(), "first": first, "warm": warm}
+               **started, "first": first, "warm": warm}
     out = args.out or RESULTS / (dt.date.today().isoformat() + "-first-connect"
                                  + ("-quick" if args.quick else "") + ".md")
     out.write_text(render(results))
