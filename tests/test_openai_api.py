@@ -327,6 +327,48 @@ def test_wrong_model_long_prompt_bad_json_and_unknown_route(client: openai.OpenA
     assert "v1/chat/completions" in unknown.json()["error"]["message"]
 
 
+def test_a_lone_surrogate_is_a_400_naming_where(agent: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {agent['api_key']}",
+               "Content-Type": "application/json"}
+    for route, body in (
+            ("chat/completions", f'{{"model": "{MODEL}", "messages": [{{"role": "user", '
+                                 '"content": "hi \\ud800"}]}'),
+            ("completions", f'{{"model": "{MODEL}", "prompt": "\\udfff"}}')):
+        answer = requests.post(f"{agent['endpoint']}/v1/{route}", data=body.encode(),
+                               headers=headers, timeout=30)
+        assert answer.status_code == 400, (route, answer.text)
+        assert "lone surrogate" in answer.json()["error"]["message"]
+    assert requests.post(f"{agent['endpoint']}/v1/completions", timeout=60, headers=headers,
+                         json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                         ).status_code == 200
+
+
+@pytest.mark.slow
+def test_huge_llm_inputs_are_refused_and_the_agent_stays_deployed(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    # LLM arguments used to travel JSON-escaped in the worker frame's 16 MiB header: these
+    # requests killed the worker (503), and four of them left the agent Failed.
+    server, agent = served
+    headers = {"Authorization": f"Bearer {agent['api_key']}"}
+    emoji = "\U0001F600" * 460_000  # 1.8 MB of UTF-8, 5.3 MiB as JSON escapes
+    session = None
+    for _ in range(4):  # one conversation: its history grows with each turn
+        answer = requests.post(f"{agent['endpoint']}/generate", timeout=300, headers=headers,
+                               json={"prompt": emoji, "session_id": session,
+                                     "params": {"max_new_tokens": 1}})
+        assert answer.status_code in (200, 400, 413), answer.text
+        session = answer.headers.get("X-Session-Id") or session
+    big = requests.post(f"{agent['endpoint']}/v1/chat/completions", timeout=300,
+                        headers=headers, json={"model": MODEL, "messages": [
+                            {"role": "user", "content": "a " * (8 * 2**20)}]})
+    assert big.status_code in (400, 413), big.text
+    assert "limit" in big.text or "at most" in big.text or "tokens" in big.text, big.text
+    assert server.api("GET", f"agents/{MODEL}").json()["status"] == "Deployed"
+    assert requests.post(f"{agent['endpoint']}/v1/completions", timeout=60, headers=headers,
+                         json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                         ).status_code == 200
+
+
 def test_non_llm_agents_do_not_speak_it(served: tuple[ServerProcess, dict[str, Any]]) -> None:
     iris = served[0].deploy("iris", "iris-classifier")
     response = requests.get(iris["endpoint"] + "/v1/models", timeout=10,

@@ -232,3 +232,20 @@ def test_key_comparison_is_constant_time() -> None:
                     isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
                 assert not _compares_key(node), (
                     f"{source.name}:{node.lineno} compares a key with ==: {ast.unparse(node)}")
+
+
+def test_control_plane_log_lines_keep_no_token(server: ServerProcess) -> None:
+    start = len(server.log())
+    token = server.api("POST", "tokens", json={"name": "logged-cli"}).json()["token"]
+    base = f"{server.url}agents/arena/api/cli/v1"
+    # 4xx answers of the control plane are logged with their URL: tokens in the query string,
+    # under names that do and do not look like credentials, must be blanked there.
+    for query in (f"apiKey={token}", f"ARENA_API_KEY={token}", f"name={token}"):
+        resp = requests.get(f"{base}/projects?{query}", timeout=30)
+        assert resp.status_code == 401, resp.text
+        resp = requests.get(f"{base}/inference/deployments/one?{query}", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code in (400, 404), resp.text
+    log = server.log()[start:]
+    assert "/agents/arena/api/cli/v1/projects" in log  # the requests above were logged
+    assert_no_key_in(log, "the server log", token)

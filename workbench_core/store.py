@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench_core import training_marks
+from workbench_core import regular_files, training_marks
 
 ProjectType = Literal["classic", "advanced"]
 PROJECT_TYPES: tuple[str, ...] = ("classic", "advanced")
@@ -227,12 +227,16 @@ class Experiment:
         if not path.exists():
             return []
         by_step: dict[int, dict[str, float | int | None]] = {}
-        if path.stat().st_size > MAX_METRICS_BYTES:
-            raise StoreError(f"{path} is over {MAX_METRICS_BYTES // 2**20} MiB; "
-                             "log fewer rows or start a new experiment.")
         try:
-            with path.open(encoding="utf-8", newline="") as fh:
+            # A FIFO or a link to a device here must not block or flood the reader.
+            with regular_files.open_text(path, MAX_METRICS_BYTES) as fh:
                 rows = list(csv.DictReader(fh))
+        except regular_files.TooLarge as exc:
+            raise StoreError(f"{exc}; log fewer rows or start a new experiment.") from exc
+        except regular_files.NotARegularFile as exc:
+            raise StoreError(f"{exc}; metrics.csv must be a regular file.") from exc
+        except OSError as exc:
+            raise StoreError(f"{path} is unreadable: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path} is not UTF-8 text: {exc}") from exc
         except csv.Error as exc:
@@ -422,11 +426,14 @@ class ExperimentStore:
     def _load(folder: Path) -> Experiment:
         path = folder / "experiment.json"
         try:
-            with path.open("rb") as fh:
-                raw = fh.read(MAX_JSON_BYTES + 1)
-            if len(raw) > MAX_JSON_BYTES:
-                raise StoreError(f"{path} is over {MAX_JSON_BYTES // 1024} KiB; it should "
-                                 "hold a few fields.")
+            raw = regular_files.read_capped(path, MAX_JSON_BYTES)
+        except regular_files.TooLarge as exc:
+            raise StoreError(f"{exc}; it should hold a few fields.") from exc
+        except regular_files.NotARegularFile as exc:
+            raise StoreError(f"{exc}; experiment.json must be a regular file.") from exc
+        except OSError as exc:
+            raise StoreError(f"{path} is unreadable: {exc}") from exc
+        try:
             data = json.loads(raw.decode("utf-8"))
         except RecursionError as exc:
             raise StoreError(f"{path} is nested too deeply to read.") from exc
@@ -496,7 +503,8 @@ class ExperimentWriter:
     ) -> None:
         """Record the scores for ``step`` (call after its checkpoint is saved)."""
         path = self.folder / "metrics.csv"
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        existing = (regular_files.read_capped(path, MAX_METRICS_BYTES).decode("utf-8")
+                    if path.exists() else "")
         buf = io.StringIO()
         if not existing:
             buf.write(",".join(METRIC_FIELDS) + "\n")

@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench_core import regular_files
+
 MARKS_DIR = ".training"
+MAX_MARK_BYTES = 64 * 1024  # a mark holds four short fields
 State = Literal["queued", "training", "failed"]
 
 
@@ -60,7 +63,8 @@ def read(root: Path | str, name: str) -> dict[str, Any] | None:
     """The mark of ``name`` (``None`` when it has none); a dead owner reads ``interrupted``."""
     path = _path(root, name)
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        # Written by the trainer, never a link; a FIFO or device here must not stall a listing.
+        body = json.loads(regular_files.read_capped(path, MAX_MARK_BYTES, follow_links=False))
     except (OSError, ValueError):
         return None
     if not isinstance(body, dict) or body.get("state") not in ("queued", "training", "failed"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
@@ -94,3 +96,26 @@ def serving_elsewhere(settings: dict[str, Any]) -> str:
     lease = settings.get(SERVING)
     url = lease.holder_url() if lease is not None else None
     return f" On this workspace agents are served by the server at {url}." if url else ""
+
+
+def disk_problem(exc: BaseException | None, where: str = "the workspace",
+                 ) -> tuple[int, str] | None:
+    """``(status, message)`` when ``exc`` (or what caused it) is a full or read-only disk.
+
+    507 for a full disk, 503 for a read-only one: the caller did nothing wrong, and the
+    message says what to free or fix instead of "Unhandled error".
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc).lower()
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+                isinstance(exc, sqlite3.OperationalError) and "full" in text):
+            return 507, (f"The disk that holds {where} is full ({exc}); nothing was changed. "
+                         "Free space on it, then retry.")
+        if (isinstance(exc, OSError) and exc.errno == errno.EROFS) or (
+                isinstance(exc, sqlite3.OperationalError) and "readonly" in text):
+            return 503, (f"The disk that holds {where} is read-only ({exc}); nothing was "
+                         "changed. Make it writable, then retry.")
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None

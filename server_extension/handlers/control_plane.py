@@ -21,6 +21,7 @@ step-<N>`` for a named one); its ``url`` is the agent's inference URL, ``agents/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import getpass
 import io
@@ -34,7 +35,7 @@ from typing import Any
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from server_extension.handlers.base import ServicesMixin, endpoint_url
+from server_extension.handlers.base import ServicesMixin, endpoint_url, scrub_query
 from server_extension.serving.options import MEMORY_SCOPES, OptionError, validate_options
 from server_extension.workspace.callers import DEFAULT_SCOPE
 from server_extension.workspace.projects import project_of, projects
@@ -93,6 +94,11 @@ class ControlPlaneHandler(ServicesMixin, web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """No XSRF check: these routes ignore cookies and accept only Bearer tokens."""
 
+    def prepare(self) -> None:
+        """Keep tokens, keys and the Jupyter token in this URL out of every log line."""
+        token = getattr(self.settings.get("identity_provider"), "token", "") or ""
+        scrub_query(self.request, secrets=(token,) if len(token) >= 8 else ())
+
     def set_default_headers(self) -> None:
         """JSON answers, never cached."""
         self.set_header("Content-Type", "application/json")
@@ -123,21 +129,29 @@ class ControlPlaneHandler(ServicesMixin, web.RequestHandler):
             raise ControlPlaneError(400, f"Query parameter {name!r} is required.")
         return value or None
 
-    def experiment(self, name: str | None) -> Experiment:
-        """The named experiment, or 404 naming the ones there are."""
+    async def experiment(self, name: str | None) -> Experiment:
+        """The named experiment, or 404 naming the ones there are (read off the event loop:
+        workspace files may be slow, or a FIFO)."""
         if not name:
             raise ControlPlaneError(400, "experiment_name is required.")
         try:
-            return self.store.get(name)
+            return await asyncio.to_thread(self.store.get, name)
         except StoreError as exc:
             raise ControlPlaneError(404, str(exc)) from exc
 
-    def deployment_row(self, record: AgentRecord) -> dict[str, Any]:
+    def _projects_of(self, records: list[AgentRecord]) -> dict[str, str]:
+        # Blocking (reads experiment.json files): called on a thread.
+        found = {}
+        for experiment in {r.experiment for r in records}:
+            # An experiment folder that was removed: its agent keeps its tab.
+            with contextlib.suppress(StoreError):
+                found[experiment] = project_of(self.store.get(experiment).info)
+        return found
+
+    def deployment_row(self, record: AgentRecord, project: str | None = None,
+                       ) -> dict[str, Any]:
         """What ``arena agent list`` shows for an agent, with its absolute inference URL."""
-        try:
-            project = project_of(self.store.get(record.experiment).info)
-        except StoreError:
-            project = record.tab  # the experiment folder was removed; keep the agent listed
+        project = project or record.tab
         return {
             "name": record.name,
             "experiment_name": record.experiment,
@@ -149,11 +163,13 @@ class ControlPlaneHandler(ServicesMixin, web.RequestHandler):
             "url": endpoint_url(self, record.name),
         }
 
-    def deployments(self) -> list[dict[str, Any]]:
+    async def deployments(self) -> list[dict[str, Any]]:
         """Agent rows filtered by the lookup parameters (exact matches)."""
         wanted = {"name": self.arg("name"), "experiment_name": self.arg("experimentName"),
                   "project_name": self.arg("projectName")}
-        rows = [self.deployment_row(r) for r in self.registry.list()]
+        records = self.registry.list()
+        found = await asyncio.to_thread(self._projects_of, records)
+        rows = [self.deployment_row(r, found.get(r.experiment)) for r in records]
         return [row for row in rows
                 if all(value is None or row[key] == value for key, value in wanted.items())]
 
@@ -177,7 +193,7 @@ class ProjectsHandler(ControlPlaneHandler):
     @access_token
     async def get(self) -> None:
         """Project rows with name, type and description."""
-        self.reply(projects(self.store.list()))
+        self.reply(await asyncio.to_thread(lambda: projects(self.store.list())))
 
 
 class ExperimentsHandler(ControlPlaneHandler):
@@ -187,6 +203,10 @@ class ExperimentsHandler(ControlPlaneHandler):
     async def get(self) -> None:
         """Flat experiment rows of one project; 404 for an unknown project."""
         project = self.arg("project", required=True)
+        self.reply(await asyncio.to_thread(self._rows, project))
+
+    def _rows(self, project: str | None) -> list[dict[str, Any]]:
+        # Blocking (reads every experiment's files): runs on a thread.
         experiments = self.store.list()
         known = [p["name"] for p in projects(experiments)]
         if project not in known:
@@ -197,17 +217,21 @@ class ExperimentsHandler(ControlPlaneHandler):
             info = experiment.info
             if project_of(info) != project:
                 continue
-            checkpoints = experiment.checkpoints()
+            try:
+                checkpoints = experiment.checkpoints()
+                best = experiment.best_step() if checkpoints else None
+            except StoreError:
+                continue  # unreadable (metrics.csv a FIFO, say): the panel lists it as broken
             rows.append({
                 "name": info.name,
                 "algorithm": info.algorithm,
                 "framework": info.framework,
                 "source": info.source,
                 "checkpoints": len(checkpoints),
-                "best_step": experiment.best_step() if checkpoints else None,
+                "best_step": best,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.created_at)),
             })
-        self.reply(rows)
+        return rows
 
 
 class CheckpointsHandler(ControlPlaneHandler):
@@ -216,17 +240,25 @@ class CheckpointsHandler(ControlPlaneHandler):
     @access_token
     async def get(self) -> None:
         """One row per checkpoint; ``name`` is what ``deploy --checkpoint`` takes."""
-        experiment = self.experiment(self.arg("experiment_name"))
+        experiment = await self.experiment(self.arg("experiment_name"))
+        try:
+            self.reply(await asyncio.to_thread(self._rows, experiment))
+        except StoreError as exc:
+            raise ControlPlaneError(400, str(exc)) from exc
+
+    @staticmethod
+    def _rows(experiment: Experiment) -> list[dict[str, Any]]:
+        # Blocking (lists checkpoints, reads metrics.csv): runs on a thread.
         checkpoints = experiment.checkpoints()
         best = experiment.best_step() if checkpoints else None
-        self.reply([{
+        return [{
             "steps": c.step,
             "name": f"step_{c.step}",
             "training_score": c.training_score,
             "evaluation_score": c.evaluation_score,
             "size_mb": c.size_mb,
             "best": c.step == best,
-        } for c in checkpoints])
+        } for c in checkpoints]
 
 
 class MetricsHandler(ControlPlaneHandler):
@@ -235,7 +267,7 @@ class MetricsHandler(ControlPlaneHandler):
     @access_token
     async def get(self) -> None:
         """The experiment's metrics.csv (capped, columns picked) or its metric names."""
-        experiment = self.experiment(self.arg("experiment_name"))
+        experiment = await self.experiment(self.arg("experiment_name"))
         names = [f for f in METRIC_FIELDS if f != "step"]
         rows_arg = self.arg("preview_rows")
         if rows_arg is None:
@@ -256,7 +288,11 @@ class MetricsHandler(ControlPlaneHandler):
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
-        for row in experiment.metrics()[:max(0, limit)]:
+        try:
+            metrics = await asyncio.to_thread(experiment.metrics)
+        except StoreError as exc:
+            raise ControlPlaneError(400, str(exc)) from exc
+        for row in metrics[:max(0, limit)]:
             writer.writerow(["" if row[c] is None else row[c] for c in columns])
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition",
@@ -290,24 +326,25 @@ class DeployHandler(ControlPlaneHandler):
             raise ControlPlaneError(400, f"Request body is not valid JSON: {exc}.") from exc
         if not isinstance(body, dict):
             raise ControlPlaneError(400, "Request body must be a JSON object.")
-        experiment = self.experiment(body.get("experiment_name"))
+        experiment = await self.experiment(body.get("experiment_name"))
         scope = body.get("memoryScope")
         if scope is not None and scope not in MEMORY_SCOPES:
             raise ControlPlaneError(400, f"memoryScope must be one of {list(MEMORY_SCOPES)}.")
         rule = checkpoint_rule(body.get("checkpoint"))
         try:
-            step = experiment.resolve(rule)
+            step = await asyncio.to_thread(experiment.resolve, rule)
         except StoreError as exc:
             raise ControlPlaneError(400, str(exc)) from exc
         name = experiment.name if rule == "best" else f"{experiment.name}-step-{step}"
-        record = self._existing(name, experiment.name, scope) or self._create(
+        record = self._existing(name, experiment.name, step, scope) or self._create(
             name, experiment, rule, step, scope)
         if not record.connected or record.status == "Failed":
             record = self.deployer.connect(name)
         record = await self._settled(name)
-        self.reply(self.deployment_row(record), status=200)
+        self.reply(self.deployment_row(record, project_of(experiment.info)), status=200)
 
-    def _existing(self, name: str, experiment: str, scope: str | None) -> AgentRecord | None:
+    def _existing(self, name: str, experiment: str, step: int,
+                  scope: str | None) -> AgentRecord | None:
         try:
             record = self.registry.get(name)
         except NotFound:
@@ -316,6 +353,14 @@ class DeployHandler(ControlPlaneHandler):
             raise ControlPlaneError(
                 409, f"An agent named {name!r} already serves experiment {record.experiment!r}; "
                 "rename or delete it in the Agents panel.")
+        if record.checkpoint_step != step:
+            # Never answer with a different model than the one asked for (the best
+            # checkpoint moves on while training runs).
+            raise ControlPlaneError(
+                409, f"An agent named {name!r} already serves step {record.checkpoint_step} of "
+                f"{experiment!r}, not step {step}; deploy '--checkpoint step_{step}' (served "
+                f"as {experiment + '-step-' + str(step)!r}), or delete or reconnect {name!r} in "
+                "the Agents panel to serve the new best.")
         stored = record.options.get("memory_scope", DEFAULT_SCOPE)
         if scope is not None and scope != stored:
             raise ControlPlaneError(
@@ -355,7 +400,7 @@ class DeploymentsHandler(ControlPlaneHandler):
     @access_token
     async def get(self) -> None:
         """Every agent of the workspace matching the filters."""
-        self.reply(self.deployments())
+        self.reply(await self.deployments())
 
 
 class DeploymentHandler(ControlPlaneHandler):
@@ -367,7 +412,7 @@ class DeploymentHandler(ControlPlaneHandler):
         name = self.arg("name")
         if name is None:
             raise ControlPlaneError(400, "name is required.", key="detail")
-        rows = self.deployments()
+        rows = await self.deployments()
         if not rows:
             raise ControlPlaneError(
                 404, f"No deployment named {name!r}; 'arena agent list' shows them, "

@@ -26,6 +26,7 @@ from server_extension.handlers.base import (
     MAX_BODY_BYTES,
     METRICS,
     ServicesMixin,
+    disk_problem,
     scrub_query,
     serving_elsewhere,
 )
@@ -38,6 +39,7 @@ from server_extension.serving.deployer import (
 from server_extension.serving.metrics import DeploymentMetrics, MetricsStore, clip
 from server_extension.serving.runtimes.base import RequestError
 from server_extension.serving.worker import serving
+from server_extension.serving.worker.supervisor import WorkerCallError
 from server_extension.workspace.callers import DEPLOYMENT_KEY, Caller
 from server_extension.workspace.tokens import verify as verify_token
 
@@ -240,6 +242,8 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             raise _unauthorized(
                 "Missing credential: send 'Authorization: Bearer <key>' with the key shown "
                 "in the agent's expanded row, or a workspace access token.")
+        if self.deployer.live(name) is None:
+            self._not_live(name, given.strip())
         live = self.live_or_404(name)
         # The registry's key, not the one loaded with the runtime: another server on this
         # workspace may have rotated it, or disconnected or deleted the agent (workspace.py).
@@ -259,6 +263,25 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
                 "panel's Access tokens section.")
         self.caller = Caller(token.id)
         return live
+
+    def _not_live(self, name: str, given: str) -> None:
+        """Raise for an agent with no live runtime: 503 with ``Retry-After`` to a caller with
+        its key or a token while it loads or its worker restarts (the contract's answer for
+        a passing outage); the 404 of :meth:`live_or_404` to anyone else."""
+        current = self.registry.credentials.get(name)
+        if self.deployer.serves and current is not None and current.connected and (
+                hmac.compare_digest(given.encode(), current.api_key.encode())
+                or verify_token(self.registry, given) is not None):
+            try:
+                record = self.registry.get(name)
+            except Exception:  # noqa: BLE001 - deleted meanwhile: the 404 below says so
+                record = None
+            if record is not None and record.status == "Pending":
+                why = f" ({record.error})" if record.error else ""
+                raise InferenceError(
+                    503, f"Agent {name!r} is loading{why}; retry in a few seconds.",
+                    {"Retry-After": "2"})
+        self.live_or_404(name)
 
     def body(self) -> dict[str, Any]:
         """The JSON object body, or 400."""
@@ -318,7 +341,16 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             self.fail(InferenceError(503, str(exc), {"Retry-After": "1"}))
         except AgentBusy as exc:
             self.fail(InferenceError(429, str(exc), {"Retry-After": "1"}))
-        except Exception:
+        except WorkerCallError as exc:
+            if exc.kind != "too_large":
+                raise
+            self.fail(InferenceError(500, str(exc)))  # the worker refused its own answer
+        except Exception as exc:
+            disk = disk_problem(exc)
+            if disk is not None:  # the workspace's disk, not this server, failed the call
+                log.warning("Inference route %s: %s", self.route, disk[1])
+                self.fail(InferenceError(*disk))
+                return
             log.exception("Inference route %s of %s failed", self.route, self.path_kwargs)
             self.fail(InferenceError(
                 500, f"Internal error while serving {self.route}; the server log has the details."))

@@ -243,13 +243,23 @@ class GenerateStreamHandler(LLMHandler):
         finally:
             await pieces.aclose()
         completion = "".join(produced)
-        if self._metrics is not None:
-            self._tokens = int(await self.deployer.invoke(live, "count_text_tokens", completion))
+        try:
+            if self._metrics is not None:
+                self._tokens = int(await self.deployer.invoke(live, "count_text_tokens",
+                                                              completion))
+            if not self._closed:
+                await self.deployer.call(self.sessions.append, agent, session_id, [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": completion}], self.caller.owner,
+                    self.request.remote_ip or "")
+        except Exception as exc:  # noqa: BLE001 - the answer has begun: report it in-band
+            # (a full disk, say), in the documented stream error line, never a JSON object.
+            log.warning("Stream of %s could not be recorded: %s", agent, exc)
+            if not self._closed:
+                with contextlib.suppress(StreamClosedError):
+                    self.write(f"\n[ERROR: the answer could not be saved to the session: "
+                               f"{type(exc).__name__}: {exc}]")
         if not self._closed:
-            await self.deployer.call(self.sessions.append, agent, session_id, [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion}], self.caller.owner,
-                self.request.remote_ip or "")
             self.finish()
 
 

@@ -19,6 +19,7 @@ from server_extension.handlers.base import (
     METRICS,
     SESSIONS,
     ServicesMixin,
+    disk_problem,
     endpoint_url,
     scrub_query,
 )
@@ -86,6 +87,12 @@ class ManagementHandler(ServicesMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """JSON errors whose message is the real text (Jupyter's leaves ``%s`` unformatted)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        disk = disk_problem(exc, f"the workspace ({self.store.root})")
+        if disk is not None:
+            self.set_status(disk[0])
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": disk[1], "reason": self._reason}))
+            return
         if isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
             self.set_header("Content-Type", "application/json")

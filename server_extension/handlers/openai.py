@@ -111,11 +111,17 @@ class OpenAIHandler(InferenceHandler):
                 "served for LLM agents only. Use its Arena routes instead.", code="not_found")
 
     def body_json(self) -> dict[str, Any]:
-        """The JSON object body, or an OpenAI-shaped 400."""
+        """The JSON object body, or an OpenAI-shaped 400 (also for a lone surrogate in any
+        string, which JSON's ``\\ud800`` allows and no tokenizer or UTF-8 answer can hold)."""
         try:
-            return self.body()
+            body = self.body()
         except InferenceError as exc:
             raise OpenAIError(400, exc.message, code="invalid_json") from exc
+        where = _lone_surrogate(body, "body")
+        if where is not None:
+            raise OpenAIError(400, f"{where} is not valid Unicode text (it holds a lone "
+                              "surrogate); send UTF-8 text.", code="invalid_value")
+        return body
 
     async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
         """``deployer.invoke``, with the model's refusals as OpenAI 400s."""
@@ -319,3 +325,22 @@ routes: list[tuple[str, type[InferenceHandler]]] = [
     (rf"/agents/d/{NAME}/v1/completions", guard(CompletionsHandler)),
     (rf"/agents/d/{NAME}/v1/(?P<rest>.*)", guard(UnknownOpenAIRouteHandler)),
 ]
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """Where in ``value`` (a parsed JSON body) a string holds a lone surrogate, or ``None``."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at
+        elif isinstance(item, dict):
+            # repr: a key may itself hold the surrogate, and the message must stay UTF-8.
+            stack.extend((v, f"{at}[{k!r}]") for k, v in item.items())
+            stack.extend((k, f"a key of {at}") for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None

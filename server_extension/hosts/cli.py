@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,11 +165,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Containers and CI machines often run as root; Jupyter refuses that unless told.
         command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
+    lab = subprocess.Popen(command, env=env)
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it releases serving.lock and
+        # stops its workers); this process waits for it, then stops the demo trainers.
+        # Ctrl-C reaches Lab from the terminal too; a second one stops it at once.
+        if stopping and signum == signal.SIGINT:
+            lab.kill()
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            lab.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(command, env=env)
+        code = lab.wait()
     finally:
+        if lab.poll() is None:  # an exception on the way out: never leave Lab behind
+            lab.terminate()
+            lab.wait()
         if background is not None:
             background.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping:
+        _progress("Stopped JupyterLab and the demo trainers.")
+        return 0
+    return code
 
 
 APP_NOTEBOOK_CELLS = (
@@ -306,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agents-workbench`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C before Lab started (seeding): no traceback
+        _progress("Interrupted.")
+        return 130
 
 
 if __name__ == "__main__":

@@ -376,7 +376,9 @@ class Deployer:
         worker = WorkerProcess(record.name, settings, self._log_dir,
                                on_exit=self._worker_exited,
                                max_calls=self.max_concurrent_calls,
-                               memory_mb=self.worker_memory_mb)
+                               memory_mb=self.worker_memory_mb,
+                               # the largest array a call may carry, and room to encode it
+                               frame_cap=self.limits.max_array_bytes + 16 * 2**20)
         self._worker_set.add(worker)
         try:
             await self._start_worker(worker, experiment.info.framework)
@@ -513,13 +515,16 @@ class Deployer:
     def disconnect(self, name: str) -> AgentRecord:
         """Turn the endpoint off at once; the agent (and its key) stays."""
         record = self.registry.get(name)
+        if record.deployment_id is not None:
+            # The registry first: when it cannot be written (a full disk) the agent keeps
+            # serving and the caller gets the error, never a stopped agent shown Deployed.
+            record = self.registry.update(name, status="Undeployed", connected=False,
+                                          error=None)
         self._generation[name] = self._generation.get(name, 0) + 1
         live = self._live.pop(name, None)
         if live is not None:
             self._close_runtime(live.runtime)
-        if record.deployment_id is None:
-            return record
-        return self.registry.update(name, status="Undeployed", connected=False, error=None)
+        return record
 
     def unload(self, name: str) -> None:
         """Drop this server's runtime of ``name`` without touching the registry (another

@@ -34,12 +34,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
 from server_extension.workspace.registry import data_version
+from workbench_core import regular_files
 
 if TYPE_CHECKING:
     from server_extension.serving.deployer import Deployer
@@ -73,9 +75,14 @@ class ServingLease:
             return True
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(self.path, flags, 0o600)
+            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o600)
         except OSError as exc:
             log.warning("Cannot open %s (%s); this server will not load agents", self.path, exc)
+            return False
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)  # a FIFO or device planted there: never a lease
+            log.warning("%s is not a regular file; remove it so that a server can load agents",
+                        self.path)
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,8 +104,9 @@ class ServingLease:
     def holder(self) -> dict[str, Any]:
         """``{"pid", "url"}`` of the serving server as its lock file says (``{}``: unknown)."""
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.loads(fh.read(4096) or "{}")
+            # Only the lock file this class writes: never a link, FIFO or device put there.
+            data = json.loads(regular_files.read_capped(self.path, 4096, follow_links=False)
+                              or b"{}")
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}

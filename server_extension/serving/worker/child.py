@@ -56,6 +56,7 @@ class Worker:
         self.settings = settings
         self.limits = serving.Limits(max_rows=int(settings["max_rows"]),
                                      max_array_bytes=int(settings["max_array_bytes"]))
+        self.frame_cap = int(settings.get("frame_cap") or protocol.MAX_BODY)
         self.runtime: Any = None
         self._send_lock = threading.Lock()
         self._cancel: dict[int, threading.Event] = {}
@@ -83,7 +84,8 @@ class Worker:
         """Answer frames until the server closes the socket; then exit."""
         try:
             while True:
-                header_len, body_len = protocol.parse_prefix(self._recv_exact(8))
+                header_len, body_len = protocol.parse_prefix(self._recv_exact(8),
+                                                             self.frame_cap)
                 header = protocol.parse_header(self._recv_exact(header_len))
                 body = self._recv_exact(body_len) if body_len else b""
                 self.dispatch(header, body)
@@ -113,23 +115,38 @@ class Worker:
             elif op == "relay":
                 status, answer, rows = serving.relay(self._loaded(), str(header["route"]),
                                                      body, self.limits)
+                if len(answer) > self.frame_cap:
+                    status, rows, answer = 500, 0, json.dumps({
+                        "success": False, "error": self._too_large(len(answer))}).encode()
                 self.send({"id": call_id, "ok": True, "status": status, "rows": rows}, answer)
             elif op == "invoke":
                 fn = serving.resolve(self._loaded(), str(header["name"]))
-                result = serving.jsonable(fn(*header.get("args", [])))
-                self.send({"id": call_id, "ok": True, "result": result})
+                result = protocol.dump_json(serving.jsonable(fn(*self._args(header, body))))
+                if len(result) > self.frame_cap:
+                    raise AnswerTooLarge(self._too_large(len(result)))
+                self.send({"id": call_id, "ok": True, "result_in_body": True}, result)
             elif op == "stream":
-                self._stream(call_id, header)
+                self._stream(call_id, header, body)
             else:
                 raise ValueError(f"unknown worker operation {op!r}")
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
             self.send({"id": call_id, "ok": False, "error": _error(exc)})
 
-    def _stream(self, call_id: int, header: dict[str, Any]) -> None:
+    @staticmethod
+    def _args(header: dict[str, Any], body: bytes) -> list[Any]:
+        args = protocol.load_json(body) if header.get("args_in_body") else header.get("args")
+        return list(args or [])
+
+    def _too_large(self, size: int) -> str:
+        return (f"The model's answer is {size / 2**20:.1f} MiB, over the "
+                f"{self.frame_cap / 2**20:.1f} MiB an agent may answer per call "
+                "(AgentsWorkbenchApp.max_array_mb sets it); ask for fewer rows or tokens.")
+
+    def _stream(self, call_id: int, header: dict[str, Any], body: bytes) -> None:
         cancelled = self._cancel[call_id]
         try:
             fn = serving.resolve(self._loaded(), str(header["name"]))
-            for piece in fn(*header.get("args", []), cancelled):
+            for piece in fn(*self._args(header, body), cancelled):
                 if cancelled.is_set():
                     break
                 self.send({"id": call_id, "chunk": str(piece)})
@@ -181,6 +198,10 @@ class Worker:
                 "phases": {k: round(v, 4) for k, v in phases.items()}}
 
 
+class AnswerTooLarge(RuntimeError):
+    """The model's answer is larger than a frame may carry (the server's cap)."""
+
+
 def _out_of_memory(exc: BaseException | None) -> bool:
     # Loaders wrap what went wrong in their own error; the memory limit may sit below it.
     seen = 0
@@ -205,6 +226,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
         return {"type": "request", "message": str(exc)}
     if isinstance(exc, (RuntimeLoadError, StoreError)):
         return {"type": "load", "message": str(exc).strip() or type(exc).__name__}
+    if isinstance(exc, AnswerTooLarge):
+        return {"type": "too_large", "message": str(exc)}
     if isinstance(exc, MemoryError):
         return {"type": "memory", "message": "the call needed more memory than the worker may "
                 "use (AgentsWorkbenchApp.worker_memory_mb)"}

@@ -15,9 +15,21 @@ import struct
 from typing import Any
 
 PREFIX = struct.Struct(">II")
-# A worker's answer or a relayed request body; requests are bounded by max_body_mb well below.
-MAX_HEADER = 16 * 1024 * 1024
+# Headers hold ids, names and short messages; arguments, results and arrays travel in the
+# body, whose cap each side passes (the worker's frame cap, from max_array_mb).
+MAX_HEADER = 4 * 1024 * 1024
 MAX_BODY = 1024 * 1024 * 1024
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` as a UTF-8 JSON body (lone surrogates pass through, as JSON allows them)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass")
+
+
+def load_json(body: bytes) -> Any:
+    """The inverse of :func:`dump_json`."""
+    return json.loads(body.decode("utf-8", "surrogatepass"))
 
 
 class ProtocolError(RuntimeError):
@@ -31,10 +43,11 @@ def pack(header: dict[str, Any], body: bytes = b"") -> bytes:
     return PREFIX.pack(len(raw), len(body)) + raw + body
 
 
-def parse_prefix(prefix: bytes) -> tuple[int, int]:
-    """(header length, body length) from a frame's first 8 bytes; refuses absurd sizes."""
+def parse_prefix(prefix: bytes, max_body: int = MAX_BODY) -> tuple[int, int]:
+    """(header length, body length) from a frame's first 8 bytes; refuses sizes past the caps
+    (before a byte of the frame is buffered)."""
     header_len, body_len = PREFIX.unpack(prefix)
-    if header_len > MAX_HEADER or body_len > MAX_BODY:
+    if header_len > MAX_HEADER or body_len > max_body:
         raise ProtocolError(f"frame of {header_len} + {body_len} bytes is larger than allowed")
     return header_len, body_len
 

@@ -82,6 +82,10 @@ READY_TIMEOUT = 300.0  # a template still importing after this lets the next fam
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f}"
+
+
 class WorkerDied(RuntimeError):
     """The worker process is gone; the message says why (exit code, signal, last output)."""
 
@@ -304,7 +308,8 @@ class _Connection(asyncio.Protocol):
         buf += data
         try:
             while len(buf) >= 8:
-                header_len, body_len = protocol.parse_prefix(bytes(buf[:8]))
+                header_len, body_len = protocol.parse_prefix(bytes(buf[:8]),
+                                                             self.owner.frame_cap)
                 end = 8 + header_len + body_len
                 if len(buf) < end:
                     break
@@ -327,9 +332,12 @@ class WorkerProcess:
 
     def __init__(self, name: str, settings: dict[str, Any], log_dir: Path, *,
                  on_exit: Callable[[WorkerProcess], None], max_calls: int = 64,
-                 memory_mb: float = 0.0) -> None:
+                 memory_mb: float = 0.0, frame_cap: int = protocol.MAX_BODY) -> None:
         self.name = name
-        self.settings = settings
+        # The largest frame body either side sends: a caller's input past it is refused
+        # here, a worker's answer past it in the worker; nothing larger is ever buffered.
+        self.frame_cap = frame_cap
+        self.settings = {**settings, "frame_cap": frame_cap}
         self.log_path = log_dir / f"{name}.{next(self._ids)}.log"
         self.on_exit = on_exit
         self.max_calls = max(1, max_calls)
@@ -426,6 +434,15 @@ class WorkerProcess:
     # -- calls ----------------------------------------------------------------------------
 
     def _send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        if "args" in header:  # arguments travel in the body, as UTF-8 JSON
+            body = protocol.dump_json(header["args"])
+            header = {**{k: v for k, v in header.items() if k != "args"}, "args_in_body": True}
+        if len(body) > self.frame_cap:
+            # Refused here, before a byte is sent: the worker never sees (or dies of) it.
+            raise WorkerCallError("request", (
+                f"The call's input is {_mib(len(body))} MiB; an agent takes at most "
+                f"{_mib(self.frame_cap)} MiB per call (AgentsWorkbenchApp.max_array_mb sets "
+                "it). Send less, or split it into several calls."))
         if self._conn is None or self._conn.transport is None or self.reason is not None:
             raise WorkerDied(self.reason or "the worker is not running")
         self._conn.transport.write(protocol.pack(header, body))
@@ -473,6 +490,9 @@ class WorkerProcess:
             self._deadlines.pop(call_id, None)
         if not answer.get("ok"):
             self._raise_error(answer)
+        if answer.get("result_in_body"):
+            answer = {**answer, "result": protocol.load_json(payload)}
+            payload = b""
         return answer, payload
 
     async def stream(self, header: dict[str, Any], *, timeout: float,

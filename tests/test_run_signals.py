@@ -1,0 +1,64 @@
+"""``agents-workbench run`` stops what it started: SIGTERM or Ctrl-C reach JupyterLab, and the
+command waits for it (Lab holds the workspace's serving lock; an orphan would keep it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import copy_workspace, free_port, wait_until
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _answers(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code > 0
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_run_stops_lab_and_run_waits_for_it(tmp_path: Path, demo_experiments: Path,
+                                                        sig: signal.Signals) -> None:
+    # A workspace of the user's own experiments: run trains nothing, it only starts Lab.
+    root = copy_workspace(tmp_path, demo_experiments)
+    port = free_port()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "server_extension.hosts.cli", "run", "--root", str(root),
+         "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: _answers(port), 120, "JupyterLab to answer")
+        labs = _children(run.pid)
+        assert labs, "run started no JupyterLab"
+        run.send_signal(sig)
+        out, _ = run.communicate(timeout=60)
+        text = out.decode(errors="replace")
+        assert run.returncode == 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        assert "Stopped JupyterLab" in text
+        for lab in labs:  # run waited for Lab: it is gone, not orphaned
+            assert not os.path.exists(f"/proc/{lab}"), "JupyterLab outlived run"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
