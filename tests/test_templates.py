@@ -68,7 +68,11 @@ def test_a_classic_connect_is_deployed_while_the_llm_template_still_imports(
         mixed_workspace: Path) -> None:
     """Connect a CartPole DQN the moment a fresh server answers: it says it is starting the
     model runtime, then is Deployed from the Classic template while the LLM template has not
-    finished importing; the chat model then deploys from the LLM template."""
+    finished importing; the chat model then deploys from the LLM template.
+
+    Long on a busy machine (minutes): a fresh server must import torch, AgileRL and then the
+    LLM stack in two templates, which is exactly what is under test; on a quiet 2-core
+    machine it takes about 15 s."""
     srv = ServerProcess(mixed_workspace, extra_args=ARGS).start()
     try:
         for name, experiment in (("dqn", "cartpole-dqn"), ("chat", "tiny-chat-sft")):
