@@ -85,6 +85,9 @@ def headline(summary: dict[str, Any]) -> str:
             f"worker <b>{worker.get('rss_mb', 0):g}</b> MiB"
             f" (limit {worker.get('memory_limit_mb', 0):g} MiB, pid {worker.get('pid')}, "
             f"{restarts} restart{'' if restarts == 1 else 's'})")
+        if worker.get("cpu_percent") is not None:
+            # A worker (or a process its checkpoint started) that spins shows here.
+            parts.append(f"CPU <b>{worker['cpu_percent']:g}%</b> of a core")
     return " · ".join(parts)
 
 

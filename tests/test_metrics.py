@@ -182,6 +182,10 @@ def test_view_helpers_render() -> None:
                                 "restarts": 1}})
     assert "worker <b>412.5</b> MiB" in line
     assert "1 restart)" in line
+    assert "CPU" not in line  # no sample yet
+    line = headline({"worker": {"rss_mb": 1, "memory_limit_mb": 4096, "pid": 7,
+                                "restarts": 0, "cpu_seconds": 9.5, "cpu_percent": 187.5}})
+    assert "CPU <b>187.5%</b> of a core" in line
 
 
 # -- through a real server --------------------------------------------------------------------

@@ -172,6 +172,12 @@ def test_a_checkpoints_children_go_with_disconnect(server: ServerProcess,
     assert _act(agent).status_code == 200
     # The worker leads a session of its own, and the checkpoint's children are in it.
     wait_until(lambda: len(_session(pid)) >= 2, 10, "the checkpoint's children")
+    if experiment == "spins":  # the traffic view shows the CPU the worker's tree takes
+        first = server.api("GET", f"agents/kids-{experiment}/metrics").json()["worker"]
+        wait_until(lambda: (server.api("GET", f"agents/kids-{experiment}/metrics").json()[
+            "worker"]["cpu_percent"] or 0) > 0, 30, "the CPU share to show")
+        shown = server.api("GET", f"agents/kids-{experiment}/metrics").json()["worker"]
+        assert shown["cpu_seconds"] > first["cpu_seconds"], shown
     assert server.api("POST", f"agents/kids-{experiment}/disconnect").status_code == 200
     wait_until(lambda: not _session(pid), 10, "the worker and its children to be gone")
 
@@ -250,13 +256,10 @@ def test_nothing_of_a_worker_outlives_a_killed_server(tmp_path: Path,
 
 @pytest.mark.slow
 def test_calls_while_the_worker_loads_get_503_with_retry_after(server: ServerProcess) -> None:
-    created = server.api("POST", "agents", json={"name": "slow", "experiment": "loads-slowly",
-                                                 "checkpoint": "best"})
-    assert created.status_code == 201, created.text
+    agent, _ = _deploy(server, "slow", "loads-slowly")  # its load takes 6 s
+    # Loading again (as after a worker restart): a caller holding the key is told to retry.
     assert server.api("POST", "agents/slow/connect").status_code == 200
-    agent = server.api("GET", "agents/slow").json()
-    assert agent["status"] == "Pending", agent
-    agent["endpoint"] = f"{server.url}agents/d/slow"  # shown once Deployed
+    assert server.api("GET", "agents/slow").json()["status"] == "Pending"
     answer = _act(agent)
     assert answer.status_code == 503, answer.text
     assert answer.headers["Retry-After"] == "2"

@@ -33,6 +33,7 @@ from server_extension.handlers.inference import (
     bearer_key,
     guard,
 )
+from server_extension.handlers.llm import MAX_PROMPT_CHARS
 from server_extension.handlers.openai_schema import (
     OpenAIError,
     Request,
@@ -117,10 +118,14 @@ class OpenAIHandler(InferenceHandler):
             body = self.body()
         except InferenceError as exc:
             raise OpenAIError(400, exc.message, code="invalid_json") from exc
-        where = _lone_surrogate(body, "body")
+        where, chars = _lone_surrogate(body, "body")
         if where is not None:
             raise OpenAIError(400, f"{where} is not valid Unicode text (it holds a lone "
                               "surrogate); send UTF-8 text.", code="invalid_value")
+        if chars > MAX_PROMPT_CHARS:
+            # Refused here: a model's tokenizer would need gigabytes for it in the worker.
+            raise OpenAIError(400, f"The request holds {chars} characters of text; send at "
+                              f"most {MAX_PROMPT_CHARS}.", code="context_length_exceeded")
         return body
 
     async def invoke(self, live: LiveDeployment, method: str, *args: Any) -> Any:
@@ -327,20 +332,23 @@ routes: list[tuple[str, type[InferenceHandler]]] = [
 ]
 
 
-def _lone_surrogate(value: Any, where: str) -> str | None:
-    """Where in ``value`` (a parsed JSON body) a string holds a lone surrogate, or ``None``."""
+def _lone_surrogate(value: Any, where: str) -> tuple[str | None, int]:
+    """Where in ``value`` (a parsed JSON body) a string holds a lone surrogate (or ``None``),
+    and how many characters its strings hold in all."""
     stack = [(value, where)]
+    chars = 0
     while stack:
         item, at = stack.pop()
         if isinstance(item, str):
+            chars += len(item)
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return at
+                return at, chars
         elif isinstance(item, dict):
             # repr: a key may itself hold the surrogate, and the message must stay UTF-8.
             stack.extend((v, f"{at}[{k!r}]") for k, v in item.items())
             stack.extend((k, f"a key of {at}") for k in item)
         elif isinstance(item, list):
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
-    return None
+    return None, chars

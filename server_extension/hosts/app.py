@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from server_extension.handlers.base import (
     SESSIONS,
     STORE,
 )
+from server_extension.handlers.unavailable import UnavailableHandler
 from server_extension.serving.deployer import Deployer
 from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
 from server_extension.serving.ray_backend import RayBackend
@@ -162,8 +164,25 @@ class AgentsWorkbenchApp(ExtensionApp):
         1.0, help="CPUs Ray reserves for each replica of a 'ray' agent (fractions allowed)."
     ).tag(config=True)
 
+    startup_error: str | None = None
+
     def initialize_settings(self) -> None:
-        """Open the store and registry, build the deployer, write the discovery file."""
+        """Open the store and registry, build the deployer, write the discovery file.
+
+        A workspace that cannot be written (a read-only disk) is a clear error in the log and
+        a 503 naming it on every workbench route, never a silently missing extension.
+        """
+        try:
+            self._initialize_settings()
+        except (OSError, sqlite3.Error) as exc:
+            self.startup_error = (
+                f"agents-workbench cannot use the workspace {self.root_dir}: {exc}. The "
+                "workspace must be writable (the registry and sessions live in it): make it "
+                "writable, or pick another with --AgentsWorkbenchApp.root_dir, then restart.")
+            self.log.error(self.startup_error)
+            self.settings[UnavailableHandler.SETTING] = self.startup_error
+
+    def _initialize_settings(self) -> None:
         root = Path(self.root_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self._share_log()
@@ -273,16 +292,22 @@ class AgentsWorkbenchApp(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         """Register management and inference routes under the server's base_url."""
+        if self.startup_error is not None:
+            self.handlers.append((r"/agents/(?:api|d|arena)/.*", UnavailableHandler))
+            return
         self.handlers.extend(all_routes())
 
     def _prepare_handlers(self) -> None:
         # jupyter_server adds self.handlers to the web app here; then put them first in line.
         super()._prepare_handlers()
         assert self.serverapp is not None
-        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()})
+        route_first(self.serverapp.web_app, {handler for _, handler in all_routes()}
+                    | {UnavailableHandler})
 
     async def stop_extension(self) -> None:
         """Drop loaded runtimes and remove the discovery file; registry rows stay."""
+        if self.startup_error is not None:
+            return  # nothing was started
         self.reconciler.stop()
         await self.deployer.stop()
         self.lease.release()
@@ -297,5 +322,7 @@ class AgentsWorkbenchApp(ExtensionApp):
 
     def current_activity(self) -> dict[str, Any] | None:
         """Deployed agents count as activity, so an idle-culled server keeps serving them."""
+        if self.startup_error is not None:
+            return None
         live = [r.name for r in self.registry.list() if r.status == "Deployed"]
         return {"deployed_agents": live} if live else None

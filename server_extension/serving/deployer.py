@@ -458,6 +458,7 @@ class Deployer:
             "peak_rss_mb": round(max(rss, worker.peak_rss) / 2**20, 1),
             "memory_limit_mb": self.worker_memory_mb, "restarts": self._restarts.get(name, 0),
             "started_at": worker.started_at, "calls_in_flight": worker.in_flight,
+            **worker.cpu_use(),
         }
 
     def _load_and_probe(self, record: AgentRecord) -> Runtime:

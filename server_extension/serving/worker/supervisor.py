@@ -356,7 +356,8 @@ class WorkerProcess:
         self._reaper: asyncio.Future[None] | None = None
         self._pidfd: int | None = None  # names the worker itself, never a recycled pid
         self._gone = False  # the process has exited (its pidfd said so)
-        self.cpu_seconds = 0.0  # of the worker and its children, at the last sweep
+        self._cpu_sample: tuple[float, float] | None = None  # (monotonic, CPU seconds)
+        self._cpu_percent: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -553,6 +554,21 @@ class WorkerProcess:
             self.kill(f"the worker used more than {self.memory_bytes // (1024 * 1024)} MiB "
                       f"({rss // (1024 * 1024)} MiB resident; "
                       "AgentsWorkbenchApp.worker_memory_mb raises the limit)")
+
+    def cpu_use(self) -> dict[str, Any]:
+        """CPU time of the worker and the processes it started (``cpu_seconds``), and its
+        share of one core since the last time this was asked (``cpu_percent``; ``None`` the
+        first time). Scans /proc, so it runs when the traffic view asks, not in the sweep."""
+        if not self.alive or self._gone or self.pid is None:
+            return {}
+        now, total = time.monotonic(), tree.worker_cpu_seconds(self.pid)
+        previous = self._cpu_sample
+        if previous is None or now - previous[0] >= 1.0:  # a share over a second at least
+            self._cpu_sample = (now, total)
+            if previous is not None:
+                self._cpu_percent = round(
+                    max(0.0, total - previous[1]) * 100 / (now - previous[0]), 1)
+        return {"cpu_seconds": round(total, 2), "cpu_percent": self._cpu_percent}
 
     def kill(self, reason: str) -> None:
         """Stop the worker and its session now (SIGKILL); ``reason`` becomes why it died.
