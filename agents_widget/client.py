@@ -156,12 +156,34 @@ class ExperimentInfo:
         )
 
 
+class _Secret:
+    """A key held out of sight: its ``repr`` is a placeholder and copies share it.
+
+    ``vars(agent)`` shows this object, never the text; ``copy.deepcopy`` (which
+    ``dataclasses.asdict`` uses) hands back the same object rather than a readable copy.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden key>"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Secret:
+        return self
+
+
 @dataclass(frozen=True)
 class AgentInfo:
     """An agent as the management API describes it.
 
-    ``endpoint`` and ``api_key`` are set only while the agent is Deployed. The key is left out
-    of ``repr()`` so that printing an agent in a notebook does not write it into the output.
+    ``endpoint`` and ``api_key`` are set only while the agent is Deployed. The key is not a
+    dataclass field: ``repr()``, ``dataclasses.asdict()``, ``vars()`` and
+    ``pandas.DataFrame(client.agents())`` never show it, so displaying agents in a notebook
+    does not write it into the output. Only the :attr:`api_key` property reads it (as the
+    panel's copy control does).
     """
 
     name: str
@@ -178,8 +200,18 @@ class AgentInfo:
     created_at: float = 0.0
     deployed_at: float | None = None
     endpoint: str | None = None
-    api_key: str | None = field(default=None, repr=False)
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str | None:
+        """The deployment key (``None`` unless Deployed); never part of the fields."""
+        secret: _Secret | None = getattr(self, "_api_key", None)
+        return None if secret is None else secret.value
+
+    def with_api_key(self, key: str | None) -> AgentInfo:
+        """This agent holding ``key`` (set once, by whoever built it from the server's answer)."""
+        object.__setattr__(self, "_api_key", _Secret(key) if key else None)
+        return self
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AgentInfo:
@@ -187,7 +219,7 @@ class AgentInfo:
         tab: Tab = "advanced" if data.get("tab") == "advanced" else "classic"
         status = data.get("status")
         step = data.get("checkpoint_step")
-        return cls(
+        info = cls(
             name=str(data["name"]),
             tab=tab,
             experiment=str(data.get("experiment") or ""),
@@ -202,9 +234,10 @@ class AgentInfo:
             created_at=float(data.get("created_at") or 0.0),
             deployed_at=_opt_float(data.get("deployed_at")),
             endpoint=data.get("endpoint"),
-            api_key=data.get("api_key"),
             options=dict(data.get("options") or {}),
         )
+        key = data.get("api_key")
+        return info.with_api_key(str(key) if key else None)
 
 
 class SerialWorker:
@@ -340,8 +373,15 @@ class WorkbenchClient:
 
     def experiments(self) -> list[ExperimentInfo]:
         """Every experiment with its checkpoints and metrics."""
+        return self.experiment_listing()[0]
+
+    def experiment_listing(self) -> tuple[list[ExperimentInfo], list[dict[str, str]]]:
+        """Every experiment, and every folder that is not a usable one (``broken``: its
+        ``name``, ``folder`` and ``error``)."""
         body = self._request("GET", "experiments")
-        return [ExperimentInfo.from_json(e) for e in body.get("experiments", [])]
+        broken = [{k: str(v) for k, v in b.items()} for b in body.get("broken") or []
+                  if isinstance(b, Mapping)]
+        return [ExperimentInfo.from_json(e) for e in body.get("experiments", [])], broken
 
     def agents(self) -> list[AgentInfo]:
         """Every agent, both tabs."""

@@ -1,4 +1,5 @@
-"""The expanded row of a Deployed agent: API key, endpoint, key rotation, deployment code.
+"""The expanded row of a Deployed agent: API key, endpoint, key rotation, deployment code,
+traffic, playgrounds and (Classic RL) evaluation.
 
 The key is shown by :class:`~agents_widget.clipboard.SecretField`: masked, revealed or
 copied through custom messages only, so it is never a widget trait (not in saved widget
@@ -18,6 +19,7 @@ import ipywidgets as widgets
 
 from .client import AgentInfo, ExperimentInfo, WorkbenchClient
 from .clipboard import CopyButton, SecretField, TextProvider
+from .evaluation_view import evaluation_section
 from .metrics_view import MetricsView
 from .snippets import BASE_URL_ENV, KEY_ENV, build_snippets, snippet_kind
 from .viewkit import close_tree, gap
@@ -97,6 +99,10 @@ class DeploymentDetails(widgets.VBox):
         self.playground_box = self._playground_section(agent)
         if self.playground_box is not None:
             rows.append(self.playground_box)
+        # Classic agents: seeded episodes through the endpoint vs the score training recorded.
+        self.evaluation_box = evaluation_section(agent, experiment, client)
+        if self.evaluation_box is not None:
+            rows.append(self.evaluation_box)
         super().__init__(rows)
         gap(self, 6)
         self.add_class("awb-details")

@@ -133,7 +133,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for the two cores. The Ray group is scheduled first: it is the longest single queue.
     """
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        # nbval's notebook cells have no module: group them by their file.
+        owner = getattr(item, "module", None)
+        module = owner.__name__.rsplit(".", 1)[-1] if owner else Path(item.path).stem
         if module in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
         if item.get_closest_marker("xdist_group") is None:

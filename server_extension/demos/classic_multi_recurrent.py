@@ -199,7 +199,8 @@ def _start(root: Path, run: _Run, spec: dict[str, Any], plan: Plan,
         recurrent=run.recurrent,
         extra={"description": run.description, "env": spec, "quick": quick, "seed": plan.seed,
                "training": {"steps": plan.steps, "checkpoint_every": plan.checkpoint_every,
-                            "eval_episodes": plan.eval_episodes, **plan.settings},
+                            "eval_episodes": plan.eval_episodes, "eval_seed": EVAL_SEED,
+                            **plan.settings},
                **run.scores},
     )
 

@@ -427,7 +427,8 @@ def train_off_policy(
         "algorithm": name, "total_steps": total_steps, "checkpoint_every": checkpoint_every,
         "num_envs": num_envs, "memory_size": memory_size, "learning_starts": learning_starts,
         "epsilon_start": epsilon_start, "epsilon_end": epsilon_end,
-        "exploration_steps": exploration_steps, "eval_episodes": eval_episodes, "seed": seed,
+        "exploration_steps": exploration_steps, "eval_episodes": eval_episodes,
+        "eval_seed": eval_seed, "seed": seed,
     }
     tracker = _Checkpointer(agent, writer, env_id=env_id, env_kwargs=env_kwargs,
                             checkpoint_every=checkpoint_every, eval_episodes=eval_episodes,
@@ -510,7 +511,7 @@ def train_on_policy(
     num_envs = int(agent.num_envs)
     settings = {
         "algorithm": name, "total_steps": total_steps, "checkpoint_every": checkpoint_every,
-        "num_envs": num_envs, "eval_episodes": eval_episodes, "seed": seed,
+        "num_envs": num_envs, "eval_episodes": eval_episodes, "eval_seed": eval_seed, "seed": seed,
     }
     tracker = _Checkpointer(agent, writer, env_id=env_id, env_kwargs=env_kwargs,
                             checkpoint_every=checkpoint_every, eval_episodes=eval_episodes,
