@@ -110,8 +110,7 @@ def test_notebook_is_committed_without_outputs() -> None:
 
 def test_data_notebook_passes_nbval(live: ServerProcess,
                                     deployed: dict[str, dict[str, Any]]) -> None:
-    # --noconftest: tests/conftest.py groups test functions for xdist, and a notebook's cells
-    # are no functions; nbval needs none of its fixtures.
+    # --noconftest: the notebook needs none of the suite's fixtures.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--noconftest", "-q", "-p",
          "no:cacheprovider", str(NOTEBOOK)],
