@@ -26,6 +26,9 @@ from .viewkit import close_tree, gap
 # (JupyterLab at 1280 px with the file browser open): a fixed width would push them past the
 # panel's edge, where the notebook cuts them off. Every row's grid has the same template and
 # only fixed minimums, so the columns line up from row to row whatever the cells hold.
+# The server's note on a Pending agent whose framework's libraries are still being imported
+# (server_extension.serving.deployer.STARTING_RUNTIME; a test keeps the two equal).
+STARTING_RUNTIME = "Starting the model runtime"
 ACTIONS_WIDTH = "minmax(135px, 280px)"
 # Headers do not wrap: "Source Experiment" needs 150 px with its padding.
 COLUMNS: dict[Tab, list[tuple[str, str]]] = {
@@ -58,7 +61,10 @@ def status_html(agent: AgentInfo) -> str:
     """A coloured status pill; a Pending one whose worker is restarting says why (a Failed
     row's reason goes under the row: :func:`reason_html`)."""
     pill = f"<span class='awb-pill awb-pill-{agent.status}'>{agent.status}</span>"
-    if agent.status == "Pending" and agent.error:
+    if agent.status == "Pending" and (agent.error or "").startswith(STARTING_RUNTIME):
+        # Its framework's libraries are still being imported (deployer._start_worker).
+        pill += f" <span class='awb-hint'>{html.escape(agent.error or '').lower()}…</span>"
+    elif agent.status == "Pending" and agent.error:
         # The worker died while serving and is being restarted (deployer._worker_exited).
         pill += (" <span class='awb-hint' title='" + html.escape(agent.error, quote=True)
                  + "'>restarting…</span>")

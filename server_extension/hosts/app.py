@@ -315,6 +315,10 @@ class AgentsWorkbenchApp(ExtensionApp):
         # decided, Connect only writes the registry.
         self.deployer.serves = False
         self.lease = ServingLease(root)
+        # Templates import for seconds: start them now, before the HTTP server listens, when
+        # this server will be the one that loads agents (the lease is free).
+        if self.lease.try_acquire():
+            self.deployer.warm_templates()
         self.settings[SERVING] = self.lease
         self.reconciler = Reconciler(self.deployer, self.lease)
         # The loop may not run yet while extensions load; restore agents once it does.

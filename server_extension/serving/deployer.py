@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -71,7 +72,8 @@ from server_extension.serving.worker.supervisor import (
     WorkerProcess,
     WorkerTimeout,
     rss_bytes,
-    warm_template,
+    template_for,
+    warm_templates,
 )
 from server_extension.workspace.registry import (
     AgentRecord,
@@ -88,6 +90,8 @@ from workbench_core.store import ExperimentStore, StoreError
 
 T = TypeVar("T")
 log = logging.getLogger("agents_workbench.deployer")
+# A Pending agent's note while its framework's template is still importing (the panel shows it).
+STARTING_RUNTIME = "Starting the model runtime"
 
 
 class RequestTimeout(TimeoutError):
@@ -294,6 +298,14 @@ class Deployer:
         if self.isolation == "process":
             self._sweeper = PeriodicCallback(self._sweep, 200)
             self._sweeper.start()
+            if self.serves:  # a follower loads nothing: its templates would only use memory
+                self.warm_templates()
+
+    def warm_templates(self) -> None:
+        """Start the worker templates this workspace's experiments need, in the background
+        (``worker/families.py``); nothing without experiments, nothing with thread isolation.
+        Safe to call more than once."""
+        if self.isolation == "process":
             self._loaders.submit(self._warm_template)
 
     def _warm_template(self) -> None:
@@ -305,7 +317,7 @@ class Deployer:
             log.debug("Not warming workers: %s", exc)
             return
         if frameworks:
-            warm_template(frameworks)
+            warm_templates(frameworks)  # one template per family, Classic first
 
     def _sweep(self) -> None:
         self._drop_orphan_canaries()
@@ -432,7 +444,7 @@ class Deployer:
                                frame_cap=self.limits.max_array_bytes + 16 * 2**20)
         self._worker_set.add(worker)
         try:
-            await worker.start()
+            await self._start_worker(worker, experiment.info.framework)
             answer, _ = await worker.call(
                 {"op": "load"}, timeout=self.load_timeout,
                 late=f"the checkpoint did not load within {self.load_timeout:g} s and its "
@@ -449,6 +461,25 @@ class Deployer:
             worker.close()
             raise
         return WorkerRuntime(AgentKind(**answer["result"]["kind"]), worker)
+
+    async def _start_worker(self, worker: WorkerProcess, framework: str) -> None:
+        """Start ``worker``; while its family's template is still importing, the agent says
+        so ("Starting the model runtime (n s)") rather than a silent Pending."""
+        start = asyncio.ensure_future(worker.start())
+        try:
+            while not start.done():
+                template = template_for(framework)
+                if template is not None and not template.ready:
+                    since = time.time() - (template.started_at or time.time())
+                    with contextlib.suppress(Exception):  # deleted meanwhile: no note
+                        if self.registry.get(worker.name).status == "Pending":
+                            self.registry.update(worker.name, error=(
+                                f"{STARTING_RUNTIME} ({max(0, round(since))} s)"))
+                await asyncio.wait({start}, timeout=1.0)
+        except BaseException:
+            start.cancel()
+            raise
+        await start
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         """A worker died on its own (crash, signal, memory, a call past its deadline)."""

@@ -72,6 +72,7 @@ class ServingLease:
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; ``True`` when this server now holds it."""
         if self.held:
+            self._write_holder()  # the URL may be known only now
             return True
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -90,10 +91,14 @@ class ServingLease:
             os.close(fd)
             return False
         os.fchmod(fd, 0o600)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "url": self.url}).encode())
         self._fd = fd
+        self._write_holder()
         return True
+
+    def _write_holder(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "url": self.url}).encode(), 0)
 
     def release(self) -> None:
         """Give the lease up (the server is stopping); another server may take it."""
@@ -147,6 +152,7 @@ class Reconciler:
         if not deployer.serves and self.lease.try_acquire():
             log.info("This server now loads the workspace's agents (%s)", self.lease.path)
             deployer.serves = True
+            deployer.warm_templates()  # a follower started none
             took_over = True
         version = data_version(deployer.registry)
         if version == self._seen and not took_over:

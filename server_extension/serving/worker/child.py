@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import importlib
 import json
 import os
 import resource
@@ -25,38 +26,26 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from server_extension.serving.worker import protocol, serving, tree
+from server_extension.serving.worker import families, protocol, serving, tree
 from server_extension.serving.worker.protocol import ProtocolError
 
-TEMPLATE_MODULES = ("numpy", "torch", "agilerl", "transformers", "peft")
 
-
-def preload(frameworks: list[str]) -> None:
-    """Import what workers of ``frameworks`` need, in the template, before any fork.
+def preload(family: str) -> None:
+    """Import what workers of ``family`` need (``families.py``), in its template, before any
+    fork.
 
     Only imports: running a torch op here would start its thread pools, which do not survive
-    a fork.
+    a fork. A module that fails to import is skipped; a worker that needs it imports it
+    itself and reports why.
     """
-    import numpy  # noqa: F401
-
     from server_extension.serving.runtimes import base  # noqa: F401
 
-    if {"agilerl", "latent_ppo", "torch", "pytorch", "torchscript", "torch_export",
-            "sb3"} & set(frameworks):
-        import torch  # noqa: F401
-    if "sb3" in frameworks:
-        from server_extension.serving.runtimes import sb3
-
-        sb3.warm()
-    if "onnx" in frameworks:
-        # onnxruntime only: an ONNX worker never needs torch.
-        import onnxruntime  # noqa: F401
-    if "agilerl" in frameworks or "latent_ppo" in frameworks:
-        from server_extension.serving.runtimes import agilerl, agilerl_multi, agilerl_recurrent  # noqa: F401
-
-        agilerl.algorithm_classes()
-    if "transformers" in frameworks:
-        from server_extension.serving.runtimes import llm  # noqa: F401
+    for entry in families.FAMILIES.get(family, families.FAMILIES[families.FULL]):
+        module, _, function = entry.partition(":")
+        with contextlib.suppress(Exception):
+            imported = importlib.import_module(module)
+            if function:
+                getattr(imported, function)()
 
 
 class Worker:

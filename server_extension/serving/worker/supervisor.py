@@ -1,10 +1,12 @@
 """The server side of worker processes: start them warm, relay calls, notice deaths.
 
-Every worker is forked from one template process (multiprocessing's fork server) that has
-already imported torch, AgileRL (and transformers, when the workspace has LLM experiments):
-a fork takes tens of milliseconds where a fresh interpreter would spend seconds importing.
-The template starts in the background when the server starts on a workspace with experiments
-(:func:`warm_template`), so the first Connect finds it ready.
+Every worker is forked from the template of its framework's family (``families.py``): a
+fork server that has already imported that family's libraries (numpy, torch and AgileRL for
+Classic RL; transformers and PEFT as well for LLMs). A fork takes tens of milliseconds where a
+fresh interpreter would spend seconds importing. The templates the workspace's experiments
+need start in the background as the extension loads (:func:`warm_templates`), Classic first
+and each after the one before has finished importing, so a Classic Connect never waits for
+the LLM stack.
 
 A :class:`WorkerProcess` owns one child and everything it starts (``tree.py``): a socket to
 it (an asyncio protocol, so relaying a call costs the event loop a write and a callback), a
@@ -14,7 +16,7 @@ comes from the fork server. Every signal goes through a pidfd, never to a bare p
 their deadline, and workers past their memory limit, are killed by a sweep that runs a few
 times a second; a stopped or dead worker's session is killed with it.
 
-Threading: everything here runs on the event loop except :func:`warm_template` and the
+Threading: everything here runs on the event loop except :func:`warm_templates` and the
 blocking part of :meth:`WorkerProcess.start`, which run on a thread.
 
 Example::
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -36,20 +39,20 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing import forkserver, spawn
+from multiprocessing import context, forkserver, popen_forkserver, reduction, spawn, util
 from pathlib import Path
 from typing import Any
 
-from server_extension.serving.worker import child, protocol, tree
+from server_extension.serving.worker import child, families, protocol, tree
 from server_extension.serving.worker.protocol import ProtocolError
 
 log = logging.getLogger("agents_workbench.workers")
 
-_CTX = multiprocessing.get_context("forkserver")
 WORKER_NAME = "agents-workbench worker"
 _PREPARATION = spawn.get_preparation_data
 
@@ -68,14 +71,14 @@ def _worker_preparation(name: str) -> dict[str, Any]:
 
 spawn.get_preparation_data = _worker_preparation
 _TEMPLATE_LOCK = threading.Lock()
-# What the template imported (set once: the fork server's preload list cannot change).
-_TEMPLATE: dict[str, list[str]] = {}
 PRELOAD_ENV = "AGENTS_WORKBENCH_PRELOAD"
+READY_ENV = "AGENTS_WORKBENCH_TEMPLATE_READY"
 SERVER_PID_ENV = "AGENTS_WORKBENCH_SERVER_PID"
-# The template's parent-death signal fires when the *thread* that started it ends, so it is
-# started from this one thread, which lives as long as the server.
+# A template's parent-death signal fires when the *thread* that started it ends, so every
+# template is started from this one thread, which lives as long as the server.
 _KEEPER = ThreadPoolExecutor(1, thread_name_prefix="agents-template")
 HELLO_TIMEOUT = 60.0
+READY_TIMEOUT = 300.0  # a template still importing after this lets the next family start
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -104,29 +107,165 @@ class WorkerCallError(RuntimeError):
         self.kind = kind
 
 
-def warm_template(frameworks: list[str]) -> None:
-    """Start the template process importing ``frameworks``, unless it runs already (blocking).
+class _ForkServer(forkserver.ForkServer):
+    """A fork server that is only ever (re)started through its :class:`Template` on the
+    keeper thread, with the template's environment (multiprocessing would otherwise restart
+    a dead one from whichever thread starts the next worker)."""
 
-    The first caller decides what the template imports; later workers import anything else
-    they need themselves.
-    """
+    def __init__(self, template: Template) -> None:
+        super().__init__()
+        self.template = template
+
+    def ensure_running(self) -> None:
+        _KEEPER.submit(self.template.ensure_running).result()
+
+
+class Template:
+    """One warm template: a fork server that imported one family's libraries
+    (``families.py``). Workers of that family fork from it."""
+
+    def __init__(self, family: str, ready_path: Path) -> None:
+        self.family = family
+        self.ready_path = ready_path
+        self.server = _ForkServer(self)
+        self.server.set_forkserver_preload([f"{__package__}.template"])
+        self.started_at: float | None = None  # time.time() of its (last) start
+
+    @property
+    def pid(self) -> int:
+        """The template's pid (0 before it started)."""
+        return int(getattr(self.server, "_forkserver_pid", None) or 0)
+
+    @property
+    def ready(self) -> bool:
+        """Its imports are done: a worker forked now starts in tens of milliseconds."""
+        pid = self.pid
+        return bool(pid) and Path(f"{self.ready_path}.{pid}").exists()
+
+    def ensure_running(self) -> None:
+        """Start the template unless it runs (on the keeper thread only)."""
+        before = self.pid
+        # The template reads these at start; set only while it is spawned (on this one thread).
+        os.environ[PRELOAD_ENV] = self.family
+        os.environ[READY_ENV] = str(self.ready_path)
+        os.environ[SERVER_PID_ENV] = str(os.getpid())
+        try:
+            forkserver.ForkServer.ensure_running(self.server)  # starts it again if it died
+        finally:
+            os.environ.pop(PRELOAD_ENV, None)
+            os.environ.pop(READY_ENV, None)
+        if self.pid != before:
+            self.started_at = time.time()
+
+    def gone(self) -> bool:
+        """The template process has exited (or never started)."""
+        try:
+            raw = Path(f"/proc/{self.pid}/stat").read_bytes() if self.pid else b""
+        except OSError:
+            return True
+        # "pid (comm) state ...": a zombie (Z) or dead (X) template has exited.
+        return not raw or raw[raw.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the template's imports are done (False: timeout, or it died)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if time.monotonic() > deadline or self.gone():
+                return False
+            time.sleep(0.05)
+        return True
+
+
+_TEMPLATES: dict[str, Template] = {}
+_QUEUED: set[str] = set()  # families a warm-up sequence has taken on
+_READY_DIR: list[Path] = []
+_LAUNCH = threading.local()  # the template a Process.start() on this thread forks from
+
+
+def _template(family: str) -> Template:
     with _TEMPLATE_LOCK:
-        if "frameworks" not in _TEMPLATE:
-            _TEMPLATE["frameworks"] = sorted(set(frameworks))
-            os.environ[PRELOAD_ENV] = ",".join(_TEMPLATE["frameworks"])
-            os.environ[SERVER_PID_ENV] = str(os.getpid())
-            _CTX.set_forkserver_preload([f"{__package__}.template"])
-    _KEEPER.submit(forkserver.ensure_running).result()
+        template = _TEMPLATES.get(family)
+        if template is None:
+            if not _READY_DIR:
+                _READY_DIR.append(Path(tempfile.mkdtemp(prefix="agents-workbench-templates-")))
+            template = _TEMPLATES[family] = Template(family, _READY_DIR[0] / family)
+        return template
 
 
-def template_pid() -> int:
-    """The running template's pid (0 before it started)."""
-    return int(getattr(forkserver._forkserver, "_forkserver_pid", None) or 0)
+def start_template(family: str) -> Template:
+    """Start ``family``'s template now unless it runs (returns once it is spawned, without
+    waiting for its imports)."""
+    template = _template(family)
+    _KEEPER.submit(template.ensure_running).result()
+    return template
 
 
-def template_frameworks() -> list[str] | None:
-    """What the template imported, or ``None`` before it was started."""
-    return _TEMPLATE.get("frameworks")
+def warm_templates(frameworks: list[str] | set[str]) -> threading.Thread | None:
+    """Start the templates ``frameworks`` need, in :data:`families.ORDER`, each once the one
+    before has finished importing (two importing at once would share the CPUs, and Classic
+    RL would wait for transformers). Runs on a thread of its own; returns it (``None`` when
+    nothing was left to start)."""
+    with _TEMPLATE_LOCK:
+        todo = [f for f in families.families_for(frameworks) if f not in _QUEUED]
+        _QUEUED.update(todo)
+    if not todo:
+        return None
+
+    def sequence() -> None:
+        for family in todo:
+            try:
+                start_template(family).wait_ready(READY_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - a worker of the family reports it
+                log.warning("The %s template did not start: %s", family, exc)
+
+    thread = threading.Thread(target=sequence, name="agents-template-warm", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_template(frameworks: list[str]) -> None:
+    """Start the templates ``frameworks`` need (in the background, in order)."""
+    warm_templates(frameworks)
+
+
+def template_for(framework: str) -> Template | None:
+    """The template of ``framework``'s family, or ``None`` before it was asked for."""
+    return _TEMPLATES.get(families.family_of(framework))
+
+
+def templates() -> dict[str, Template]:
+    """Every template asked for so far, by family."""
+    return dict(_TEMPLATES)
+
+
+class _TemplatePopen(popen_forkserver.Popen):
+    """multiprocessing's fork-server start, from the template chosen for this start (the
+    standard one knows a single fork server)."""
+
+    def _launch(self, process_obj: Any) -> None:
+        server: forkserver.ForkServer = _LAUNCH.server
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        buf = io.BytesIO()
+        context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            context.set_spawning_popen(None)
+        self.sentinel, w = server.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds,  # type: ignore[attr-defined]
+                                       (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as fh:
+            fh.write(buf.getbuffer())
+        # Blocks until the template accepts: only a template still importing makes it wait.
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _TemplatePopen(process_obj)
 
 
 def rss_bytes(pid: int) -> int:
@@ -239,10 +378,10 @@ class WorkerProcess:
         """Fork the worker from the template, take its pidfd and connect to it."""
         parent, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.log_path.touch(mode=0o600)
-        frameworks = [str(self.settings.get("framework", ""))]
+        framework = str(self.settings.get("framework", ""))
         try:
             try:
-                await asyncio.to_thread(self._start_blocking, frameworks, parent, sock)
+                await asyncio.to_thread(self._start_blocking, framework, parent, sock)
             finally:
                 sock.close()
         except BaseException:
@@ -256,14 +395,18 @@ class WorkerProcess:
         assert self._pidfd is not None
         loop.add_reader(self._pidfd, self._on_process_exit)
 
-    def _start_blocking(self, frameworks: list[str], parent: socket.socket,
+    def _start_blocking(self, framework: str, parent: socket.socket,
                         sock: socket.socket) -> None:
-        warm_template(frameworks)
-        self.proc = _CTX.Process(
+        template = start_template(families.family_of(framework))
+        self.proc = _WorkerProcess(
             target=child.main,
-            args=(sock, str(self.log_path), {**self.settings, "template_pid": template_pid()}),
+            args=(sock, str(self.log_path), {**self.settings, "template_pid": template.pid}),
             name=f"{WORKER_NAME} {self.name}", daemon=False)
-        self.proc.start()
+        _LAUNCH.server = template.server
+        try:
+            self.proc.start()
+        finally:
+            del _LAUNCH.server
         # multiprocessing polls every child it knows at each start() (from whatever thread
         # calls it) and joins them at exit. This one is polled by its own reaper only, and
         # the server must not wait for workers when it exits.

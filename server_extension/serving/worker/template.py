@@ -1,8 +1,11 @@
-"""Imported by the warm template process (multiprocessing's fork server) before any fork.
+"""Imported by a warm template process (a multiprocessing fork server) before any fork.
 
-The frameworks to import come from ``AGENTS_WORKBENCH_PRELOAD`` (set by the supervisor), so
-the template pays only for what the workspace's experiments use. Nothing here may raise: a
-failing preload would take the template down, and every worker is forked from it.
+Which family to import comes from ``AGENTS_WORKBENCH_PRELOAD`` (set by the supervisor for
+this one template; ``families.py`` lists what each family imports). Nothing here may raise: a
+failing preload would take the template down, and every worker of its family is forked from
+it. When the imports are done the template creates the file named by
+``AGENTS_WORKBENCH_TEMPLATE_READY`` plus its pid: that is how the server knows a Connect no
+longer waits for imports (and the panel stops saying "starting the model runtime").
 
 The template dies with the server (``PR_SET_PDEATHSIG``, even when the server is killed with
 SIGKILL), and each worker takes its own session down when the template goes (``child.py``).
@@ -22,4 +25,9 @@ if _server:
 
 # A worker that needs a module that failed here imports it itself and reports why.
 with contextlib.suppress(Exception):
-    child.preload([f for f in os.environ.get("AGENTS_WORKBENCH_PRELOAD", "").split(",") if f])
+    child.preload(os.environ.get("AGENTS_WORKBENCH_PRELOAD", "") or "full")
+
+_ready = os.environ.get("AGENTS_WORKBENCH_TEMPLATE_READY", "")
+if _ready:
+    with contextlib.suppress(OSError):
+        os.close(os.open(f"{_ready}.{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600))

@@ -1,0 +1,262 @@
+"""First Connect on a fresh server (issue #33), written to ``benchmarks/results/``.
+
+    python -m benchmarks.first_connect            # every case: about 5 minutes on a quiet
+                                                  # 2-core machine
+    python -m benchmarks.first_connect --quick    # DQN and the chat model, offsets 0 and 5
+
+For each workspace (``full``: the quick-trained Classic demo runs, MADDPG and the tiny chat
+model; ``classic``: the same without the chat model), each policy and each offset, a fresh
+``jupyter server`` is started; at ``offset`` seconds after it first answers, the agent is
+created and connected, and Connect -> Deployed is timed (the agent's status polled every
+10 ms). Then, on one server whose templates have finished importing: warm Connects, and the
+memory of each template (RSS and PSS, from ``/proc``). The machine's load average (1 min) is
+recorded beside every figure: on a busy machine the imports, and so the first Connects, are
+slower by about that factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .run import machine, say
+from .servers import WorkbenchServer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUIET = ["--AgentsWorkbenchApp.health_check_interval=0",
+         "--AgentsWorkbenchApp.load_timeout=600"]
+POLICIES = {"dqn": "cartpole-dqn", "ppo": "cartpole-ppo", "maddpg": "spread-maddpg",
+            "chat": "tiny-chat-sft"}
+CLASSIC = ("dqn", "ppo", "maddpg")
+OFFSETS = (0.0, 1.0, 3.0, 5.0)
+GOALS = {"classic": 1.0, "chat": 3.0, "warm": 0.1}
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the templates import."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "agilerl", "transformers", "peft", "jupyter_server"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def build(work: Path) -> dict[str, Path]:
+    """The two workspaces under ``work`` (reused when there already)."""
+    from server_extension.demos.classic import build_demo
+    from server_extension.demos.classic_multi_recurrent import SPREAD, build_classic_demo
+    from server_extension.demos.llm import build_llm_demo
+
+    classic, full = work / "classic", work / "full"
+    if not (classic / "experiments" / POLICIES["maddpg"]).exists():
+        shutil.rmtree(classic, ignore_errors=True)
+        say("training the quick Classic demo (DQN, PPO, ... and MADDPG)")
+        build_demo(classic, quick=True)
+        build_classic_demo(classic, quick=True, only=[SPREAD])
+    if not (full / "experiments" / POLICIES["chat"]).exists():
+        shutil.rmtree(full, ignore_errors=True)
+        shutil.copytree(classic / "experiments", full / "experiments")
+        say("training the quick tiny chat model")
+        build_llm_demo(full, quick=True)
+    return {"full": full, "classic": classic}
+
+
+def _fresh(source: Path, logs: Path, label: str) -> WorkbenchServer:
+    root = logs / f"root-{label}"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(source / "experiments", root / "experiments")
+    return WorkbenchServer(root, logs, label=label, extra=QUIET)
+
+
+def _first_answer(server: WorkbenchServer, timeout: float = 300.0) -> float:
+    """Launch ``server``; the monotonic time its REST API first answered."""
+    server.launch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if server.session.get(server.url + "api/status", timeout=2).ok:
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"server did not answer; log {server.log_path}")
+
+
+def _connect(server: WorkbenchServer, name: str, timeout: float = 600.0,
+             ) -> tuple[float, list[str]]:
+    """Connect -> Deployed in seconds, and the notes the agent showed while Pending."""
+    started = time.perf_counter()
+    server.api("POST", f"agents/{name}/connect").raise_for_status()
+    notes: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent = server.api("GET", f"agents/{name}").json()
+        if agent["status"] == "Deployed":
+            return time.perf_counter() - started, notes
+        if agent["status"] == "Failed":
+            raise RuntimeError(f"{name} failed: {agent.get('error')}")
+        if agent.get("error") and agent["error"] not in notes:
+            notes.append(agent["error"])
+        time.sleep(0.01)
+    raise TimeoutError(f"{name} not Deployed within {timeout} s")
+
+
+def first_connect(source: Path, logs: Path, policy: str, offset: float) -> dict[str, Any]:
+    """One fresh server: create and Connect ``policy`` ``offset`` s after it first answers."""
+    server = _fresh(source, logs, f"{policy}-{offset:g}")
+    launched = time.monotonic()
+    try:
+        answered = _first_answer(server)
+        time.sleep(max(0.0, answered + offset - time.monotonic()))
+        load = os.getloadavg()[0]
+        server.create(policy, POLICIES[policy])
+        seconds, notes = _connect(server, policy)
+    finally:
+        server.stop()
+    return {"policy": policy, "offset_s": offset, "connect_s": round(seconds, 3),
+            "server_answered_s": round(answered - launched, 2), "load_1m": round(load, 2),
+            "notes": notes[-1:]}
+
+
+def _template_memory(pid: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                rollup = Path(f"/proc/{child}/smaps_rollup").read_text().splitlines()
+            except OSError:
+                continue
+            family = next((e.split(b"=", 1)[1].decode() for e in env
+                           if e.startswith(b"AGENTS_WORKBENCH_PRELOAD=")), None)
+            if family is None:
+                continue
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in rollup
+                  if line.split(":")[0] in ("Rss", "Pss")}
+            out[family] = {"pid": child, "rss_mb": round(kb.get("Rss", 0) / 1024, 1),
+                           "pss_mb": round(kb.get("Pss", 0) / 1024, 1)}
+    return out
+
+
+def warm_and_memory(source: Path, logs: Path, warm: int) -> dict[str, Any]:
+    """A server whose templates have imported: warm Connects, template memory."""
+    server = _fresh(source, logs, "warm")
+    try:
+        _first_answer(server)
+        # The chat model's Connect waits for the last template: after it, all have imported.
+        server.create("chat-first", POLICIES["chat"])
+        _connect(server, "chat-first")
+        server.disconnect("chat-first")
+        server.create("dqn-first", POLICIES["dqn"])
+        _connect(server, "dqn-first")
+        times = {}
+        for policy in (*CLASSIC, "chat"):
+            runs = []
+            for i in range(warm):
+                name = f"{policy}-warm-{i}"
+                server.create(name, POLICIES[policy])
+                runs.append(_connect(server, name)[0])
+                server.disconnect(name)
+            times[policy] = {"median_s": round(statistics.median(runs), 3),
+                             "max_s": round(max(runs), 3),
+                             "load_1m": round(os.getloadavg()[0], 2)}
+        memory = _template_memory(server.pid)
+    finally:
+        server.stop()
+    return {"warm": times, "templates": memory}
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown results file."""
+    lines = [f"# First Connect on a fresh server ({results['date']})", "",
+             f"Command: `{results['command']}`", "",
+             f"Machine: {results['machine']}", f"Versions: {results['versions']}", "",
+             "Workspaces are quick-trained demo runs (scores meaningless; load cost is what "
+             "counts). Each row is a fresh server; Connect -> Deployed in seconds, with the "
+             "1-minute load average when the agent was created.", "",
+             "| workspace | policy | offset s | Connect -> Deployed s | server answered s | "
+             "load 1m | note while Pending |", "|---|---|---|---|---|---|---|"]
+    for row in results["first"]:
+        note = "; ".join(row["notes"])
+        lines.append(f"| {row['workspace']} | {row['policy']} | {row['offset_s']:g} | "
+                     f"{row['connect_s']} | {row['server_answered_s']} | {row['load_1m']} | "
+                     f"{note} |")
+    lines += ["", "Worst case per policy and workspace (goal: Classic <= 1 s, chat <= 3 s):",
+              ""]
+    worst: dict[tuple[str, str], float] = {}
+    for row in results["first"]:
+        key = (row["workspace"], row["policy"])
+        worst[key] = max(worst.get(key, 0.0), row["connect_s"])
+    for (workspace, policy), seconds in sorted(worst.items()):
+        goal = GOALS["chat" if policy == "chat" else "classic"]
+        lines.append(f"- {workspace} / {policy}: {seconds} s "
+                     f"({'met' if seconds <= goal else 'missed'}, goal {goal:g} s)")
+    lines += ["", "Warm Connect (templates imported; goal <= 0.1 s):", ""]
+    for policy, row in results["warm"]["warm"].items():
+        lines.append(f"- {policy}: median {row['median_s']} s, max {row['max_s']} s "
+                     f"(load {row['load_1m']})")
+    lines += ["", "Template memory (full workspace, after the chat model's Connect):", ""]
+    for family, row in results["warm"]["templates"].items():
+        lines.append(f"- {family}: RSS {row['rss_mb']} MiB, PSS {row['pss_mb']} MiB")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the benchmark; the path of the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="DQN and the chat model only, offsets 0 and 5 s, 2 warm Connects")
+    parser.add_argument("--work", type=Path,
+                        default=Path.home() / ".cache" / "agents-workbench-first-connect",
+                        help="where the workspaces are built (reused by the next run)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    started = {"machine": machine(), "versions": versions()}
+    workspaces = build(args.work)
+    logs = args.work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    offsets = (0.0, 5.0) if args.quick else OFFSETS
+    first = []
+    for workspace, source in workspaces.items():
+        policies = ["dqn"] if args.quick else list(CLASSIC)
+        if workspace == "full":
+            policies.append("chat")
+        for policy in policies:
+            for offset in offsets:
+                row = first_connect(source, logs, policy, offset)
+                row["workspace"] = workspace
+                say(f"{workspace} {policy} +{offset:g} s: {row['connect_s']} s "
+                    f"(load {row['load_1m']})")
+                first.append(row)
+    warm = warm_and_memory(workspaces["full"], logs, 2 if args.quick else 5)
+    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "python -m benchmarks.first_connect" + (" --quick" if args.quick
+                                                                   else ""),
+               **started, "first": first, "warm": warm}
+    out = args.out or RESULTS / (dt.date.today().isoformat() + "-first-connect"
+                                 + ("-quick" if args.quick else "") + ".md")
+    out.write_text(render(results))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    say(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
