@@ -70,9 +70,10 @@ def test_chat_defaults_and_aliases() -> None:
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, 400, "stream_options"),
     ({"stream": True, "stream_options": {"chunk_size": 3}}, 400, "stream_options"),
     ({"messages": [{"role": "user", "content": None}]}, 400, "messages[0].content"),
+    # Tool calls are supported now: a malformed one is refused naming the item.
     ({"messages": [{"role": "assistant", "content": "x", "tool_calls": [{}]}]}, 400,
-     "messages[0].tool_calls"),
-    ({"tools": [{"type": "function"}]}, 400, "tools"),
+     "messages[0].tool_calls[0]"),
+    ({"tools": [{"type": "function"}]}, 400, "tools[0]"),
 ])
 def test_chat_refusals_name_the_parameter(body: dict[str, Any], status: int,
                                           param: str) -> None:
@@ -82,7 +83,8 @@ def test_chat_refusals_name_the_parameter(body: dict[str, Any], status: int,
     assert set(info.value.to_json()["error"]) == {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize("prompt", [None, [], [1, 2, 3], [" "], ["a"] * 65])
+# Token ids ([1, 2, 3]) are prompts now; a list mixing ids and text is not.
+@pytest.mark.parametrize("prompt", [None, [], [1, "a"], [" "], ["a"] * 65])
 def test_completion_prompts_are_text(prompt: Any) -> None:
     with pytest.raises(OpenAIError) as info:
         parse_completion({"model": "m", "prompt": prompt}, model_id="m")

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +367,20 @@ def test_07_culling_with_and_without_traffic(hub: Hub) -> None:
     alice = hub.deployed("alice", "cartpole")
     hub.deployed("bob", "bobs")
     headers = {"Authorization": f"Bearer {alice['api_key']}"}
+
+    def called_and_seen() -> bool:
+        # Earlier steps may have left alice idle for longer than the cull timeout: the culler
+        # must first see the calls' activity, or its first round culls her at once.
+        requests.post(f"{alice['endpoint']}/get_action", json=obs_body(1), headers=headers,
+                      timeout=30)
+        server = hub.server("alice") or {}
+        seen = server.get("last_activity")
+        if not seen:
+            return False
+        when = datetime.fromisoformat(str(seen).replace("Z", "+00:00"))
+        return (datetime.now(UTC) - when).total_seconds() < CULL_TIMEOUT / 3
+
+    wait_until(called_and_seen, timeout=120, what="the hub to see alice's calls as activity")
     # The shipped culler's command, with this test's timeout, as an external service.
     culler = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub_idle_culler", f"--url={hub.url}hub/api",

@@ -143,6 +143,9 @@ async def test_connect_serve_rotate_disconnect_delete(jp_fetch: Any) -> None:
     code, status = await call(jp_fetch, "GET", "agents", "d", "cart", "status",
                               headers={"Authorization": ""})
     assert code == 200
+    assert "agent" not in status  # the kind only to a caller with a credential
+    code, status = await call(jp_fetch, "GET", "agents", "d", "cart", "status", headers=auth)
+    assert code == 200
     assert status["agent"] == {"algo": "DQN", "multi_agent": False, "llm": False,
                                "recurrent": False, "supervised": False}
     assert key not in json.dumps(status)

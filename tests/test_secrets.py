@@ -219,11 +219,17 @@ def test_key_comparison_is_constant_time() -> None:
     import server_extension
     from server_extension.handlers.inference import InferenceHandler
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(InferenceHandler.authenticate)))
+    # The key check lives in credential() (authenticate() calls it): it compares the given
+    # key with the agent's, or with a decoy of the same shape when the name has none.
+    tree = ast.parse(textwrap.dedent(inspect.getsource(InferenceHandler.credential)))
     digests = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
                and ast.unparse(n.func) == "hmac.compare_digest"]
     assert len(digests) == 1
-    assert any(_compares_key(arg) for arg in digests[0].args)
+    assigned = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and ast.unparse(n.targets[0]) == "expected"]
+    assert assigned
+    assert _compares_key(assigned[0].value)
+    assert "expected" in ast.unparse(digests[0])
 
     package = Path(server_extension.__file__).parent
     for source in package.rglob("*.py"):

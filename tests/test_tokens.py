@@ -59,7 +59,7 @@ def test_schema_2_file_gains_the_token_table_in_place(tmp_path: Path) -> None:
     db.commit()
     db.close()
     registry = Registry(path)
-    assert registry.schema_version == 3 == len(MIGRATIONS)
+    assert registry.schema_version == len(MIGRATIONS) >= 3
     assert registry.get("old").algo == "DQN"
     minted = mint(registry, "laptop")
     assert verify(registry, minted.secret) == minted.record

@@ -100,7 +100,9 @@ async def test_bad_folders_are_listed_broken_and_never_5xx(jp_fetch: Any,
     assert good["bad-step"]["checkpoints"] == []
     assert [c["step"] for c in good["bad-link"]["checkpoints"]].count(7) == 1
     assert good["bad-usr"]["checkpoints"] == []
-    assert {8, 9} <= {c["step"] for c in good["bad-loop"]["checkpoints"]}
+    # Checkpoints that are links to nowhere (here, to each other) make the experiment broken,
+    # with the reason, as a linked import whose source moved does.
+    assert "bad-loop" in broken, broken
     for name, checkpoint in [(n, "best") for n in broken] + [
             ("bad-step", "best"), (SOURCE, 2**64), (SOURCE, 2**70), (SOURCE, [1]),
             (SOURCE, float("inf")), (SOURCE, 1e300), (SOURCE, float("nan"))]:
