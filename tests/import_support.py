@@ -9,13 +9,18 @@ a truncated checkpoint.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.servers import ServerProcess
 
 # Small on purpose: a few hundred steps prove the file layout and the import; the served
 # answers are compared with the same weights loaded in-process, so skill does not matter.
 STEPS = 256
 EVERY = 128
+
 
 
 def train_dqn(folder: Path) -> Path:
@@ -205,3 +210,16 @@ def save_tictactoe_ippo(path: Path) -> Path:
         env.close()
     agent.save_checkpoint(str(path))
     return path
+
+
+@contextmanager
+def empty_workspace_server(root: Path) -> Iterator[ServerProcess]:
+    """A real server over the empty workspace ``root``, stopped on the way out."""
+    with warnings.catch_warnings():
+        # ServerProcess.start leaves its log handle to the collector (classic_fixtures.py).
+        warnings.simplefilter("ignore", ResourceWarning)
+        served = ServerProcess(root).start()
+    try:
+        yield served
+    finally:
+        served.stop()

@@ -52,13 +52,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server over an empty workspace."""
     root = tmp_path_factory.mktemp("import-workspace")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        served = ServerProcess(root).start()
-    try:
+    with import_support.empty_workspace_server(root) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def post_import(server: ServerProcess, body: dict[str, Any]) -> requests.Response:

@@ -4,7 +4,6 @@ offers the local folder that fits."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,14 +30,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("import-llm")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        served = ServerProcess(root).start()
-    try:
+    with import_support.empty_workspace_server(tmp_path_factory.mktemp("import-llm")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def _reference_answer(server: ServerProcess, name: str, prompt: str) -> str:

@@ -24,14 +24,8 @@ AGENTS = ["agent_0", "agent_1", "agent_2"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server over an empty workspace."""
-    root = tmp_path_factory.mktemp("import-multi")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        served = ServerProcess(root).start()
-    try:
+    with import_support.empty_workspace_server(tmp_path_factory.mktemp("import-multi")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def _reference(path: Path, algo: str) -> Any:
