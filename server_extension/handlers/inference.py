@@ -73,6 +73,9 @@ WRONG_CREDENTIAL = (
     "that does not exist or was deleted is refused the same way.")
 _DECOY = KEY_PREFIX + secrets.token_urlsafe(32)  # compared when there is no real key
 LOADING_RETRY_S = 2
+# An oversized body up to this size is read and dropped before the 413 (see prepare); a larger
+# one is refused at once and the connection closed.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _unauthorized(message: str) -> InferenceError:
@@ -142,9 +145,19 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
         declared = self.request.headers.get("Content-Length", "")
         length = int(declared) if declared.isdigit() else 0
         if length > limit:
-            self.fail(InferenceError(
+            refusal = InferenceError(
                 413, f"Request body is {length} bytes; this server accepts at most {limit} "
-                "(AgentsWorkbenchApp.max_body_mb). Send a smaller batch."))
+                "(AgentsWorkbenchApp.max_body_mb). Send a smaller batch.")
+            if length > DRAIN_MAX_BYTES:
+                self.fail(refusal)
+                return
+            # Answering before the body is read makes Tornado close the socket with unread
+            # bytes in it, and the kernel's reset can reach the client before the 413 does
+            # (seen on loaded machines). So the body is read and dropped (data_received keeps
+            # nothing) and the verb is replaced, for this request only, by the refusal.
+            self.request.connection.set_max_body_size(length)  # type: ignore[union-attr]
+            setattr(self, self.request.method.lower(),  # type: ignore[union-attr]
+                    lambda *_a, **_k: self.fail(refusal))
             return
         # A chunked body has no Content-Length: the connection enforces the same limit.
         self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
