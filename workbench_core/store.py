@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench_core import regular_files, training_marks
+from workbench_core import evaluation_marks, regular_files, training_marks
 
 ProjectType = Literal["classic", "advanced"]
 PROJECT_TYPES: tuple[str, ...] = ("classic", "advanced")
@@ -354,6 +354,9 @@ class Experiment:
             "extra": info.extra,
             # Still being trained (queued, training, failed, interrupted), or None when done.
             "training": training_marks.read(self.folder.parent.parent, info.name),
+            # The workbench's own evaluation of the checkpoints (imports without scores):
+            # {"state", "done", "total", "failed", ...}, or None when none was asked for.
+            "evaluation": evaluation_marks.read(self.folder),
         }
 
 

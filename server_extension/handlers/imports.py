@@ -1,11 +1,15 @@
 """``POST agents/api/experiments``: the management API's door to the one import.
 
 The body is ``{"path": str | [str], "name"?, "env"?, "env_kwargs"?, "base_model"?,
-"scores"?, "link"?, "options"?}``; the reply is 201 with the experiment as
-``GET agents/api/experiments`` lists it (plus ``import``: what was detected, link or copy,
-where scores came from, timings), or 400 naming the field to fix. The files are loaded in a
-worker process, never in this server; the import runs on a thread so the event loop stays
-free while the worker works.
+"scores"?, "scores_tag"?, "link"?, "evaluate"?, "options"?, "preview"?}``; the reply is 201
+with the experiment as ``GET agents/api/experiments`` lists it (plus ``import``: what was
+detected, link or copy, where scores came from, timings), or 400 naming the field to fix.
+``"preview": true`` writes nothing and answers 200 with what the files are and what is still
+needed (the Import dialog's preview). Without scores and with an environment, the server's
+:class:`~server_extension.serving.importing.evaluation.BackgroundEvaluator` then scores each
+checkpoint over ``evaluate`` seeded episodes (default 10) in worker processes. The files
+are loaded in a worker process, never in this server; the import runs on a thread so the
+event loop stays free while the worker works.
 
 Where import is allowed is the server's ``AgentsWorkbenchApp.import_mode``: ``on`` (JupyterLab:
 the user's own machine and files), ``workspace`` (paths under the workspace only) or ``off``
@@ -20,11 +24,18 @@ from typing import Any
 
 from tornado import web
 
-from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
+from server_extension.serving.importing.evaluation import EPISODES
+from server_extension.serving.importing.orchestrator import (
+    ImportRefused,
+    import_experiment,
+    preview_import,
+)
 from server_extension.serving.runtimes.detection import ImportHints
 
 IMPORTS = "agents_workbench_imports"  # settings key: {"mode", "memory_mb", "timeout_s"}
-FIELDS = ("path", "name", "env", "env_kwargs", "base_model", "scores", "link", "options")
+EVALUATOR = "agents_workbench_evaluator"  # settings key: the BackgroundEvaluator
+FIELDS = ("path", "name", "env", "env_kwargs", "base_model", "scores", "link", "options",
+          "evaluate", "scores_tag", "preview")
 _LOCK = asyncio.Lock()
 
 
@@ -59,9 +70,15 @@ def hints_from_body(body: dict[str, Any]) -> tuple[list[str], ImportHints]:
     if link is not None and not isinstance(link, bool):
         raise web.HTTPError(400, "link must be true (link to the files), false (copy them) or "
                             "left out (copy files under 512 MiB).")
+    evaluate = body.get("evaluate")
+    if evaluate is not None and (isinstance(evaluate, bool) or not isinstance(evaluate, int)
+                                 or evaluate < 0):
+        raise web.HTTPError(400, "evaluate must be a whole number of episodes per checkpoint "
+                            "(0: do not evaluate), or left out (%d).", EPISODES)
     hints = ImportHints(name=_text(body, "name"), env=_text(body, "env"),
                         env_kwargs=env_kwargs, base_model=_text(body, "base_model"),
-                        scores=_text(body, "scores"), link=link, options=options)
+                        scores=_text(body, "scores"), link=link, options=options,
+                        evaluate=evaluate, scores_tag=_text(body, "scores_tag"))
     return paths, hints
 
 
@@ -75,6 +92,9 @@ async def import_request(settings: dict[str, Any], root: Path, body: dict[str, A
                             "its link may be shared). Import from JupyterLab or the "
                             "agents-workbench import command, or start the app with "
                             "--allow-import.")
+    preview = body.get("preview", False)
+    if not isinstance(preview, bool):
+        raise web.HTTPError(400, "preview must be true (detect only, write nothing) or false.")
     paths, hints = hints_from_body(body)
     confine = root if mode == "workspace" else None
     for key in ("scores", "base_model"):
@@ -88,12 +108,21 @@ async def import_request(settings: dict[str, Any], root: Path, body: dict[str, A
     # once on a small machine only makes both slower.
     async with _LOCK:
         try:
-            return await asyncio.to_thread(
+            if preview:
+                return await asyncio.to_thread(
+                    preview_import, root, paths, hints, confine_to=confine,
+                    timeout_s=float(config.get("timeout_s") or 300.0),
+                    memory_mb=float(config.get("memory_mb") or 4096.0))
+            experiment = await asyncio.to_thread(
                 import_experiment, root, paths, hints, confine_to=confine,
                 timeout_s=float(config.get("timeout_s") or 300.0),
                 memory_mb=float(config.get("memory_mb") or 4096.0))
         except ImportRefused as exc:
             raise web.HTTPError(400, "%s: %s", exc.field, exc) from exc
+    evaluator = settings.get(EVALUATOR)
+    if evaluator is not None and experiment.get("evaluation"):
+        evaluator.poke()  # score the checkpoints now, in the background
+    return experiment
 
 
-__all__ = ["IMPORTS", "hints_from_body", "import_request"]
+__all__ = ["EVALUATOR", "IMPORTS", "hints_from_body", "import_request"]

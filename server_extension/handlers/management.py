@@ -153,8 +153,10 @@ class ExperimentsHandler(ManagementHandler):
         """Import checkpoints trained elsewhere as an experiment (handlers/imports.py)."""
         from server_extension.handlers.imports import import_request
 
-        experiment = await import_request(self.settings, self.store.root, self.json_body())
-        self.reply(experiment, status=201)
+        body = self.json_body()
+        experiment = await import_request(self.settings, self.store.root, body)
+        # A preview (detect only) writes nothing: 200, not 201.
+        self.reply(experiment, status=200 if body.get("preview") is True else 201)
 
 
 class AgentsHandler(ManagementHandler):

@@ -25,7 +25,7 @@ from server_extension.handlers.base import (
     STATUS_KIND_PUBLIC,
     STORE,
 )
-from server_extension.handlers.imports import IMPORTS
+from server_extension.handlers.imports import EVALUATOR, IMPORTS
 from server_extension.handlers.public_url import (
     DEFAULT_TRUSTED,
     PUBLIC_URL,
@@ -35,6 +35,7 @@ from server_extension.handlers.public_url import (
 from server_extension.handlers.unavailable import UnavailableHandler
 from server_extension.hosts.activity import ActivityReporter
 from server_extension.serving.deployer import Deployer
+from server_extension.serving.importing.evaluation import BackgroundEvaluator
 from server_extension.serving.metrics import MetricsStore, register_collector, unregister_store
 from server_extension.serving.ray_backend import RayBackend
 from server_extension.serving.reconciler import Reconciler, ServingLease
@@ -299,6 +300,10 @@ class AgentsWorkbenchApp(ExtensionApp):
             self.settings[METRICS] = self.metrics
         self.settings[IMPORTS] = {"mode": self.import_mode, "memory_mb": self.worker_memory_mb,
                                   "timeout_s": max(self.load_timeout, 300.0)}
+        # Imported checkpoints without scores are scored in worker processes, in the
+        # background; started with the loop, it resumes what a stopped server left.
+        self.evaluator = BackgroundEvaluator(root, memory_mb=self.worker_memory_mb)
+        self.settings[EVALUATOR] = self.evaluator
         self.settings.update({
             DEPLOYER: self.deployer,
             STORE: self.store,
@@ -337,6 +342,7 @@ class AgentsWorkbenchApp(ExtensionApp):
                           "agents; this one follows its registry", self.lease.holder_url())
         self.deployer.start()
         self.reconciler.start()
+        self.evaluator.start()
         if server is not None:
             # The web app copied this extension's settings when it was built: stamps must go
             # to its own dict, the one jupyter_server's last_activity() reads.
@@ -392,6 +398,7 @@ class AgentsWorkbenchApp(ExtensionApp):
         if self.startup_error is not None:
             return  # nothing was started
         self.reconciler.stop()
+        self.evaluator.stop()
         self.activity.stop()
         await self.deployer.stop()
         self.lease.release()

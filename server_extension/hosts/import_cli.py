@@ -1,7 +1,8 @@
 """``agents-workbench import``: the terminal's door to the one import.
 
 ``agents-workbench import PATH [PATH...] [--name NAME] [--env ENV] [--env-kwargs JSON]
-[--base-model PATH] [--scores CSV] [--link|--copy] [--root DIR]``
+[--base-model PATH] [--scores CSV_OR_LOGDIR] [--scores-tag TAG] [--evaluate EPISODES]
+[--wait] [--link|--copy] [--root DIR]``
 
 Runs :func:`server_extension.serving.importing.orchestrator.import_experiment` in this
 process (the files are loaded in its worker process, as in the server). A server running on
@@ -40,8 +41,20 @@ def add_parser(sub: Any) -> None:
                         help='the environment\'s arguments as JSON, e.g. \'{"N": 3}\'')
     parser.add_argument("--base-model", metavar="PATH",
                         help="the base model folder of a LoRA adapter")
-    parser.add_argument("--scores", metavar="CSV",
-                        help="a CSV with a step column and an evaluation score column")
+    parser.add_argument("--scores", metavar="CSV_OR_LOGDIR",
+                        help="a CSV with a step column and an evaluation score column, or a "
+                             "TensorBoard log folder (one run's event files)")
+    parser.add_argument("--scores-tag", metavar="TAG",
+                        help="the TensorBoard tag (or CSV column) holding the evaluation score "
+                             "(default: eval/mean_reward, then rollout/ep_rew_mean, ...)")
+    parser.add_argument("--evaluate", type=int, metavar="EPISODES", default=None,
+                        help="without --scores and with --env, the workbench scores each "
+                             "checkpoint over this many seeded episodes (default 10; 0: do "
+                             "not evaluate, Best is the final checkpoint). A workbench server "
+                             "on this workspace does it in the background")
+    parser.add_argument("--wait", action="store_true",
+                        help="evaluate here and now (worker processes) instead of leaving it "
+                             "to the server, printing each score")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                         help="a framework-specific setting (see the README), repeatable")
     group = parser.add_mutually_exclusive_group()
@@ -85,16 +98,20 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     hints = ImportHints(name=args.name, env=args.env, env_kwargs=env_kwargs,
                         base_model=args.base_model, scores=args.scores, link=args.link,
-                        options=_options(args.option))
+                        options=_options(args.option), evaluate=args.evaluate,
+                        scores_tag=args.scores_tag)
     root = Path(args.root).expanduser()
     print(f"Importing into {root} (checking the files in a worker process)...", file=sys.stderr)
     try:
         experiment = import_experiment(root, args.paths, hints)
     except ImportRefused as exc:
         flag = {"path": "PATH", "env": "--env", "name": "--name", "scores": "--scores",
-                "base_model": "--base-model"}.get(exc.field, exc.field)
+                "base_model": "--base-model", "evaluate": "--evaluate"}.get(exc.field,
+                                                                          exc.field)
         print(f"import refused ({flag}): {exc}", file=sys.stderr)
         return 2
+    if args.wait and experiment.get("evaluation"):
+        experiment["evaluation"] = _evaluate_now(root, experiment["name"])
     if args.json:
         print(json.dumps(experiment, indent=2))
         return 0
@@ -108,7 +125,35 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"  note: {warning}")
     print(f"  in {root / 'experiments' / experiment['name']} ({done['seconds']['total']:.1f} s). "
           "Create an agent from it in the panel's New Agent, or POST agents/api/agents.")
+    plan = experiment.get("evaluation")
+    if plan and plan.get("state") != "done":
+        print("  A workbench server on this workspace scores the checkpoints in the "
+              "background (the panel shows it evaluating); --wait does it now.")
     return 0
+
+
+def _evaluate_now(root: Path, name: str) -> dict[str, Any] | None:
+    """Score the new experiment's checkpoints in this process's workers, printing each."""
+    from server_extension.serving.importing.evaluation import evaluate_experiment
+    from workbench_core import evaluation_marks
+
+    folder = root / "experiments" / name
+    shown: set[str] = set()
+
+    def progress(body: dict[str, Any]) -> None:
+        for step, value in sorted((body.get("scores") or {}).items(), key=lambda i: int(i[0])):
+            if step not in shown:
+                shown.add(step)
+                print(f"  step {step}: evaluation score {value:.3f}", file=sys.stderr)
+        for step, why in (body.get("failed") or {}).items():
+            if step not in shown:
+                shown.add(step)
+                print(f"  step {step}: evaluation failed: {why}", file=sys.stderr)
+
+    print(f"Evaluating {name} over seeded episodes...", file=sys.stderr)
+    if evaluate_experiment(folder, progress=progress) is None:
+        print("  (a server is evaluating it already)", file=sys.stderr)
+    return evaluation_marks.read(folder)
 
 
 __all__ = ["add_parser", "cmd_import"]

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from server_extension.serving.importing import evaluation
 from server_extension.serving.importing.scores import ScoresError, read_scores
 from server_extension.serving.runtimes import frameworks
 from server_extension.serving.runtimes.detection import Detected, ImportHints
@@ -219,6 +220,9 @@ def import_experiment(
     """
     started = time.perf_counter()
     hints = hints or ImportHints()
+    if hints.evaluate is not None and hints.evaluate < 0:
+        raise ImportRefused("evaluate", "evaluate is the number of episodes per checkpoint "
+                            "(0: do not evaluate).")
     root = Path(root).expanduser()
     paths = expand(sources if not isinstance(sources, (str, Path)) else [sources],
                    confine_to=confine_to)
@@ -238,7 +242,7 @@ def import_experiment(
     if hints.scores:
         try:
             scores, scores_source = read_scores(Path(hints.scores).expanduser(), steps,
-                                                hints.options)
+                                                hints.options, tag=hints.scores_tag)
         except ScoresError as exc:
             raise ImportRefused("scores", str(exc)) from exc
     result = run_worker({"detected": detected.to_json(), "hints": hints.to_json(),
@@ -251,16 +255,29 @@ def import_experiment(
     link = hints.link if hints.link is not None else _size_mb(sources_paths) > copy_limit_mb
     info = dict(result["info"])
     info["created_at"] = time.time()
-    info["extra"] = {**info.get("extra", {}), "import": {
+    extra = dict(info.get("extra") or {})
+    episodes = _evaluation_episodes(hints, info, scores)
+    if episodes:
+        # What the scores will mean, where the wizard and the notebook's evaluate look.
+        extra["evaluation_score"] = evaluation.describe(episodes, evaluation.SEED)
+        extra["training"] = {**(extra.get("training") or {}), "eval_seed": evaluation.SEED,
+                             "eval_episodes": episodes}
+        scores_source = (f"workbench evaluation over {episodes} seeded episodes per "
+                         "checkpoint (env seeds "
+                         f"{evaluation.SEED} to {evaluation.SEED + episodes - 1}), run in the "
+                         "background")
+    extra["import"] = {
         "sources": [str(p) for p in sources_paths],
         "link": bool(link),
-        "scores": scores_source or "none: Best is the final checkpoint until evaluated",
+        "scores": scores_source or _no_scores(hints, info),
         "detected": detected.facts,
-    }}
+    }
+    info["extra"] = extra
     _write(root, name, info, detected, scores, link=bool(link),
-           files=_extra_files(detected, hints))
+           files=_extra_files(detected, hints), evaluate=episodes)
     experiment = store.get(name).to_json()
     experiment["import"] = {
+        "evaluate": episodes,
         "framework": detected.framework,
         "checkpoints": len(detected.checkpoints),
         "link": bool(link),
@@ -271,6 +288,66 @@ def import_experiment(
                     "total": round(time.perf_counter() - started, 3)},
     }
     return experiment
+
+
+def preview_import(
+    root: Path | str,
+    sources: Sequence[str | Path] | str | Path,
+    hints: ImportHints | None = None,
+    *,
+    confine_to: Path | None = None,
+    timeout_s: float = WORKER_TIMEOUT_S,
+    memory_mb: float = WORKER_MEMORY_MB,
+) -> dict[str, Any]:
+    """What an import of ``sources`` would find, written nowhere: the framework, the
+    checkpoints and their steps, the name it would get, and what a worker reading the files
+    says (algorithm, agents, spaces, what is still needed). :class:`ImportRefused` when the
+    files are not importable at all."""
+    hints = hints or ImportHints()
+    paths = expand(sources if not isinstance(sources, (str, Path)) else [sources],
+                   confine_to=confine_to)
+    detected = detect(paths)
+    result = run_worker({"detected": detected.to_json(), "hints": hints.to_json(),
+                         "name": hints.name or default_name(paths, detected),
+                         "describe_only": True},
+                        timeout_s=timeout_s, memory_mb=memory_mb,
+                        log_dir=Path(root).expanduser() / STAGING)
+    if not result.get("ok"):
+        raise ImportRefused(str(result.get("field") or "path"), str(result.get("message")))
+    description = result["description"]
+    return {
+        "name": hints.name or default_name(paths, detected),
+        "framework": detected.framework,
+        "checkpoints": [{"step": s, "path": p} for s, p in detected.checkpoints],
+        "steps_from": detected.facts.get("steps_from", "file names"),
+        "description": description,
+        "needs": list(description.get("needs") or []),
+        "size_mb": round(_size_mb(detected.paths), 3),
+        "copy_limit_mb": COPY_LIMIT_MB,
+    }
+
+
+def _evaluation_episodes(hints: ImportHints, info: dict[str, Any],
+                         scores: dict[int, float]) -> int:
+    """Episodes per checkpoint of the workbench's own evaluation; 0 for none (scores were
+    given, the environment is unknown, or the import said ``evaluate=0``)."""
+    if hints.evaluate == 0 or scores or hints.scores:
+        return 0
+    if info.get("project_type") != "classic" or not (info.get("extra") or {}).get("env"):
+        if hints.evaluate:
+            raise ImportRefused("evaluate", "the workbench can evaluate only Classic agents "
+                                "whose environment is known: pass env.")
+        return 0
+    return int(hints.evaluate or evaluation.EPISODES)
+
+
+def _no_scores(hints: ImportHints, info: dict[str, Any]) -> str:
+    if hints.evaluate == 0:
+        return "none (evaluation turned off at import): Best is the final checkpoint"
+    if info.get("project_type") == "classic":
+        return ("none: Best is the final checkpoint (give env at import and the workbench "
+                "evaluates each checkpoint, or give scores)")
+    return "none: Best is the final checkpoint (give scores to rank them)"
 
 
 def _extra_files(detected: Detected, hints: ImportHints) -> dict[str, Path]:
@@ -288,7 +365,7 @@ def _extra_files(detected: Detected, hints: ImportHints) -> dict[str, Path]:
 
 def _write(root: Path, name: str, info: dict[str, Any], detected: Detected,
            scores: dict[int, float], *, link: bool,
-           files: dict[str, Path] | None = None) -> None:
+           files: dict[str, Path] | None = None, evaluate: int = 0) -> None:
     """Build the experiment folder aside and rename it into place (atomic)."""
     staging_dir = root / STAGING
     staging_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +395,8 @@ def _write(root: Path, name: str, info: dict[str, Any], detected: Detected,
         for step in sorted(scores):
             rows.append(f"{step},,{scores[step]!r}")
         (folder / "metrics.csv").write_text("\n".join(rows) + "\n", "utf-8")
+        if evaluate:
+            evaluation.plan(folder, [s for s, _ in detected.checkpoints], episodes=evaluate)
         try:
             # rename() of a folder fails if the target exists: two imports of one name race
             # safely, the second is refused.
@@ -330,4 +409,4 @@ def _write(root: Path, name: str, info: dict[str, Any], detected: Detected,
 
 
 __all__ = ["ImportRefused", "default_name", "detect", "expand", "import_experiment",
-           "run_worker"]
+           "preview_import", "run_worker"]

@@ -81,6 +81,10 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
         if _memory(exc):
             raise MemoryError from exc
         raise Refusal("path", str(exc)) from exc
+    if request.get("describe_only"):
+        # The Import dialog's preview: what the files say, and what is still needed.
+        return {"ok": True, "description": description.to_json(),
+                "seconds": round(time.perf_counter() - started, 3)}
     if description.needs:
         field = description.needs[0].split(":", 1)[0].strip()
         raise Refusal(field, " ".join(description.needs))

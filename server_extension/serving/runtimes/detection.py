@@ -32,6 +32,12 @@ class ImportHints:
     base_model: str | None = None
     scores: str | None = None
     link: bool | None = None
+    # Episodes per checkpoint of the workbench's own evaluation when no scores are given and
+    # the environment is known (None: the default; 0: do not evaluate, Best is the final).
+    evaluate: int | None = None
+    # Which column of a scores CSV, or which tag of TensorBoard event files, is the
+    # evaluation score (None: the usual names).
+    scores_tag: str | None = None
     # Framework-specific settings the file cannot tell (a module:Class and its arguments, an
     # input signature, class names, a VecNormalize statistics file...), keyed as each module
     # documents them; unknown keys are refused by the module that reads them.
