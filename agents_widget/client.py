@@ -138,6 +138,10 @@ class ExperimentInfo:
     # "since": unix time, "error": text}; None once trained (or for any experiment logged
     # without marks).
     training: dict[str, Any] | None = field(default=None, compare=False)
+    # The workbench's own evaluation of an imported run's checkpoints: {"state":
+    # pending|evaluating|done, "done", "total", "scored", "episodes", "seed", "failed":
+    # {step: reason}}; None when none was asked for.
+    evaluation: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExperimentInfo:
@@ -158,6 +162,8 @@ class ExperimentInfo:
             metrics=tuple(MetricPoint.from_json(m) for m in data.get("metrics") or ()),
             extra=dict(data.get("extra") or {}),
             training=dict(data["training"]) if isinstance(data.get("training"), Mapping)
+            else None,
+            evaluation=dict(data["evaluation"]) if isinstance(data.get("evaluation"), Mapping)
             else None,
         )
 
@@ -323,6 +329,8 @@ class WorkbenchClient:
         self._worker = SerialWorker(name="agents-workbench-client")
         self._count_lock = threading.Lock()
         self.request_count = 0
+        # The workspace folder the server serves, from its experiments listing.
+        self.served_root: str | None = None
         self._page_origin: str | None = None
 
     @property
@@ -412,6 +420,8 @@ class WorkbenchClient:
         """Every experiment, and every folder that is not a usable one (``broken``: its
         ``name``, ``folder`` and ``error``)."""
         body = self._request("GET", "experiments")
+        if isinstance(body.get("root"), str):
+            self.served_root = body["root"]
         broken = [{k: str(v) for k, v in b.items()} for b in body.get("broken") or []
                   if isinstance(b, Mapping)]
         return [ExperimentInfo.from_json(e) for e in body.get("experiments", [])], broken

@@ -2,7 +2,9 @@
 
 A path on the server (typed, or picked in a folder browser rooted where Jupyter serves
 files), the experiment's name, the environment and its kwargs, a LoRA adapter's base model,
-a scores CSV, and link or copy. **Import** sends ``POST agents/api/experiments`` (the same
+a scores CSV or TensorBoard log folder, and link or copy. **Detect** asks the server what the
+files are (a worker reads them; nothing is written) and shows it, with what is still needed;
+**Import** sends ``POST agents/api/experiments`` (the same
 import as the CLI and :func:`agents_widget.import_checkpoint`); the reply says what was
 detected, or the refusal names the field to fix.
 """
@@ -53,20 +55,31 @@ class ImportDialog(widgets.VBox):
         self.env_kwargs = widgets.Text(description="Env kwargs", placeholder='{"N": 3}')
         self.base_model = widgets.Text(description="Base model",
                                        placeholder="LoRA adapters: the base model's folder")
-        self.scores = widgets.Text(description="Scores", placeholder="a CSV: step, score")
+        self.scores = widgets.Text(description="Scores",
+                                   placeholder="a CSV (step, score) or a TensorBoard log folder")
+        self.scores_tag = widgets.Text(description="Scores tag",
+                                       placeholder="eval/mean_reward, then rollout/ep_rew_mean")
         self.link = widgets.Checkbox(
             description="Link to the files instead of copying them (copy is the default "
                         "under 512 MiB)", indent=False)
+        self.preview_button = widgets.Button(
+            description="Detect", icon="search",
+            tooltip="Read the files in a worker process and say what they are; writes nothing")
         self.import_button = widgets.Button(description="Import", button_style="primary",
                                             icon="upload")
         self.cancel_button = widgets.Button(description="Cancel")
+        self.preview = widgets.HTML()  # what Detect found
+        self.preview.add_class("awb-import-preview")
         self.status = widgets.HTML()
+        self.preview_button.on_click(lambda _b: self.detect())
         self.import_button.on_click(lambda _b: self.start())
         self.cancel_button.on_click(lambda _b: on_cancel())
         super().__init__([self.header, self.path, self.browser, self.name, self.env,
-                          self.env_kwargs, self.base_model, self.scores, self.link,
-                          widgets.HBox([self.import_button, self.cancel_button]),
-                          self.status], layout=widgets.Layout(width="100%"))
+                          self.env_kwargs, self.base_model, self.scores, self.scores_tag,
+                          self.link,
+                          widgets.HBox([self.preview_button, self.import_button,
+                                        self.cancel_button]),
+                          self.preview, self.status], layout=widgets.Layout(width="100%"))
         self.add_class("awb-import")
         self.show(root)
 
@@ -103,8 +116,9 @@ class ImportDialog(widgets.VBox):
 
     # -- importing ----------------------------------------------------------------------------
 
-    def start(self) -> Future[Any] | None:
-        """Send the import; the status line says what happens."""
+    def _form(self) -> dict[str, Any] | None:
+        """The import's arguments from the form; ``None`` (and the status says why) when a
+        field is unusable."""
         if not self.path.value.strip():
             self.status.value = "Path: give a checkpoint file, a folder or a glob."
             return None
@@ -113,14 +127,46 @@ class ImportDialog(widgets.VBox):
         except ValueError as exc:
             self.status.value = f"Env kwargs: not JSON ({html.escape(str(exc))})."
             return None
+        return {"path": self.path.value.strip(), "name": self.name.value.strip() or None,
+                "env": self.env.value.strip() or None, "env_kwargs": kwargs,
+                "base_model": self.base_model.value.strip() or None,
+                "scores": self.scores.value.strip() or None,
+                "scores_tag": self.scores_tag.value.strip() or None,
+                "link": True if self.link.value else None}
+
+    def detect(self) -> Future[Any] | None:
+        """Ask the server what the files are (``preview``: nothing is written)."""
+        form = self._form()
+        if form is None:
+            return None
+        self.preview_button.disabled = True
+        self.status.value = "Detecting: reading the files in a worker process…"
+        path = form.pop("path")
+        future = self._submit(import_checkpoint, path, preview=True, server=self._server,
+                              **form)
+        future.add_done_callback(lambda f: self._detected(f, form))
+        return future
+
+    def _detected(self, future: Future[Any], form: dict[str, Any]) -> None:
+        self.preview_button.disabled = False
+        try:
+            found = future.result()
+        except Exception as exc:  # noqa: BLE001 - a refusal, the server or the network
+            self.preview.value = ""
+            self.status.value = f"<span class='awb-error'>{html.escape(str(exc))}</span>"
+            return
+        self.status.value = ""
+        self.preview.value = preview_html(found, form)
+
+    def start(self) -> Future[Any] | None:
+        """Send the import; the status line says what happens."""
+        form = self._form()
+        if form is None:
+            return None
         self.import_button.disabled = True
         self.status.value = "Importing: loading and checking the files in a worker process…"
-        future = self._submit(
-            import_checkpoint, self.path.value.strip(), name=self.name.value.strip() or None,
-            env=self.env.value.strip() or None, env_kwargs=kwargs,
-            base_model=self.base_model.value.strip() or None,
-            scores=self.scores.value.strip() or None, link=True if self.link.value else None,
-            server=self._server)
+        path = form.pop("path")
+        future = self._submit(import_checkpoint, path, server=self._server, **form)
         future.add_done_callback(self._finished)
         return future
 
@@ -144,4 +190,56 @@ class ImportDialog(widgets.VBox):
         self._on_done(experiment)
 
 
-__all__ = ["ImportDialog"]
+def _row(label: str, value: str) -> str:
+    return f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
+
+
+def preview_html(found: dict[str, Any], form: dict[str, Any]) -> str:
+    """What Detect found (``POST agents/api/experiments`` with ``preview``), as a table:
+    framework, algorithm, agents, spaces, steps, link or copy, where scores will come from,
+    and what is still needed before Import."""
+    description = found.get("description") or {}
+    steps = [c["step"] for c in found.get("checkpoints") or []]
+    rows = [_row("Name", str(found.get("name") or "")),
+            _row("Framework", str(found.get("framework") or "")),
+            _row("Algorithm", str(description.get("algorithm") or "") + (
+                " (recurrent)" if description.get("recurrent") else ""))]
+    agents = description.get("agent_ids") or []
+    rows.append(_row("Agents", f"{len(agents)}: {', '.join(agents)}" if agents
+                     else "one (single-agent)"
+                     if description.get("project_type") == "classic" else "-"))
+    for label, key in (("Observations", "observation_space"), ("Actions", "action_space")):
+        if description.get(key):
+            rows.append(_row(label, str(description[key])))
+    if description.get("base_model"):
+        rows.append(_row("Base model", str(description["base_model"])))
+    rows.append(_row("Checkpoints", f"{len(steps)} at steps {steps} (from the "
+                     f"{found.get('steps_from') or 'file names'})"))
+    size, limit = float(found.get("size_mb") or 0), float(found.get("copy_limit_mb") or 0)
+    linked = form.get("link") is True or (form.get("link") is None and size > limit)
+    where = "linked where they are" if linked else "copied into the workspace"
+    rows.append(_row("Files", f"{size:.1f} MiB, {where}"))
+    if form.get("scores"):
+        scores = f"from {form['scores']}"
+    elif form.get("env") and description.get("project_type") == "classic":
+        scores = ("the workbench evaluates each checkpoint over 10 seeded episodes in the "
+                  "background")
+    else:
+        scores = "none: Best is the final checkpoint"
+    rows.append(_row("Scores", scores))
+    needs = [n for n in found.get("needs") or []
+             if not (form.get("env") and n.startswith("env"))
+             and not (form.get("base_model") and n.startswith("base_model"))]
+    warnings = list(description.get("warnings") or [])
+    table = "<table class='awb-preview-table'>" + "".join(rows) + "</table>"
+    if needs:
+        table += ("<div class='awb-error'><b>Still needed</b>: "
+                  + html.escape(" ".join(needs)) + "</div>")
+    else:
+        table += "<div><b>Ready to import</b>: the files will be checked once more on Import.</div>"
+    for warning in warnings:
+        table += f"<div class='awb-hint'>Note: {html.escape(str(warning))}</div>"
+    return "<div class='awb-preview'><b>Detected</b>" + table + "</div>"
+
+
+__all__ = ["ImportDialog", "preview_html"]

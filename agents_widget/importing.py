@@ -42,10 +42,13 @@ def import_checkpoint(
     env_kwargs: Mapping[str, Any] | None = None,
     base_model: str | Path | None = None,
     scores: str | Path | None = None,
+    scores_tag: str | None = None,
+    evaluate: int | None = None,
     link: bool | None = None,
     options: Mapping[str, Any] | None = None,
     server: discovery.ServerInfo | None = None,
     timeout: float = IMPORT_TIMEOUT_S,
+    preview: bool = False,
 ) -> dict[str, Any]:
     """Import checkpoints trained elsewhere as an experiment; returns the experiment as
     ``GET agents/api/experiments`` lists it (plus ``import``: what was detected, link or
@@ -55,8 +58,13 @@ def import_checkpoint(
     server sees them (relative paths from the directory this kernel runs in are made
     absolute). ``env``: a Gymnasium id or PettingZoo module path (``env_kwargs`` its
     arguments). ``base_model``: a LoRA adapter's base model folder. ``scores``: a CSV with a
-    step and an evaluation score column. ``link``: keep the files where they are (``True``)
-    or copy them (``False``; default: copy under 512 MiB). Raises :class:`ImportFailed`.
+    step and an evaluation score column, or a TensorBoard log folder (``scores_tag``: the tag,
+    or CSV column, to read; default ``eval/mean_reward``, then ``rollout/ep_rew_mean``).
+    Without scores and with ``env``, the server scores each checkpoint over ``evaluate``
+    seeded episodes (default 10; 0: none) in the background; the experiment's
+    ``evaluation`` says how far it is. ``link``: keep the files where they are (``True``)
+    or copy them (``False``; default: copy under 512 MiB). ``preview=True`` writes nothing
+    and returns what the files are and what is still needed. Raises :class:`ImportFailed`.
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
 
@@ -65,9 +73,12 @@ def import_checkpoint(
         return text if Path(text).expanduser().is_absolute() else str(Path.cwd() / text)
 
     body: dict[str, Any] = {"path": [absolute(p) for p in paths]}
-    for key, value in (("name", name), ("env", env), ("link", link)):
+    for key, value in (("name", name), ("env", env), ("link", link),
+                       ("scores_tag", scores_tag), ("evaluate", evaluate)):
         if value is not None:
             body[key] = value
+    if preview:
+        body["preview"] = True
     if env_kwargs:
         body["env_kwargs"] = dict(env_kwargs)
     if options:
@@ -82,7 +93,7 @@ def import_checkpoint(
         headers["Authorization"] = f"token {server.token}"
     response = httpx.post(server.api("experiments"), json=body, headers=headers,
                           timeout=timeout)
-    if response.status_code != 201:
+    if response.status_code != (200 if preview else 201):
         try:
             message = str(response.json().get("message") or response.text)
         except ValueError:

@@ -232,9 +232,13 @@ class AgentsPanel(widgets.VBox):
     def _show_server(self) -> None:
         self.refresh_button.disabled = False
         url = self.public_url or self._client().url
+        client = self._client()
+        root = client.served_root or getattr(client.server, "root", None)
+        folder = f" · folder <code class='awb-root'>{html.escape(str(root))}</code>" if root \
+            else ""
         self.subtitle.value = (
             "<span class='awb-subtitle'>Turn trained checkpoints into HTTP endpoints · server "
-            f"<code>{html.escape(url)}</code></span>")
+            f"<code>{html.escape(url)}</code>{folder}</span>")
 
     def _client(self) -> WorkbenchClient:
         if self.client is None:
@@ -274,7 +278,10 @@ class AgentsPanel(widgets.VBox):
         client = self._client()
         try:
             if experiments or not self.state.loaded:
+                known_root = client.served_root
                 self.state.set_experiments(client.experiments())
+                if client.served_root != known_root:
+                    self._show_server()  # the folder it serves, in the header
                 self.training_line.value = training_html(self.state.experiments)
             agents = client.agents()
         except WorkbenchError as exc:
@@ -490,7 +497,8 @@ class AgentsPanel(widgets.VBox):
         with self._lock:
             self.close_wizard()
             dialog = ImportDialog(server=client.server, submit=client.submit,
-                                  root=_served_folder(client.server),
+                                  root=Path(client.served_root) if client.served_root
+                                  else _served_folder(client.server),
                                   on_done=imported, on_cancel=self.close_wizard)
             self.wizard_area.children = [dialog]
             self.body.selected_index = 1

@@ -6,6 +6,9 @@ trained (the main job trains the demo in the background, see
 checkpoint; this line says which ones are still on their way. Example::
 
     line.value = training_html(state.experiments)   # "" when nothing is training
+
+Imported experiments the workbench is still scoring (``evaluation`` in the listing) get a
+line of their own: "evaluating k/n" with a progress bar.
 """
 
 from __future__ import annotations
@@ -34,7 +37,35 @@ def training_html(experiments: Iterable[ExperimentInfo]) -> str:
         tip = html.escape(str(mark.get("error") or ""), quote=True)
         items.append(f"<span class='awb-training-item awb-training-{html.escape(state)}' "
                      f"title='{tip}'><b>{html.escape(exp.name)}</b> ({html.escape(words)})</span>")
+    lines = []
+    if items:
+        lines.append("<div class='awb-hint awb-training'>Still training in the background: "
+                     + " · ".join(items) + "</div>")
+    evaluating = evaluation_html(experiments)
+    if evaluating:
+        lines.append(evaluating)
+    return "".join(lines)
+
+
+def evaluation_html(experiments: Iterable[ExperimentInfo]) -> str:
+    """The "evaluating k/n" line for imported experiments still being scored, or ``""``."""
+    items = []
+    for exp in experiments:
+        plan = exp.evaluation
+        if not plan or plan.get("state") == "done":
+            continue
+        done, total = int(plan.get("done") or 0), int(plan.get("total") or 0)
+        failed = plan.get("failed") or {}
+        words = f"evaluating {done}/{total}"
+        if failed:
+            words += f", {len(failed)} failed"
+        tip = html.escape(f"{plan.get('episodes')} seeded episodes per checkpoint, env seeds "
+                          f"from {plan.get('seed')}; Best picks the best score so far",
+                          quote=True)
+        items.append(f"<span class='awb-evaluating-item' title='{tip}'>"
+                     f"<b>{html.escape(exp.name)}</b> ({html.escape(words)}) "
+                     f"<progress max='{total}' value='{done}'></progress></span>")
     if not items:
         return ""
-    return ("<div class='awb-hint awb-training'>Still training in the background: "
-            + " · ".join(items) + "</div>")
+    return ("<div class='awb-hint awb-evaluating'>Scoring imported checkpoints in the "
+            "background: " + " · ".join(items) + "</div>")

@@ -52,6 +52,12 @@ CSS = """
   white-space: pre; overflow-x: auto; max-height: 420px; }
 .awb-notice { padding: 6px 10px; border-radius: 4px; background: #fdecea; color: #8a1c1c; }
 .awb-ok { padding: 4px 10px; border-radius: 4px; background: #edf7ed; color: #1e4620; }
+.awb-preview { background: var(--jp-layout-color2, #f3f6fa); border-radius: 4px;
+  padding: 8px 10px; line-height: 1.45; }
+.awb-preview-table th { text-align: left; padding: 1px 12px 1px 0; font-weight: 600;
+  vertical-align: top; white-space: nowrap; }
+.awb-preview-table td { padding: 1px 0; overflow-wrap: anywhere; }
+.awb-evaluating progress { width: 80px; height: 0.8em; vertical-align: middle; }
 .awb-gap4 { gap: 4px; } .awb-gap6 { gap: 6px; } .awb-gap8 { gap: 8px; } .awb-gap24 { gap: 24px; }
 """
 

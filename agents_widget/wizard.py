@@ -77,15 +77,32 @@ def score_notes(experiment: ExperimentInfo) -> list[str]:
         notes.append(line + ".")
     imported = experiment.extra.get("import")
     if isinstance(imported, Mapping):
-        # An imported run: say where its scores came from, and what Best means without any.
-        source = str(imported.get("scores") or "")
-        scored = any(c.evaluation_score is not None for c in experiment.checkpoints)
-        if scored:
-            notes.append(f"<b>Scores</b>: imported from {html.escape(source)}.")
-        else:
-            notes.append("<b>Scores</b>: none were imported, so <i>Best</i> is the final "
-                         "checkpoint. Import again with a scores CSV (--scores) to rank them.")
+        notes.append(_import_score_note(experiment, str(imported.get("scores") or "")))
     return notes
+
+
+def _import_score_note(experiment: ExperimentInfo, source: str) -> str:
+    """Where an imported run's scores came from, and what Best means until there are any."""
+    scored = any(c.evaluation_score is not None for c in experiment.checkpoints)
+    plan = experiment.evaluation
+    if plan:
+        done, total = int(plan.get("done") or 0), int(plan.get("total") or 0)
+        line = f"<b>Scores</b>: {html.escape(source)}"
+        if plan.get("state") != "done":
+            line += (f"; evaluating, {done} of {total} checkpoints scored so far"
+                     + ("" if scored else ", so <i>Best</i> is the final checkpoint until one "
+                        "is"))
+        failed = plan.get("failed") or {}
+        if failed:
+            line += "; failed (no score): " + ", ".join(
+                f"step {html.escape(str(s))} ({html.escape(str(why))})"
+                for s, why in sorted(failed.items(), key=lambda i: int(i[0])))
+        return line + "."
+    if scored:
+        return f"<b>Scores</b>: imported from {html.escape(source)}."
+    return ("<b>Scores</b>: none, so <i>Best</i> is the final checkpoint. Import again with "
+            "scores (a CSV or a TensorBoard log folder) or an environment (the workbench then "
+            "evaluates each checkpoint) to rank them.")
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,13 @@ def test_cli_imports_train_off_policy_files_and_the_client_gets_dqns_answers(
     with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
         actions, _ = client.get_action(obs, batched=True)
     np.testing.assert_array_equal(np.asarray(actions), expected)
+    # The CLI left an evaluation plan; the running server finds it (as a restarted one finds
+    # an unfinished plan) and scores every checkpoint.
+    assert "scores the checkpoints in the background" in done.stdout
+    wait_until(lambda: listed(server)["dqn-cli"]["evaluation"]["state"] == "done",
+               IMPORT_TIMEOUT, "the server's evaluation of a CLI import")
+    assert all(c["evaluation_score"] is not None
+               for c in listed(server)["dqn-cli"]["checkpoints"])
 
 
 def test_api_imports_a_train_on_policy_folder_and_serves_ppos_mode(
@@ -127,7 +134,9 @@ def test_api_imports_a_train_on_policy_folder_and_serves_ppos_mode(
     experiment = response.json()
     assert experiment["name"] == "ppo"
     assert experiment["algorithm"] == "PPO"
-    assert experiment["import"]["scores"].startswith("none")
+    # AgileRL wrote no scores: the server evaluates each checkpoint in the background.
+    assert experiment["import"]["scores"].startswith("workbench evaluation over 10 seeded")
+    assert experiment["evaluation"]["total"] == len(experiment["checkpoints"])
     assert "ppo" in listed(server)
     last = max(folder.glob("ppo_0_*.pt"), key=lambda f: int(f.stem.split("_")[-1]))
     agent = server.deploy("ppo", "ppo", "final", timeout=IMPORT_TIMEOUT)
@@ -138,6 +147,15 @@ def test_api_imports_a_train_on_policy_folder_and_serves_ppos_mode(
     with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
         actions, _ = client.get_action(obs, batched=True)
     np.testing.assert_array_equal(np.asarray(actions)[clear], expected[clear])
+    wait_until(lambda: listed(server)["ppo"]["evaluation"]["state"] == "done", IMPORT_TIMEOUT,
+               "the background evaluation")
+    evaluated = listed(server)["ppo"]
+    scores = {c["step"]: c["evaluation_score"] for c in evaluated["checkpoints"]}
+    assert all(isinstance(v, float) for v in scores.values()), scores
+    assert evaluated["evaluation"]["failed"] == {}
+    best = server.api("POST", "agents", json={"name": "ppo-best", "experiment": "ppo",
+                                              "checkpoint": "best"}).json()
+    assert best["checkpoint_step"] == max(scores, key=lambda s: (scores[s], s))
 
 
 # Two imports, each loading the file in a fresh worker: about 100 s on a busy machine.
