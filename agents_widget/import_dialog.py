@@ -24,6 +24,7 @@ import ipywidgets as widgets
 from .importing import ImportFailed, import_checkpoint
 
 MAX_LISTED = 500
+UPLOAD_MAX_MB = 16  # the server's cap (server_extension/handlers/imports.py)
 UP = ".. (up)"
 
 
@@ -40,28 +41,40 @@ class ImportDialog(widgets.VBox):
         self.folder = root
         self.header = widgets.HTML(
             "<b>Import a checkpoint</b><br>AgileRL files (save_checkpoint or the training "
-            "helpers' <code>_&lt;i&gt;_&lt;steps&gt;.pt</code>), a Hugging Face "
-            "save_pretrained folder, or a LoRA adapter. The files are loaded and checked in "
-            f"a worker process; nothing is written unless they pass. Workspace: "
-            f"<code>{html.escape(str(root))}</code>")
+            "helpers' <code>_&lt;i&gt;_&lt;steps&gt;.pt</code>), Stable-Baselines3 zips, "
+            "TorchScript, torch.export or ONNX models, a Hugging Face save_pretrained folder, "
+            "or a LoRA adapter. <b>Detect</b> says what they are; the files are loaded and "
+            "checked in a worker process, and nothing is written unless they pass. "
+            f"Workspace: <code>{html.escape(str(root))}</code>")
+        # Labels as wide as the longest ("Environment"); fields as wide as the dialog
+        # ("auto": a 100% width plus the widget's margin would stick out of the panel).
+        style = {"description_width": "100px"}
+        wide = widgets.Layout(width="auto")
         self.path = widgets.Text(description="Path", placeholder="a file, folder or glob",
-                                 layout=widgets.Layout(width="100%"))
-        self.browser = widgets.Select(options=[], rows=8, description="Browse",
-                                      layout=widgets.Layout(width="100%"))
+                                 style=style, layout=wide)
+        self.browser = widgets.Select(options=[], rows=8, description="Browse", style=style,
+                                      layout=widgets.Layout(width="auto"))
         self.browser.observe(self._picked, "value")
-        self.name = widgets.Text(description="Name", placeholder="from the file names")
-        self.env = widgets.Text(description="Environment",
-                                placeholder="CartPole-v1 or mpe2.simple_spread_v3")
-        self.env_kwargs = widgets.Text(description="Env kwargs", placeholder='{"N": 3}')
-        self.base_model = widgets.Text(description="Base model",
-                                       placeholder="LoRA adapters: the base model's folder")
-        self.scores = widgets.Text(description="Scores",
-                                   placeholder="a CSV (step, score) or a TensorBoard log folder")
-        self.scores_tag = widgets.Text(description="Scores tag",
-                                       placeholder="eval/mean_reward, then rollout/ep_rew_mean")
+        # Or a small file from the browser's machine (sent in the request, size-capped).
+        self.upload = widgets.FileUpload(
+            accept=".pt,.pth,.zip,.pt2,.onnx", multiple=False,
+            description="Upload a file", tooltip=f"a checkpoint of at most {UPLOAD_MAX_MB} MiB")
+        self.upload_note = widgets.HTML()
+        self.upload.observe(self._uploaded, "value")
+
+        def field(label: str, hint: str) -> widgets.Text:
+            return widgets.Text(description=label, placeholder=hint, style=style,
+                                layout=widgets.Layout(width="auto", max_width="720px"))
+
+        self.name = field("Name", "from the file names")
+        self.env = field("Environment", "CartPole-v1 or mpe2.simple_spread_v3")
+        self.env_kwargs = field("Env kwargs", '{"N": 3}')
+        self.base_model = field("Base model", "LoRA adapters: the base model's folder")
+        self.scores = field("Scores", "a CSV (step, score) or a TensorBoard log folder")
+        self.scores_tag = field("Scores tag", "eval/mean_reward, then rollout/ep_rew_mean")
         self.link = widgets.Checkbox(
             description="Link to the files instead of copying them (copy is the default "
-                        "under 512 MiB)", indent=False)
+                        "under 512 MiB)", indent=False, layout=widgets.Layout(width="auto"))
         self.preview_button = widgets.Button(
             description="Detect", icon="search",
             tooltip="Read the files in a worker process and say what they are; writes nothing")
@@ -74,7 +87,9 @@ class ImportDialog(widgets.VBox):
         self.preview_button.on_click(lambda _b: self.detect())
         self.import_button.on_click(lambda _b: self.start())
         self.cancel_button.on_click(lambda _b: on_cancel())
-        super().__init__([self.header, self.path, self.browser, self.name, self.env,
+        upload_row = widgets.HBox([self.upload, self.upload_note])
+        upload_row.add_class("awb-gap8")
+        super().__init__([self.header, self.path, self.browser, upload_row, self.name, self.env,
                           self.env_kwargs, self.base_model, self.scores, self.scores_tag,
                           self.link,
                           widgets.HBox([self.preview_button, self.import_button,
@@ -94,12 +109,36 @@ class ImportDialog(widgets.VBox):
             self.status.value = f"Cannot list {html.escape(str(folder))}: {html.escape(str(exc))}"
             entries = []
         names = [e.name + ("/" if e.is_dir() else "") for e in entries
-                 if not e.name.startswith(".")][:MAX_LISTED]
+                 if not e.name.startswith(".") and not _internal(folder, e.name)][:MAX_LISTED]
         up = [UP] if folder != self.root else []
         self.browser.unobserve(self._picked, "value")
         self.browser.options = up + names
         self.browser.value = None
         self.browser.observe(self._picked, "value")
+
+    def uploaded_file(self) -> tuple[str, bytes] | None:
+        """The file picked with Upload, while the path field is empty."""
+        if self.path.value.strip() or not self.upload.value:
+            return None
+        item = self.upload.value[0]
+        return str(item["name"]), bytes(item["content"])
+
+    def _uploaded(self, change: dict[str, Any]) -> None:
+        files = change.get("new") or ()
+        if not files:
+            self.upload_note.value = ""
+            return
+        item = files[0]
+        size_mb = len(bytes(item["content"])) / 2**20
+        if size_mb > UPLOAD_MAX_MB:
+            self.upload_note.value = (f"<span class='awb-error'>{html.escape(item['name'])} is "
+                                      f"{size_mb:.0f} MiB, over {UPLOAD_MAX_MB} MiB: give its "
+                                      "path on the server instead.</span>")
+            return
+        self.path.value = ""  # the upload is what Detect and Import send
+        self.upload_note.value = (f"Uploaded <code>{html.escape(item['name'])}</code> "
+                                  f"({size_mb:.1f} MiB): Detect or Import sends it; typing a "
+                                  "path uses the path instead.")
 
     def _picked(self, change: dict[str, Any]) -> None:
         value = change.get("new")
@@ -119,15 +158,21 @@ class ImportDialog(widgets.VBox):
     def _form(self) -> dict[str, Any] | None:
         """The import's arguments from the form; ``None`` (and the status says why) when a
         field is unusable."""
-        if not self.path.value.strip():
-            self.status.value = "Path: give a checkpoint file, a folder or a glob."
+        upload = self.uploaded_file()
+        if not self.path.value.strip() and upload is None:
+            self.status.value = ("Path: give a checkpoint file, a folder or a glob, or upload "
+                                 "a file.")
+            return None
+        if upload is not None and len(upload[1]) > UPLOAD_MAX_MB * 2**20:
+            self.status.value = f"Upload: over {UPLOAD_MAX_MB} MiB; give its path instead."
             return None
         try:
             kwargs = json.loads(self.env_kwargs.value) if self.env_kwargs.value.strip() else {}
         except ValueError as exc:
             self.status.value = f"Env kwargs: not JSON ({html.escape(str(exc))})."
             return None
-        return {"path": self.path.value.strip(), "name": self.name.value.strip() or None,
+        return {"path": self.path.value.strip() or None, "upload": upload,
+                "name": self.name.value.strip() or None,
                 "env": self.env.value.strip() or None, "env_kwargs": kwargs,
                 "base_model": self.base_model.value.strip() or None,
                 "scores": self.scores.value.strip() or None,
@@ -188,6 +233,14 @@ class ImportDialog(widgets.VBox):
             f"{experiment['algorithm']}, steps {steps}, "
             f"{'linked' if done.get('link') else 'copied'}; scores: {done.get('scores')}.")
         self._on_done(experiment)
+
+
+# The workspace's own records at its top level: never a checkpoint, so not offered.
+_INTERNAL = ("registry.sqlite3", "sessions.sqlite3", "serving.lock", "runtime", "experiments")
+
+
+def _internal(folder: Path, name: str) -> bool:
+    return (folder / "registry.sqlite3").exists() and name.startswith(_INTERNAL)
 
 
 def _row(label: str, value: str) -> str:

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ class ImportFailed(Exception):
 
 
 def import_checkpoint(
-    path: str | Path | Sequence[str | Path],
+    path: str | Path | Sequence[str | Path] | None = None,
     *,
+    upload: tuple[str, bytes] | None = None,
     name: str | None = None,
     env: str | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
@@ -64,15 +66,25 @@ def import_checkpoint(
     seeded episodes (default 10; 0: none) in the background; the experiment's
     ``evaluation`` says how far it is. ``link``: keep the files where they are (``True``)
     or copy them (``False``; default: copy under 512 MiB). ``preview=True`` writes nothing
-    and returns what the files are and what is still needed. Raises :class:`ImportFailed`.
+    and returns what the files are and what is still needed. ``upload=(filename, bytes)``
+    instead of ``path`` sends a small checkpoint file (up to 16 MiB) in the request, for a
+    server that cannot read this machine's files. Raises :class:`ImportFailed`.
     """
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
 
     def absolute(value: str | Path) -> str:
         text = str(value)
         return text if Path(text).expanduser().is_absolute() else str(Path.cwd() / text)
 
-    body: dict[str, Any] = {"path": [absolute(p) for p in paths]}
+    body: dict[str, Any] = {}
+    if upload is not None:
+        filename, data = upload
+        body["upload"] = {"filename": str(filename),
+                          "data": base64.b64encode(bytes(data)).decode("ascii")}
+    elif path is None:
+        raise ValueError("Give path (a file, folder or glob on the server) or upload.")
+    else:
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        body["path"] = [absolute(p) for p in paths]
     for key, value in (("name", name), ("env", env), ("link", link),
                        ("scores_tag", scores_tag), ("evaluate", evaluate)):
         if value is not None:
@@ -87,7 +99,11 @@ def import_checkpoint(
         body["base_model"] = absolute(base_model)
     if scores is not None:
         body["scores"] = absolute(scores)
-    server = server or discovery.find()
+    return _post(body, server or discovery.find(), timeout=timeout, preview=preview)
+
+
+def _post(body: dict[str, Any], server: discovery.ServerInfo, *, timeout: float,
+          preview: bool) -> dict[str, Any]:
     headers = {"Accept": "application/json"}
     if server.token:
         headers["Authorization"] = f"token {server.token}"

@@ -281,8 +281,10 @@ CLIPPED_JS = r"""
     }
   }
   // A dropdown with a default must show it; a required choice (label ending in "*") starts
-  // empty on purpose.
+  // empty on purpose. A list box (size > 1: the Import dialog's folder browser) shows its
+  // entries with none picked.
   for (const select of panel.querySelectorAll('select:not([multiple])')) {
+    if (select.size > 1) continue;
     const label = (select.closest('.widget-dropdown')?.querySelector('label')?.innerText
                    || '').trim();
     if (select.offsetParent && select.selectedIndex < 0 && select.options.length

@@ -47,6 +47,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoilaApp]:
         made.stop()
 
 
+def evaluated(api: Api) -> bool:
+    """Whether the server finished scoring the imported checkpoint."""
+    experiments = api("GET", "experiments").json()["experiments"]
+    return bool(experiments) and experiments[0]["evaluation"]["state"] == "done"
+
+
 # Two worker loads (Detect, Import) and the background evaluation's: ~90 s on a busy machine.
 def test_import_dialog_detects_imports_and_new_agent_offers_it(app: VoilaApp,
                                                                shots: Shots) -> None:
@@ -73,11 +79,17 @@ def test_import_dialog_detects_imports_and_new_agent_offers_it(app: VoilaApp,
         assert "Ready to import" in text
         assert "evaluates each checkpoint" in text  # where its scores will come from
         assert not (app.root / "experiments" / "my_agent").exists()  # Detect wrote nothing
+        assert "registry.sqlite3" not in dialog.locator("select").inner_text()
         page.set_viewport_size({"width": 1360, "height": 900})
         assert_fits(page, "Voila, Import dialog preview")
-        shots.take(page, "import-preview", docs="import-dialog")
+        preview.scroll_into_view_if_needed()
+        shots.take(page, "import-preview", docs="import-dialog", target=dialog)
         button(page, "Import", dialog).click()
         shown(dialog.get_by_text(re.compile(r"Imported my_agent: agilerl DQN")).first)
+        # Scored in the background; the line above the dialog says how far it is (unless
+        # the evaluation finished before the panel's first read after the import).
+        wait_until(lambda: page.locator(".awb-evaluating", has_text="my_agent").count() > 0
+                   or evaluated(api), timeout=60, what="'evaluating 0/1' in the panel")
         shots.take(page, "imported")
         button(page, "Cancel", dialog).click()
         button(page, "New Agent").click()
@@ -92,3 +104,6 @@ def test_import_dialog_detects_imports_and_new_agent_offers_it(app: VoilaApp,
     experiments = {e["name"]: e for e in api("GET", "experiments").json()["experiments"]}
     assert experiments["my_agent"]["algorithm"] == "DQN"
     assert experiments["my_agent"]["evaluation"]["total"] == 1
+    wait_until(lambda: evaluated(api), timeout=300, what="the background evaluation")
+    scored = api("GET", "experiments").json()["experiments"][0]["checkpoints"][0]
+    assert isinstance(scored["evaluation_score"], float)

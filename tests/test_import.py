@@ -291,3 +291,39 @@ def test_panel_import_dialog_imports_and_new_agent_offers_it(
                    30, "the experiment in New Agent")
     finally:
         panel.close()
+
+
+# One import through an upload (a worker loads the file): ~30 s on a busy machine.
+def test_a_small_checkpoint_uploaded_from_the_dialog_is_imported(
+        runs: dict[str, Path], server: ServerProcess) -> None:
+    from agents_widget.import_dialog import ImportDialog
+    from agents_widget.importing import ImportFailed, import_checkpoint
+    from workbench_core.discovery import ServerInfo
+
+    info = ServerInfo(url=server.url, token=server.token)
+    data = runs["saved"].read_bytes()
+    with pytest.raises(ImportFailed, match="over 16 MiB") as refused:
+        import_checkpoint(upload=("huge.pt", b"\0" * (17 * 2**20)), env="CartPole-v1",
+                          server=info)
+    assert refused.value.status == 413
+    done: list[dict[str, Any]] = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        dialog = ImportDialog(server=info, submit=pool.submit, root=runs["base"],
+                              on_done=done.append, on_cancel=lambda: None)
+        # What the browser's FileUpload hands the kernel.
+        dialog.upload.value = ({"name": "uploaded_dqn.pt", "type": "", "size": len(data),
+                                "last_modified": 0, "content": memoryview(data)},)
+        assert "uploaded_dqn.pt" in dialog.upload_note.value
+        dialog.env.value = "CartPole-v1"
+        future = dialog.start()
+        assert future is not None
+        future.result(IMPORT_TIMEOUT)
+    assert done, dialog.status.value
+    experiment = done[0]
+    assert (experiment["name"], experiment["algorithm"]) == ("uploaded_dqn", "DQN")
+    assert experiment["import"]["link"] is False  # an upload is always copied
+    stored = server.root / "experiments" / "uploaded_dqn" / "checkpoints" / "step_0.pt"
+    assert stored.read_bytes() == data
+    assert not (server.root / ".imports" / "uploads").exists()  # the upload itself is gone

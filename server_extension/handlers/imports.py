@@ -19,6 +19,12 @@ the user's own machine and files), ``workspace`` (paths under the workspace only
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ from tornado import web
 
 from server_extension.serving.importing.evaluation import EPISODES
 from server_extension.serving.importing.orchestrator import (
+    STAGING,
     ImportRefused,
     import_experiment,
     preview_import,
@@ -35,7 +42,11 @@ from server_extension.serving.runtimes.detection import ImportHints
 IMPORTS = "agents_workbench_imports"  # settings key: {"mode", "memory_mb", "timeout_s"}
 EVALUATOR = "agents_workbench_evaluator"  # settings key: the BackgroundEvaluator
 FIELDS = ("path", "name", "env", "env_kwargs", "base_model", "scores", "link", "options",
-          "evaluate", "scores_tag", "preview")
+          "evaluate", "scores_tag", "preview", "upload")
+# An uploaded checkpoint (the panel's upload control) travels base64 in the JSON body: kept
+# small, as it is held in memory on both sides; bigger files are imported by path.
+UPLOAD_MAX_MB = 16
+UPLOADS = "uploads"  # under the import staging folder; removed after each import
 _LOCK = asyncio.Lock()
 
 
@@ -95,15 +106,66 @@ async def import_request(settings: dict[str, Any], root: Path, body: dict[str, A
     preview = body.get("preview", False)
     if not isinstance(preview, bool):
         raise web.HTTPError(400, "preview must be true (detect only, write nothing) or false.")
+    if body.get("upload") is not None:
+        with _uploaded(root, body.get("upload")) as (path, filename):
+            if body.get("path"):
+                raise web.HTTPError(400, "Give path or upload, not both.")
+            hints_body = {**body, "path": str(path), "link": False}
+            hints_body.pop("upload")
+            if not hints_body.get("name"):
+                hints_body["name"] = _stem(filename)
+            return await _run(settings, root, hints_body, preview=preview, mode=mode,
+                              confine=root)
+    return await _run(settings, root, body, preview=preview, mode=mode,
+                      confine=root if mode == "workspace" else None)
+
+
+def _stem(filename: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem).strip("-._")[:100] or "upload"
+
+
+@contextlib.contextmanager
+def _uploaded(root: Path, upload: Any) -> Iterator[tuple[Path, str]]:
+    """Write an uploaded ``{"filename", "data": base64}`` where the import reads it (under
+    the workspace's staging folder), and remove it afterwards: the import copies it."""
+    if not isinstance(upload, dict) or not isinstance(upload.get("filename"), str) \
+            or not isinstance(upload.get("data"), str):
+        raise web.HTTPError(400, "upload must be {\"filename\": str, \"data\": base64 str}.")
+    filename = Path(upload["filename"]).name
+    if not filename or filename.startswith("."):
+        raise web.HTTPError(400, "upload.filename must be a file name such as my_agent.pt.")
+    if len(upload["data"]) > (UPLOAD_MAX_MB * 1024 * 1024 * 4) // 3 + 4:
+        raise web.HTTPError(413, "The upload is over %d MiB; import a file this size by its "
+                            "path on the server instead.", UPLOAD_MAX_MB)
+    try:
+        data = base64.b64decode(upload["data"], validate=True)
+    except ValueError as exc:
+        raise web.HTTPError(400, "upload.data is not base64: %s", exc) from exc
+    if not data:
+        raise web.HTTPError(400, "upload: %s is empty.", filename)
+    staging = root / STAGING / UPLOADS
+    staging.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=staging))
+    try:
+        (folder / filename).write_bytes(data)
+        yield folder / filename, filename
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # when no other upload is in flight
+
+
+async def _run(settings: dict[str, Any], root: Path, body: dict[str, Any], *, preview: bool,
+               mode: str, confine: Path | None) -> dict[str, Any]:
+    config = settings.get(IMPORTS) or {"mode": "on"}
     paths, hints = hints_from_body(body)
-    confine = root if mode == "workspace" else None
     for key in ("scores", "base_model"):
         value = getattr(hints, key)
-        if confine is not None and value:
-            resolved = (confine / Path(value).expanduser()).resolve()
-            if confine.resolve() not in resolved.parents:
+        if mode == "workspace" and value:
+            resolved = (root / Path(value).expanduser()).resolve()
+            if root.resolve() not in resolved.parents:
                 raise web.HTTPError(400, "%s %s is outside the workspace; this server reads "
-                                    "only files under %s.", key, value, confine)
+                                    "only files under %s.", key, value, root)
     # One import at a time: each loads the user's files in a worker of its own, and two at
     # once on a small machine only makes both slower.
     async with _LOCK:
