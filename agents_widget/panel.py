@@ -497,8 +497,7 @@ class AgentsPanel(widgets.VBox):
         with self._lock:
             self.close_wizard()
             dialog = ImportDialog(server=client.server, submit=client.submit,
-                                  root=Path(client.served_root) if client.served_root
-                                  else _served_folder(client.server),
+                                  root=_served_folder(client.server, client.served_root),
                                   on_done=imported, on_cancel=self.close_wizard)
             self.wizard_area.children = [dialog]
             self.body.selected_index = 1
@@ -617,7 +616,8 @@ def _wait_for_visitor() -> None:
                     exc_info=True)
 
 
-def _served_folder(server: ServerInfo) -> Path:
-    """The workspace folder the server serves (its discovery record), else the kernel's."""
-    root = getattr(server, "root", None) or os.environ.get("AGENTS_WORKBENCH_ROOT")
+def _served_folder(server: ServerInfo, listed: str | None = None) -> Path:
+    """The workspace folder the server serves (its discovery record, else what its listing
+    says), else the kernel's."""
+    root = getattr(server, "root", None) or listed or os.environ.get("AGENTS_WORKBENCH_ROOT")
     return Path(root).expanduser() if root else Path.cwd()

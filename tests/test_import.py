@@ -9,6 +9,7 @@ environment) are refused with their reason, nothing is written and the server li
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -312,9 +313,10 @@ def test_a_small_checkpoint_uploaded_from_the_dialog_is_imported(
     with ThreadPoolExecutor(1) as pool:
         dialog = ImportDialog(server=info, submit=pool.submit, root=runs["base"],
                               on_done=done.append, on_cancel=lambda: None)
-        # What the browser's FileUpload hands the kernel.
+        # What the browser's FileUpload hands the kernel (its own deserializer's shape).
         dialog.upload.value = ({"name": "uploaded_dqn.pt", "type": "", "size": len(data),
-                                "last_modified": 0, "content": memoryview(data)},)
+                                "last_modified": datetime.datetime.now(datetime.UTC),
+                                "content": memoryview(data)},)
         assert "uploaded_dqn.pt" in dialog.upload_note.value
         dialog.env.value = "CartPole-v1"
         future = dialog.start()
