@@ -2,7 +2,9 @@
 
 Each case's files are made by the real libraries (``tests/import_support.py``), imported with
 the one CLI command a user would type, then an agent is created and connected through the
-management API; the time runs from starting the command to the agent reading Deployed.
+management API; the time runs from starting the command to the agent reading Deployed, and
+on to the server's background evaluation having scored every checkpoint (Classic cases: no
+scores were given, so the workbench evaluates them).
 
     python -m benchmarks.import_to_deployed [--out FILE]
 """
@@ -44,6 +46,23 @@ def _cases(base: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def _scored(server: ServerProcess, name: str, started: float) -> tuple[str, str]:
+    """Wait for the server's background evaluation of ``name`` (if it has one): the time
+    from the import's start until every checkpoint is scored, and the scores."""
+    while True:
+        listing = server.api("GET", "experiments").json()["experiments"]
+        experiment = next(e for e in listing if e["name"] == name)
+        plan = experiment.get("evaluation")
+        if not plan:
+            return "-", "none (no environment: Best is the final)"
+        if plan["state"] == "done":
+            scored = time.perf_counter() - started
+            values = [c["evaluation_score"] for c in experiment["checkpoints"]]
+            text = ", ".join("failed" if v is None else f"{v:.3g}" for v in values)
+            return f"{scored:.1f}", f"evaluated over {plan['episodes']} episodes: {text}"
+        time.sleep(0.5)
+
+
 def main() -> None:
     """Run every case against one server over an empty workspace; print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -54,7 +73,8 @@ def main() -> None:
         cases = _cases(base / "files")
         (base / "ws").mkdir()
         server = ServerProcess(base / "ws").start()
-        rows = ["| case | command | import (s) | import to Deployed (s) |", "|---|---|---|---|"]
+        rows = ["| case | command | import (s) | import to Deployed (s) | import to scored (s) "
+                "| scores |", "|---|---|---|---|---|---|"]
         try:
             for i, (label, argv) in enumerate(cases):
                 name = f"case-{i}"
@@ -67,10 +87,12 @@ def main() -> None:
                 if done.returncode != 0:
                     rows.append(f"| {label} | refused | {done.stderr.strip()[:200]} | |")
                     continue
-                server.deploy(name, name, timeout=600)
+                server.deploy(name, name, "final", timeout=600)
                 deployed = time.perf_counter() - started
+                scored, scores = _scored(server, name, started)
                 shown = " ".join(shlex.quote(a) for a in command[:-2]).replace(tmp, "…")
-                rows.append(f"| {label} | `{shown}` | {imported:.1f} | {deployed:.1f} |")
+                rows.append(f"| {label} | `{shown}` | {imported:.1f} | {deployed:.1f} | "
+                            f"{scored} | {scores} |")
                 print(rows[-1], flush=True)
         finally:
             server.stop()

@@ -14,7 +14,7 @@ import pytest
 from agilerl.arena.inference import Agent
 
 from tests import import_support
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, wait_until
 from tests.test_import import IMPORT_TIMEOUT, post_import
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,8 @@ def test_tictactoe_agent_takes_the_environments_own_observation(
     from pettingzoo.classic import tictactoe_v3
 
     path = import_support.save_tictactoe_ippo(tmp_path / "ttt_ippo.pt")
-    done = post_import(server, {"path": str(path), "env": "pettingzoo.classic.tictactoe_v3"})
+    done = post_import(server, {"path": str(path), "env": "pettingzoo.classic.tictactoe_v3",
+                                "evaluate": 2})
     assert done.status_code == 201, done.text
     recipe = done.json()["extra"]["env"]
     assert recipe["kind"] == "turn_based"
@@ -106,3 +107,14 @@ def test_tictactoe_agent_takes_the_environments_own_observation(
                                            info={"action_mask": {"player_2": raw["action_mask"]}})
     assert int(np.asarray(board_action["player_2"])) == int(np.asarray(flat_action["player_2"]))
     assert raw["action_mask"][int(np.asarray(board_action["player_2"]))] == 1
+    # Scored in the background as a turn-based game: the win rate against random moves.
+    name = done.json()["name"]
+
+    def evaluated() -> dict[str, Any] | None:
+        listing = server.api("GET", "experiments").json()["experiments"]
+        experiment = next(e for e in listing if e["name"] == name)
+        return experiment if experiment["evaluation"]["state"] == "done" else None
+
+    experiment = wait_until(evaluated, IMPORT_TIMEOUT, "the tic-tac-toe evaluation")
+    assert experiment["evaluation"]["failed"] == {}
+    assert 0.0 <= experiment["checkpoints"][0]["evaluation_score"] <= 1.0

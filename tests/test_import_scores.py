@@ -19,6 +19,7 @@ from server_extension.serving.importing import evaluation
 from server_extension.serving.importing.orchestrator import ImportRefused, import_experiment
 from server_extension.serving.runtimes.detection import ImportHints
 from tests import import_support
+from tests.servers import wait_until
 from workbench_core import evaluation_marks
 from workbench_core.store import ExperimentStore
 
@@ -168,3 +169,33 @@ def test_no_evaluation_without_an_environment_or_when_turned_off(
         import_experiment(root, [run / "dqn_0_100.pt"], ImportHints(
             env="CartPole-v1", evaluate=-1, name="negative"))
     assert refused.value.field == "evaluate"
+
+
+# Three evaluation workers' worth of CartPole episodes: ~60 s on a busy machine.
+def test_a_stopped_evaluator_leaves_its_plan_and_the_next_server_finishes_it(
+        run: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    # Enough episodes that a step takes seconds: the stop lands while the first is scored.
+    import_experiment(root, [f"{run}/dqn_0_*.pt"], ImportHints(
+        env="CartPole-v1", evaluate=150, name="resumed"))
+    folder = root / "experiments" / "resumed"
+    results = folder / ".evaluation" / "results.jsonl"
+    first = evaluation.BackgroundEvaluator(root)  # what a server starts
+    first.start()
+    wait_until(lambda: results.exists() and '"started"' in results.read_text(), 300,
+               "the first worker to start scoring")
+    first.stop(timeout=30)  # the server shuts down
+    left = evaluation_marks.load(folder)
+    assert left is not None
+    assert left["state"] == "evaluating"
+    assert evaluation_marks.remaining(left), left  # unfinished, kept for the next server
+    second = evaluation.BackgroundEvaluator(root, interval_s=1.0)  # the restarted server
+    second.start()
+    try:
+        wait_until(lambda: (evaluation_marks.load(folder) or {}).get("state") == "done", 600,
+                   "the restarted evaluator to finish")
+    finally:
+        second.stop(timeout=30)
+    stored = ExperimentStore(root).get("resumed")
+    assert all(c.evaluation_score is not None for c in stored.checkpoints())
+    assert evaluation_marks.read(folder)["failed"] == {}  # type: ignore[index]
