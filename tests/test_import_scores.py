@@ -9,6 +9,7 @@ score is checked against AgileRL's own agent playing the same seeded episodes in
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -199,3 +200,17 @@ def test_a_stopped_evaluator_leaves_its_plan_and_the_next_server_finishes_it(
     stored = ExperimentStore(root).get("resumed")
     assert all(c.evaluation_score is not None for c in stored.checkpoints())
     assert evaluation_marks.read(folder)["failed"] == {}  # type: ignore[index]
+
+
+# The CLI (a fresh interpreter), the import's worker and one evaluation worker: ~45 s.
+def test_cli_wait_evaluates_in_the_terminal(run: Path, tmp_path: Path) -> None:
+    from tests.test_import import cli
+
+    done = cli("import", str(run / "dqn_0_300.pt"), "--env", "CartPole-v1", "--evaluate", "2",
+               "--wait", "--root", str(tmp_path / "ws"), "--name", "waited")
+    assert done.returncode == 0, done.stderr
+    assert "scores: workbench evaluation over 2 seeded episodes" in done.stdout
+    assert re.search(r"step 300: evaluation score \d+\.\d{3}", done.stderr), done.stderr
+    stored = ExperimentStore(tmp_path / "ws").get("waited")
+    assert stored.checkpoints()[0].evaluation_score == pytest.approx(
+        _greedy_mean_return(run / "dqn_0_300.pt", episodes=2, seed=1000))
