@@ -15,7 +15,10 @@ worker that dies part-way is known to have died on the step it last started.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,10 +82,25 @@ def run(request: dict[str, Any], out: IO[str]) -> None:
         _line(out, step=step, score=value)
 
 
+def _exit_with_parent() -> None:
+    """End this process when the server that started it is gone (killed, not stopped): a
+    restarted server starts its own worker for the same steps, and two must not write one
+    results file."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     """Read the request, cap memory, score; exit status 0 unless the request is unreadable."""
     from server_extension.serving.importing.worker import _limit_memory
 
+    _exit_with_parent()
     request = json.loads(Path(argv[1]).read_text("utf-8"))
     _limit_memory(float(request.get("memory_mb") or 0))
     import torch
