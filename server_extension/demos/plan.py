@@ -13,9 +13,10 @@ IPPO) plus the Advanced Training set; ``minimal`` is CartPole with DQN alone. Ex
 
 While a job runs, its experiments carry a mark (:mod:`workbench_core.training_marks`) that
 the experiments listing reports under ``training``, so the panel can show what is still on
-its way; the mark goes when the job has trained and scored everything. A job is done when
-each of its experiments exists, has checkpoints and has no mark; anything else (never
-started, failed, cut off by Ctrl-C) is trained again by the next run.
+its way; the job's own process removes the mark once it has trained and scored everything
+(so a job that finished stays finished whatever happens to the run that started it). A job
+is done when each of its experiments exists, has checkpoints and has no mark; anything else
+(never started, failed, cut off by Ctrl-C) is trained again by the next run.
 
 Threads: :class:`BackgroundTraining` runs one thread per worker, each starting job processes
 one after another and forwarding their output, line by line, through ``say``.
@@ -127,6 +128,13 @@ def job_done(root: Path, job: DemoJob) -> bool:
         except StoreError:
             return False
     return True
+
+
+def finish_job(root: Path, name: str) -> None:
+    """Record job ``name`` as trained: its experiments' marks go (see :func:`job_done`)."""
+    job = next(job for job in JOBS if job.name == name)
+    for experiment in job.names:
+        training_marks.clear(root, experiment)
 
 
 def pending(root: Path, mode: Mode) -> list[DemoJob]:
@@ -320,15 +328,14 @@ class BackgroundTraining:
                 tail = [*tail[-4:], line]
                 self.say(f"[{job.name}] {line}")
         code = child.wait()
+        if code != 0 and job_done(self.root, job):
+            code = 0  # it finished (and recorded so) before a signal cut its exit short
         with self._lock:
             self._children.discard(child)
             if self._stopping:
                 return
         self.seconds[job.name] = round(time.perf_counter() - begun, 1)
-        if code == 0:
-            for name in job.names:
-                training_marks.clear(self.root, name)
-        else:
+        if code != 0:
             self.failed.append(job.name)
             reason = next((t for t in reversed(tail) if t.strip()), f"exit code {code}")
             for name in job.names:
@@ -360,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, flush=True)
 
     names = train_job(Path(args.root), args.job, say, quick=args.quick)
+    # Done is recorded here, by the job itself, before it exits: the run that started it may
+    # be gone by now (Ctrl-C, SIGTERM, a crash), and a finished job must never train again.
+    finish_job(Path(args.root), args.job)
     say(f"wrote {', '.join(names)}")
     return 0
 

@@ -97,11 +97,15 @@ def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) ->
               f"{', '.join(job.name for job in todo)}")
     background = BackgroundTraining(root, todo, workers=workers, say=_progress, quick=quick)
     background.start()
-    if any(job.name == FIRST for job in todo):
-        while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
-            time.sleep(0.5)
-        _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): starting "
-                  "the server; the panel shows what is still training")
+    try:
+        if any(job.name == FIRST for job in todo):
+            while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
+                time.sleep(0.5)
+            _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): "
+                      "starting the server; the panel shows what is still training")
+    except BaseException:  # Ctrl-C or SIGTERM before Lab started: no trainer left behind
+        background.stop()
+        raise
     if background.wait(0):
         return None
     return background
@@ -160,8 +164,16 @@ def trust_notebooks(paths: Sequence[Path]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Seed the demo workspace when empty, then run JupyterLab over it."""
     root = Path(args.root).expanduser()
-    background = (None if args.demo == "none"
-                  else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM while seeding ends like Ctrl-C (main says so)
+
+    before_lab = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        background = (None if args.demo == "none"
+                      else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
+    finally:
+        signal.signal(signal.SIGTERM, before_lab)
     notebooks = _notebooks_dir(root)
     env = {**os.environ, ROOT_ENV: str(root)}
     command = [
