@@ -77,15 +77,21 @@ def test_a_job_that_finished_is_not_retrained_after_the_run_died(tmp_path: Path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_while_seeding_stops_the_trainers_cleanly(tmp_path: Path,
-                                                                sig: signal.Signals) -> None:
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                            (signal.SIGINT, True)])
+def test_an_interrupt_while_seeding_stops_the_trainers_cleanly(
+        tmp_path: Path, sig: signal.Signals, group: bool) -> None:
     root = tmp_path / "ws"
     log = tmp_path / "run.log"
     run = _start_run(root, log)
     try:
         job = wait_until(lambda: _job_child(run.pid), 120, "the demo job to start")
-        run.send_signal(sig)  # to run alone, as `kill` does (Ctrl-C also reaches the job)
+        wait_until(lambda: b"server_extension.demos.plan" in Path(
+            f"/proc/{job}/cmdline").read_bytes(), 30, "the job to start")
+        if group:  # Ctrl-C in a terminal: every process of the group gets it
+            os.killpg(run.pid, sig)
+        else:  # `kill`: run alone
+            run.send_signal(sig)
         code = run.wait(60)
     finally:
         if run.poll() is None:

@@ -20,10 +20,15 @@ import numpy as np
 import pytest
 import requests
 
+from agents_widget import AgentsPanel
 from server_extension.serving.lease import ServingLease
 from server_extension.serving.serde import encode_array
 from server_extension.workspace.registry import Registry
+from tests.panel_support import front_end
 from tests.servers import ServerProcess, copy_workspace, wait_until
+from workbench_core.discovery import ServerInfo
+
+__all__ = ["front_end"]  # a fixture used by name below
 
 OBS = {"obs": encode_array(np.zeros((1, 4), dtype=np.float32))}
 SILENCE = "--AgentsWorkbenchApp.leader_silence_s=3"
@@ -134,7 +139,7 @@ def two_servers(tmp_path: Path, demo_experiments: Path) -> Iterator[tuple[Server
 
 @pytest.mark.slow
 def test_frozen_leader_is_reported_taken_over_and_steps_down_on_waking(
-        two_servers: tuple[ServerProcess, ServerProcess]) -> None:
+        two_servers: tuple[ServerProcess, ServerProcess], front_end: list[Any]) -> None:
     a, b = two_servers
     agent = a.deploy("steady", "cartpole-dqn")
     assert agent["endpoint"].startswith(a.url)
@@ -142,6 +147,15 @@ def test_frozen_leader_is_reported_taken_over_and_steps_down_on_waking(
     # CPU: workers run at the configured nice level (this machine has no cgroup v2 cpu.max).
     assert _nice(old_worker) == 11
     assert _nice(a.pid) != 11
+    # While A beats, a takeover is refused (and, like every management route, needs auth).
+    refused = b.api("POST", "serving/takeover")
+    assert refused.status_code == 409
+    assert a.url in refused.json()["message"]
+    assert requests.post(f"{b.url}agents/api/serving/takeover", timeout=10).status_code == 403
+    state = b.api("GET", "serving").json()
+    assert (state["serving_here"], state["serving_url"], state["responding"]) == (
+        False, a.url, True)
+    assert a.api("GET", "serving").json()["serving_here"]
 
     os.kill(a.pid, signal.SIGSTOP)  # Ctrl-Z: A's loop stops, its beats with it
     state = wait_until(lambda: (s := b.api("GET", "serving").json())["can_take_over"] and s,
@@ -167,10 +181,24 @@ def test_frozen_leader_is_reported_taken_over_and_steps_down_on_waking(
     for name in ("late", "cartpole-dqn"):  # keep the takeover to one agent to load
         assert b.api("DELETE", f"agents/{name}").status_code == 204
 
-    took = b.api("POST", "serving/takeover")
-    assert took.status_code == 200, took.text
-    assert took.json()["serving_here"]
-    assert took.json()["took_over"]
+    # B's panel says so too, and its button takes over (POST agents/api/serving/takeover).
+    panel = AgentsPanel(ServerInfo(url=b.url, token=b.token), poll_interval=0.2)
+    try:
+        panel.wait_idle()
+        panel.refresh().result(30)
+        assert panel.serving_notice.visible
+        assert f"The serving server ({a.url}) is not responding" in \
+            panel.serving_notice.text.value
+        assert "serving server not responding" in panel.row("steady").status_cell.value
+        panel.serving_notice.button.click()
+        panel.wait_idle()
+        assert "This server now serves the workspace" in panel.notice.value
+        assert not panel.serving_notice.visible
+    finally:
+        panel.close()
+    state = b.api("GET", "serving").json()
+    assert state["serving_here"]
+    assert state["serving_url"] == b.url
     moved = wait_until(lambda: (r := b.api("GET", "agents/steady").json())["status"]
                        == "Deployed" and r, timeout=120, what="B to load the agent")
     assert moved["endpoint"] == f"{b.url}agents/d/steady"
@@ -190,20 +218,6 @@ def test_frozen_leader_is_reported_taken_over_and_steps_down_on_waking(
     assert b.url in refused.json()["error"]
     assert not _gone(new_worker)
     assert _act(moved["endpoint"], agent["api_key"]).status_code == 200
-
-
-def test_takeover_of_a_responding_server_is_refused(
-        two_servers: tuple[ServerProcess, ServerProcess]) -> None:
-    a, b = two_servers
-    refused = b.api("POST", "serving/takeover")
-    assert refused.status_code == 409
-    assert a.url in refused.json()["message"]
-    assert b.api("GET", "serving").json() == {**b.api("GET", "serving").json(),
-                                              "serving_here": False, "serving_url": a.url,
-                                              "responding": True, "can_take_over": False}
-    assert a.api("GET", "serving").json()["serving_here"]
-    # Unauthenticated: Jupyter auth like every management route.
-    assert requests.post(f"{b.url}agents/api/serving/takeover", timeout=10).status_code == 403
 
 
 @pytest.mark.slow

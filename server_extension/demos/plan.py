@@ -25,8 +25,10 @@ one after another and forwarding their output, line by line, through ``say``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +45,7 @@ from workbench_core.store import ExperimentStore, ExperimentWriter, StoreError
 Mode = Literal["minimal", "full"]
 MODES: tuple[Mode, ...] = ("minimal", "full")
 ProgressFn = Callable[[str], None]
+RUN_PID_ENV = "AGENTS_WORKBENCH_DEMO_RUN_PID"  # the process that started a job (main())
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ class BackgroundTraining:
             self._stopping = True
             children = list(self._children)
         for child in children:
-            child.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)  # the job and whatever it started
         for child in children:
             try:
                 child.wait(10)
@@ -312,13 +316,16 @@ class BackgroundTraining:
         command = [sys.executable, "-m", "server_extension.demos.plan", job.name,
                    "--root", str(self.root), *(["--quick"] if self.quick else [])]
         # One torch thread per child: two children share the two cores.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+               RUN_PID_ENV: str(os.getpid())}
         begun = time.perf_counter()
         with self._lock:
             if self._stopping:
                 return
+            # A process group of its own: Ctrl-C in the terminal reaches the run alone, which
+            # stops its jobs (stop()), so no job prints a KeyboardInterrupt traceback.
             child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+                                     text=True, env=env, process_group=0)
             self._children.add(child)
         assert child.stdout is not None
         tail: list[str] = []
@@ -357,6 +364,13 @@ class BackgroundTraining:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one job: ``python -m server_extension.demos.plan JOB --root DIR``."""
+    run = int(os.environ.get(RUN_PID_ENV) or 0)
+    if run:
+        # The run that started this job ends it with SIGTERM when it stops; a run that dies
+        # any other way (SIGKILL, a closed terminal) takes the job with it.
+        from server_extension.serving.worker.tree import parent_death_signal
+
+        parent_death_signal(signal.SIGTERM, run)
     parser = argparse.ArgumentParser(prog="python -m server_extension.demos.plan")
     parser.add_argument("job", choices=[job.name for job in JOBS])
     parser.add_argument("--root", required=True)
