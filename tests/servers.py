@@ -139,16 +139,23 @@ class ServerProcess(ChildServer):
         ]
         proc = self._spawn(args, env)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter server exited early; log:\n{self.log()}")
-            try:
-                if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"jupyter server did not answer in {timeout} s; log:\n{self.log()}")
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"jupyter server exited early; log:\n{self.log()}")
+                try:
+                    if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
+                        return self
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.05)
+            raise TimeoutError(
+                f"jupyter server did not answer in {timeout} s; log:\n{self.log()}")
+        except BaseException:
+            # A server that never answered is stopped and reaped here: the caller gets no
+            # object to stop, and an unreaped child is a ResourceWarning (and a stray server).
+            self.stop()
+            raise
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call ``agents/api/<path>`` with the Jupyter token."""
