@@ -191,20 +191,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Containers and CI machines often run as root; Jupyter refuses that unless told.
         command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
-    lab = subprocess.Popen(command, env=env)
+    # A process group of its own: Ctrl-C in the terminal reaches this process alone, which
+    # stops Lab with SIGTERM. Sent to Lab's group as well, it would also reach the worker
+    # templates Lab starts, which print a KeyboardInterrupt traceback mid-import. Lab never
+    # reads the terminal (it is not asked to confirm), so stdin is closed to it.
+    lab = subprocess.Popen(command, env=env, process_group=0, stdin=subprocess.DEVNULL)
     stopping: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it releases serving.lock and
-        # stops its workers); this process waits for it, then stops the demo trainers.
-        # Ctrl-C reaches Lab from the terminal too; a second one stops it at once.
+        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it stops its workers and
+        # releases the serving lease); this process waits for it, then stops the demo trainers.
+        # A second Ctrl-C stops it at once; a closed terminal (SIGHUP) stops it too.
         if stopping and signum == signal.SIGINT:
             lab.kill()
         stopping.append(signum)
         with contextlib.suppress(ProcessLookupError):
             lab.send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         code = lab.wait()
     finally:
