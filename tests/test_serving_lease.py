@@ -31,7 +31,7 @@ from workbench_core.discovery import ServerInfo
 __all__ = ["front_end"]  # a fixture used by name below
 
 OBS = {"obs": encode_array(np.zeros((1, 4), dtype=np.float32))}
-SILENCE = "--AgentsWorkbenchApp.leader_silence_s=3"
+SILENCE = "--AgentsWorkbenchApp.leader_silence_s=5"
 
 
 # -- the lease, in this process -----------------------------------------------------------
@@ -44,7 +44,7 @@ def leases(tmp_path: Path) -> Iterator[list[ServingLease]]:
     for i in range(3):
         registry = Registry(tmp_path / "registry.sqlite3")
         made.append((registry, ServingLease(tmp_path, registry, url=f"http://s{i}/",
-                                            silence_s=1.5)))
+                                            silence_s=3.0)))
     yield [lease for _, lease in made]
     for registry, lease in made:
         registry.close()
@@ -84,6 +84,7 @@ def test_a_forced_leader_keeps_the_lease_while_the_frozen_one_lets_the_flock_go(
     assert a.try_acquire()
     wait_until(b.silent_since, timeout=10, what="a's beats to go stale")
     assert b.take_over()  # a still holds the flock (frozen, not dead)
+    assert not c.take_over()  # a second takeover at the same moment: b beats, c follows
     wait_until(lambda: not a.beat(), timeout=10, what="a to step down")
     # The flock is free for a moment, before b's next beat: c takes it but sees b beating.
     assert not c.try_acquire()

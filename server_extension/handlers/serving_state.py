@@ -8,6 +8,7 @@ machine gone away). Both need Jupyter auth like the rest of the management API.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import cast
 
 from jupyter_server.auth.decorator import authorized
@@ -51,14 +52,23 @@ class TakeoverHandler(ServingHandler):
         if lease.held:
             self.reply({**lease.state(), "took_over": False})
             return
-        if lease.silent_since() is None:
+        reconciler = cast(Reconciler, self.settings[RECONCILER])
+        try:
+            took = lease.silent_since() is not None and reconciler.take_over()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            # The frozen server stopped in the middle of a registry write and holds it.
+            raise web.HTTPError(
+                503, "The registry is locked by the server that stopped (%s): it was frozen "
+                "in the middle of a write. Stop that process (kill it); this server then takes "
+                "over by itself.", exc) from exc
+        if not took:
             url = lease.holder_url() or "another server"
             raise web.HTTPError(
                 409, "The serving server (%s) is responding (it beat within the last %g s); "
                 "a takeover is only for a server that stopped. Stop it to serve from here.",
                 url, lease.silence_s)
-        reconciler = cast(Reconciler, self.settings[RECONCILER])
-        reconciler.take_over()
         self.log.warning("agents-workbench: serving taken over by this server on request")
         self.reply({**lease.state(), "took_over": True})
 

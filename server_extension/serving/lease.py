@@ -160,10 +160,12 @@ class ServingLease:
                 row = db.execute("SELECT epoch, pid, beat_at, locked FROM serving_lease "
                                  "WHERE id = 1").fetchone()
                 epoch = int(row[0]) if row is not None else 0
-                if not force and row is not None and row[1] is not None and not row[3] \
-                        and row[2] is not None and now - float(row[2]) <= self.silence_s:
-                    # A leader that took over by force and has not got the flock yet: it
-                    # beats, so it lives. Leave the lock to it.
+                beating = (row is not None and row[1] is not None and row[2] is not None
+                           and now - float(row[2]) <= self.silence_s)
+                # Automatic: a leader holding no flock (it took over by force and the frozen
+                # one has not let go yet) but beating lives; leave the lock to it. By force:
+                # only from a leader that stopped beating (two takeovers at once: one wins).
+                if beating and (force or not row[3]):
                     db.execute("ROLLBACK")
                     return False
                 epoch += 1
@@ -208,14 +210,18 @@ class ServingLease:
         return False
 
     def take_over(self) -> bool:
-        """Lead now, whoever holds the lease (the user said the leader is frozen or gone).
+        """Lead now, the leader having stopped beating (frozen or gone); ``False`` when it
+        beats (another server may have taken over a moment ago).
 
         The old leader, should it wake, sees the new epoch at its next beat and steps down.
         """
         if self.held:
             return True
         self._lock()  # free when the old leader is dead; held by it while it is frozen
-        return self._claim(force=True)
+        if self._claim(force=True):
+            return True
+        self._unlock()
+        return False
 
     def beat(self) -> bool:
         """The leader's heartbeat; ``False`` when another server has taken the lease since

@@ -97,11 +97,12 @@ class Reconciler:
         self.deployer.warm_templates()  # a follower started none
 
     def take_over(self) -> bool:
-        """Lead now, even though another server holds the lease (it is frozen or gone);
-        ``False`` when this server leads already."""
+        """Lead now, even though another server holds the lease (it stopped beating: frozen
+        or gone); ``False`` when the leader beats after all."""
         if self.deployer.serves:
+            return True
+        if not self.lease.take_over():
             return False
-        self.lease.take_over()
         self._lead()
         self._seen = data_version(self.deployer.registry)
         self.deployer.sync(reload_deployed=True)
