@@ -314,7 +314,8 @@ class AgentsWorkbenchApp(ExtensionApp):
                                   "timeout_s": max(self.load_timeout, 300.0)}
         # Imported checkpoints without scores are scored in worker processes, in the
         # background; started with the loop, it resumes what a stopped server left.
-        self.evaluator = BackgroundEvaluator(root, memory_mb=self.worker_memory_mb)
+        self.evaluator = BackgroundEvaluator(root, memory_mb=self.worker_memory_mb,
+                                             nice=min(self.worker_nice + 5, 19))
         self.settings[EVALUATOR] = self.evaluator
         self.settings.update({
             DEPLOYER: self.deployer,

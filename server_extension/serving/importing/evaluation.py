@@ -74,7 +74,7 @@ class _Run:
     """One worker over some steps: start it, read its lines as they come."""
 
     def __init__(self, folder: Path, body: dict[str, Any], steps: list[int],
-                 memory_mb: float) -> None:
+                 memory_mb: float, nice: int = 0) -> None:
         work = folder / ".evaluation"
         work.mkdir(exist_ok=True)
         self.request = work / "request.json"
@@ -82,7 +82,7 @@ class _Run:
         self.out.write_text("", "utf-8")
         self.request.write_text(json.dumps({
             "folder": str(folder), "steps": steps, "episodes": body["episodes"],
-            "seed": body["seed"], "memory_mb": memory_mb}), "utf-8")
+            "seed": body["seed"], "memory_mb": memory_mb, "nice": nice}), "utf-8")
         self._offset = 0
         with (work / "worker.log").open("ab") as worker_log:
             self.process = subprocess.Popen(
@@ -116,7 +116,7 @@ def _how(code: int | None) -> str:
 
 
 def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
-                        step_timeout_s: float = STEP_TIMEOUT_S,
+                        step_timeout_s: float = STEP_TIMEOUT_S, nice: int = 0,
                         stop: threading.Event | None = None,
                         progress: Progress | None = None) -> dict[str, Any] | None:
     """Score what is left of ``folder``'s evaluation plan; the plan after, or ``None`` when
@@ -141,7 +141,7 @@ def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
         while todo := marks.remaining(body):
             if stop is not None and stop.is_set():
                 return body  # resumed by the next server
-            _work(folder, body, todo, writer, memory_mb=memory_mb,
+            _work(folder, body, todo, writer, memory_mb=memory_mb, nice=nice,
                   step_timeout_s=step_timeout_s, stop=stop, progress=progress)
         body["state"] = "done"
         marks.save(folder, body)
@@ -151,9 +151,9 @@ def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
 
 
 def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: ExperimentWriter, *,
-          memory_mb: float, step_timeout_s: float, stop: threading.Event | None,
+          memory_mb: float, nice: int, step_timeout_s: float, stop: threading.Event | None,
           progress: Progress | None) -> None:
-    run = _Run(folder, body, todo, memory_mb)
+    run = _Run(folder, body, todo, memory_mb, nice)
     current: int | None = None
     last = time.monotonic()
     try:
@@ -213,8 +213,9 @@ class BackgroundEvaluator:
 
     def __init__(self, root: Path, *, memory_mb: float = MEMORY_MB,
                  step_timeout_s: float = STEP_TIMEOUT_S,
-                 interval_s: float = SCAN_INTERVAL_S) -> None:
+                 interval_s: float = SCAN_INTERVAL_S, nice: int = 10) -> None:
         self.root = Path(root)
+        self.nice = nice
         self.memory_mb = memory_mb
         self.step_timeout_s = step_timeout_s
         self.interval_s = interval_s
@@ -257,7 +258,7 @@ class BackgroundEvaluator:
                 if self._stop.is_set():
                     return
                 try:
-                    evaluate_experiment(folder, memory_mb=self.memory_mb,
+                    evaluate_experiment(folder, memory_mb=self.memory_mb, nice=self.nice,
                                         step_timeout_s=self.step_timeout_s, stop=self._stop)
                 except Exception:
                     log.exception("Evaluating %s failed", folder.name)

@@ -102,6 +102,10 @@ def main(argv: list[str]) -> int:
 
     _exit_with_parent()
     request = json.loads(Path(argv[1]).read_text("utf-8"))
+    level = int(request.get("nice") or 0)
+    if level > os.getpriority(os.PRIO_PROCESS, 0):
+        # Background work: it yields the CPU to the agents' workers and the server.
+        os.setpriority(os.PRIO_PROCESS, 0, min(level, 19))
     _limit_memory(float(request.get("memory_mb") or 0))
     import torch
 
