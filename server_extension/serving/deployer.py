@@ -430,11 +430,16 @@ class Deployer:
 
     def _has_sidecars(self) -> bool:
         """Whether any AgileRL experiment holds a policy sidecar (a checkpoint's numpy form)."""
-        for experiment in self.store.list():
-            if experiment.info.framework == "agilerl":
-                folder = experiment.folder / "checkpoints"
-                if next(folder.glob(f"*{numpy_policy.SUFFIX}"), None) is not None:
+        try:
+            experiments = [e for e in self.store.list() if e.info.framework == "agilerl"]
+        except Exception:  # noqa: BLE001 - a broken store is reported by its listing
+            return False
+        for experiment in experiments:
+            try:  # the store's listing is bounded (a checkpoints folder linked to /usr...)
+                if any(numpy_policy.ready(c.path) for c in experiment.checkpoints()):
                     return True
+            except Exception as exc:  # noqa: BLE001 - a broken experiment has none to serve
+                log.debug("No sidecars in %s: %s", experiment.name, exc)
         return False
 
     async def _load_in_worker(self, record: AgentRecord) -> WorkerRuntime:
