@@ -120,6 +120,9 @@ def test_numpy_workers_answer_what_the_library_answers(numpy_workspace: Path) ->
         assert agent["runtime"] == "numpy", agent
         assert not classic["ready"], "the Classic template was ready: nothing was proved"
         assert templates(srv)["numpy"]["ready"]
+        # The worker serving it never loaded torch (nor did its template).
+        worker = srv.api("GET", "agents/dqn/metrics").json()["worker"]["pid"]
+        assert "libtorch" not in Path(f"/proc/{worker}/maps").read_text()
         _check_single(root, agent, "cartpole-dqn", seed=11)
 
         for number, experiment in enumerate((*SINGLE[1:], *MULTI)):
@@ -130,6 +133,9 @@ def test_numpy_workers_answer_what_the_library_answers(numpy_workspace: Path) ->
 
         rainbow = srv.deploy("rainbow", "cartpole-rainbow", timeout=180)
         assert rainbow["runtime"] == "full", rainbow
+        # Sidecars are files beside the checkpoints, never checkpoints themselves.
+        exp = ExperimentStore(root).get("cartpole-dqn")
+        assert all(c.path.suffix == ".pt" for c in exp.checkpoints())
         # Bad input gets the full runtime's own clear refusal from a numpy worker too.
         refused = srv.session.post(f"{agent['endpoint']}/get_action",
                                    headers={"Authorization": f"Bearer {agent['api_key']}"},
@@ -172,5 +178,45 @@ def test_a_tampered_or_missing_sidecar_gets_the_full_runtime(tmp_path: Path,
         # The tampered sidecar is left as it is (it exists): never silently replaced.
         assert read_sidecar(sidecar_path(dqn.path))[1][linear["weight"]].tolist() == \
             arrays[linear["weight"]].tolist()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_an_imported_sb3_policy_gets_its_numpy_form_after_its_first_load(
+        tmp_path: Path) -> None:
+    """An imported Stable-Baselines3 PPO has no sidecar: its first Connect is served by torch,
+    whose worker then writes one; the next Connect is served by numpy, with SB3's own
+    ``predict(deterministic=True)`` answers (the full runtime's) on fresh observations."""
+    from server_extension.serving.importing.orchestrator import import_experiment
+    from server_extension.serving.runtimes.detection import ImportHints
+    from tests.byom_fixtures import sb3_ppo_cartpole
+
+    root = copy_workspace(tmp_path / "ws", None)
+    folder = sb3_ppo_cartpole(tmp_path / "sb3", steps=1024)
+    import_experiment(root, [folder], ImportHints(name="sb3-ppo", env="CartPole-v1"))
+    exp, ckpt = _best(root, "sb3-ppo")
+    assert not sidecar_path(ckpt.path).exists()
+
+    srv = ServerProcess(root, extra_args=ARGS).start()
+    try:
+        first = srv.deploy("sb3", "sb3-ppo", timeout=180)
+        assert first["runtime"] == "full", first
+        wait_until(lambda: sidecar_path(ckpt.path).is_file(), timeout=120,
+                   what="the SB3 sidecar written after the first full load")
+        assert srv.api("POST", "agents/sb3/disconnect").status_code == 200
+        assert srv.api("POST", "agents/sb3/connect").status_code == 200
+        again = srv.wait_status("sb3", timeout=120)
+        assert again["status"] == "Deployed", again
+        assert again["runtime"] == "numpy", again
+        library: Any = load_runtime(exp, ckpt)
+        obs = _fresh_obs(library.observation_space, 200, seed=21)
+        client = Agent(again["endpoint"], api_key=again["api_key"])
+        try:
+            served, _ = client.get_action(obs, batched=True)
+        finally:
+            client.close()
+        want, _ = library.get_action(obs)
+        assert np.array_equal(np.asarray(served).reshape(-1), want)
     finally:
         srv.stop()

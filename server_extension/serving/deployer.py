@@ -431,7 +431,8 @@ class Deployer:
     def _has_sidecars(self) -> bool:
         """Whether any AgileRL experiment holds a policy sidecar (a checkpoint's numpy form)."""
         try:
-            experiments = [e for e in self.store.list() if e.info.framework == "agilerl"]
+            experiments = [e for e in self.store.list()
+                           if e.info.framework in ("agilerl", "sb3")]
         except Exception:  # noqa: BLE001 - a broken store is reported by its listing
             return False
         for experiment in experiments:
@@ -452,7 +453,7 @@ class Deployer:
             self._loaders.submit(self.store.get, record.experiment))
         checkpoint = experiment.checkpoint(record.checkpoint_step)  # StoreError: what's missing
         info = experiment.info
-        candidate = info.framework == "agilerl" and not info.recurrent \
+        candidate = info.framework in ("agilerl", "sb3") and not info.recurrent \
             and checkpoint.path.is_file()
         note = None
         if candidate and numpy_policy.ready(checkpoint.path):

@@ -77,10 +77,23 @@ def _layer_specs(module: Any, arrays: _Arrays, *, skip_gumbel: bool = False
     nn = torch.nn
     if type(module) is not EvolvableMLP or not isinstance(module.model, nn.Sequential):
         raise Unexportable(f"its network is a {type(module).__name__}, not a plain MLP")
+    return _sequential_specs(module.model, arrays,
+                             skip=(GumbelSoftmax,) if skip_gumbel else ())
+
+
+def _sequential_specs(sequential: Any, arrays: _Arrays, *, skip: tuple[type, ...] = ()
+                      ) -> list[dict[str, Any]]:
+    """The numpy ops of a ``torch.nn.Sequential``, layer by layer; :class:`Unexportable` for a
+    layer :mod:`.numpy_policy` does not implement. ``skip``: layer types left out."""
+    import torch
+
+    nn = torch.nn
+    if type(sequential) is not nn.Sequential:
+        raise Unexportable(f"its network is a {type(sequential).__name__}, not a plain MLP")
     simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Softsign: "softsign",
               nn.Identity: "identity"}
     specs: list[dict[str, Any]] = []
-    layers: list[Any] = list(module.model)
+    layers: list[Any] = list(sequential)
     for layer in layers:
         kind = type(layer)
         if kind is nn.Linear:
@@ -100,8 +113,8 @@ def _layer_specs(module: Any, arrays: _Arrays, *, skip_gumbel: bool = False
             specs.append({"op": "elu", "alpha": float(layer.alpha)})
         elif kind is nn.LeakyReLU and not layer.inplace:
             specs.append({"op": "leaky_relu", "slope": float(layer.negative_slope)})
-        elif kind is GumbelSoftmax and skip_gumbel:
-            continue  # its mode is the argmax of its input (as the full runtime serves it)
+        elif kind in skip:
+            continue  # GumbelSoftmax: its mode is the argmax of its input, as served
         else:
             raise Unexportable(f"its network has a {kind.__name__} layer")
     return specs
@@ -263,12 +276,73 @@ def _multi(runtime: Any, arrays: _Arrays, rng: np.random.Generator) -> dict[str,
     return meta
 
 
+def _sb3(runtime: Any, arrays: _Arrays, rng: np.random.Generator) -> dict[str, Any]:
+    """A Stable-Baselines3 PPO, A2C or DQN MLP policy (``MlpPolicy``) on flat observations."""
+    import torch
+    from gymnasium import spaces
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    if runtime.vecnormalize is not None:
+        raise Unexportable("it acts on VecNormalize-normalised observations")
+    algo = runtime.kind.algo
+    policy = runtime.policy
+    obs_space, action_space = runtime.observation_space, runtime.action_space
+    if type(obs_space) is not spaces.Box or len(obs_space.shape) != 1:
+        raise Unexportable("it observes something other than flat vectors")
+    if algo == "DQN":
+        qnet = policy.q_net
+        if type(qnet.features_extractor) is not FlattenExtractor:
+            raise Unexportable("its features extractor is not SB3's FlattenExtractor")
+        layers = _sequential_specs(qnet.q_net, arrays)
+    else:
+        from stable_baselines3.common.distributions import (
+            CategoricalDistribution,
+            DiagGaussianDistribution,
+        )
+
+        if type(policy.pi_features_extractor) is not FlattenExtractor:
+            raise Unexportable("its features extractor is not SB3's FlattenExtractor")
+        if type(policy.action_dist) not in (CategoricalDistribution, DiagGaussianDistribution):
+            raise Unexportable(f"its action distribution is {type(policy.action_dist).__name__}")
+        if not isinstance(policy.action_net, torch.nn.Linear):
+            raise Unexportable("its action head is not a linear layer")
+        head = {"op": "linear", "weight": arrays.add(policy.action_net.weight),
+                "bias": arrays.add(policy.action_net.bias)}
+        layers = [*_sequential_specs(policy.mlp_extractor.policy_net, arrays), head]
+    meta: dict[str, Any] = {"kind": "sb3", "algo": algo, "layers": layers,
+                            "obs_space": _space_spec(obs_space, arrays),
+                            "action_space": _space_spec(action_space, arrays)}
+    if type(action_space) is spaces.Box:
+        if getattr(policy, "squash_output", False):
+            raise Unexportable("it squashes its actions (gSDE)")
+        # predict(): the Gaussian's mean, clipped to the action space's bounds.
+        meta["box"] = {"rule": "clip", "low": arrays.add(action_space.low.astype(np.float32)),
+                       "high": arrays.add(action_space.high.astype(np.float32))}
+    elif type(action_space) is not spaces.Discrete:
+        raise Unexportable(f"it acts in a {type(action_space).__name__} space")
+    obs = _observations(obs_space, rng, PROBE_ROWS)
+    meta["probes"] = []
+    for case_obs in (obs, obs[:1]):
+        actions, _ = runtime.get_action(case_obs)
+        meta["probes"].append({"obs": arrays.add(case_obs), "mask": None,
+                               "actions": arrays.add(actions)})
+    return meta
+
+
+SB3_ALGORITHMS = ("PPO", "A2C", "DQN")
+
+
 def _check_eligible(experiment: Experiment, checkpoint: Checkpoint) -> None:
     info = experiment.info
-    if info.framework != "agilerl":
-        raise Unexportable(f"it is a {info.framework} checkpoint, not AgileRL")
+    if info.framework not in ("agilerl", "sb3"):
+        raise Unexportable(f"it is a {info.framework} checkpoint, not AgileRL or SB3")
     if info.recurrent:
         raise Unexportable("recurrent policies keep a hidden state the numpy form lacks")
+    algorithm = "".join(ch for ch in info.algorithm.upper() if ch not in " -_")
+    allowed = (SB3_ALGORITHMS if info.framework == "sb3"
+               else MULTI_AGENT if info.multi_agent else SINGLE_AGENT)
+    if algorithm not in allowed:
+        raise Unexportable(f"{info.algorithm} policies have no numpy form here")
     if not checkpoint.path.is_file():
         raise Unexportable(f"{checkpoint.path.name} is not a file")
 
@@ -282,7 +356,9 @@ def build(experiment: Experiment, checkpoint: Checkpoint, *, seed: int = 0
     try:
         arrays = _Arrays()
         rng = np.random.default_rng(seed)
-        if experiment.info.multi_agent:
+        if experiment.info.framework == "sb3":
+            meta = _sb3(runtime, arrays, rng)
+        elif experiment.info.multi_agent:
             meta = _multi(runtime, arrays, rng)
         else:
             from server_extension.serving.runtimes.agilerl import _load_agent, algorithm_classes

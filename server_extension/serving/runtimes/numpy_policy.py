@@ -33,6 +33,7 @@ import numpy as np
 from server_extension.serving.runtimes.agilerl import AgileRLRuntime
 from server_extension.serving.runtimes.agilerl_multi import MultiAgentRuntime
 from server_extension.serving.runtimes.base import AgentKind, Runtime, RuntimeLoadError
+from server_extension.serving.runtimes.sb3 import SB3Runtime
 from workbench_core.store import Checkpoint, Experiment
 
 FORMAT = 1
@@ -42,6 +43,7 @@ CONTINUOUS_TOLERANCE = 1e-5
 # Multi-agent algorithms whose actors this form can hold (their MLP actors).
 MULTI_AGENT = ("MADDPG", "MATD3", "IPPO")
 SINGLE_AGENT = ("DQN", "PPO", "DDPG", "TD3")
+SB3 = ("PPO", "A2C", "DQN")  # Stable-Baselines3 MlpPolicy
 
 
 class SidecarRefused(RuntimeLoadError):
@@ -245,6 +247,41 @@ class NumpyAgileRLRuntime(AgileRLRuntime):
 
 
 # --------------------------------------------------------------------------------------------
+# Stable-Baselines3: SB3Runtime with a numpy policy
+# --------------------------------------------------------------------------------------------
+
+class _NumpySB3Policy:
+    """``policy.predict(obs, deterministic=True)`` of an SB3 MLP policy, in numpy."""
+
+    def __init__(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self._forward = build_network(meta["layers"], arrays)
+        self._box = _box_rule(meta["box"], arrays) if meta.get("box") else None
+
+    def predict(self, observation: np.ndarray, **_: Any) -> tuple[np.ndarray, None]:
+        out = self._forward(np.asarray(observation, dtype=np.float32))
+        if self._box is None:
+            return np.argmax(out, axis=-1).astype(np.int64), None
+        return self._box(out), None
+
+
+class NumpySB3Runtime(SB3Runtime):
+    """A Stable-Baselines3 PPO, A2C or DQN policy served from its sidecar: the same request
+    checks as :class:`.sb3.SB3Runtime`, with a numpy ``predict``."""
+
+    runtime_name = "numpy"
+
+    def __init__(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        # Not SB3Runtime.__init__: that one reads a torch model.
+        self.policy = _NumpySB3Policy(meta, arrays)
+        self.observation_space = build_space(meta["obs_space"], arrays)
+        self.action_space = build_space(meta["action_space"], arrays)
+        self.vecnormalize = None
+        self.recurrent = False
+        self.maskable = False
+        self.kind = AgentKind(algo=str(meta["algo"]))
+
+
+# --------------------------------------------------------------------------------------------
 # Multi-agent: MultiAgentRuntime with a numpy forward pass
 # --------------------------------------------------------------------------------------------
 
@@ -312,6 +349,8 @@ def build_runtime(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
     try:
         if meta.get("kind") == "multi":
             return NumpyMultiAgentRuntime(meta, arrays)
+        if meta.get("kind") == "sb3":
+            return NumpySB3Runtime(meta, arrays)
         if meta.get("kind") == "single":
             return NumpyAgileRLRuntime(NumpyGreedyPolicy(meta, arrays),  # type: ignore[arg-type]
                                        algo=str(meta["algo"]))
@@ -382,7 +421,7 @@ def load(experiment: Experiment, checkpoint: Checkpoint, device: str = "cpu") ->
     if not path.is_file():
         raise SidecarRefused(f"{checkpoint.path.name} has no policy sidecar")
     meta, arrays = read_sidecar(path)
-    if meta.get("algo") not in (*SINGLE_AGENT, *MULTI_AGENT):
+    if meta.get("algo") not in (*SINGLE_AGENT, *MULTI_AGENT, *SB3):
         raise SidecarRefused(f"the sidecar holds a {meta.get('algo')!r} policy")
     try:
         digest = file_digest(checkpoint.path)
