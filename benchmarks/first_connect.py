@@ -76,7 +76,24 @@ def build(work: Path) -> dict[str, Path]:
         shutil.copytree(classic / "experiments", full / "experiments")
         say("training the quick tiny chat model")
         build_llm_demo(full, quick=True)
+    for root in (classic, full):
+        _sidecars_of_imports(root)
     return {"full": full, "classic": classic}
+
+
+def _sidecars_of_imports(root: Path) -> None:
+    """The policy sidecars an imported checkpoint gets once its first Connect has loaded it
+    (its worker writes them in the background); written here, so every fresh server below
+    sees the workspace as it is after that first Connect. Trained AgileRL runs have theirs
+    from the trainer already."""
+    from server_extension.serving.runtimes.numpy_export import try_export
+    from server_extension.serving.runtimes.numpy_policy import sidecar_path
+    from workbench_core.store import ExperimentStore
+
+    experiment = ExperimentStore(root).get(POLICIES["sb3-ppo"])
+    for checkpoint in experiment.checkpoints():
+        if not sidecar_path(checkpoint.path).exists():
+            try_export(experiment, checkpoint)
 
 
 def _import_sb3_ppo(root: Path, scratch: Path) -> None:
