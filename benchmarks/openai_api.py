@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.llm import _ensure_model
+from benchmarks.openai_timing import timed_chat_stream
 
 REPO = Path(__file__).resolve().parent.parent
 # The demo model's longest greedy reply (35 tokens): per-request overhead weighs least.
@@ -76,18 +77,10 @@ class _Sides:
 
     def http_stream(self) -> tuple[float, float, str]:
         """Seconds to the first content chunk, to the last chunk, and the text."""
-        started = time.perf_counter()
-        first = 0.0
-        parts: list[str] = []
-        for chunk in self.client.chat.completions.create(
-                model=AGENT, messages=self.messages, temperature=0,
-                max_tokens=self.max_tokens, stream=True):
-            content = chunk.choices[0].delta.content if chunk.choices else None
-            if content:
-                if not parts:
-                    first = time.perf_counter() - started
-                parts.append(content)
-        return first, time.perf_counter() - started, "".join(parts)
+        first, total, _, text = timed_chat_stream(
+            self.client, model=AGENT, messages=self.messages, temperature=0,
+            max_tokens=self.max_tokens)
+        return first, total, text
 
 
 def _in_domain(client: Any, questions: int) -> dict[str, Any]:

@@ -24,11 +24,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.llm import _ensure_model
+from benchmarks.openai_timing import timed_chat, timed_chat_stream
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 2
@@ -46,31 +46,6 @@ SCHEMA: dict[str, Any] = {
         "coastal": {"type": "boolean"}}}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "country", "schema": SCHEMA,
                                                   "strict": True}}
-
-
-def _whole(client: Any, kwargs: dict[str, Any]) -> tuple[float, int, str]:
-    started = time.perf_counter()
-    answer = client.chat.completions.create(**kwargs)
-    return (time.perf_counter() - started, answer.usage.completion_tokens,
-            answer.choices[0].message.content or "")
-
-
-def _streamed(client: Any, kwargs: dict[str, Any]) -> tuple[float, float, int, str]:
-    """Seconds to the first content chunk and to the end, tokens, and the text."""
-    started = time.perf_counter()
-    first, tokens = 0.0, 0
-    parts: list[str] = []
-    for chunk in client.chat.completions.create(stream=True,
-                                                stream_options={"include_usage": True},
-                                                **kwargs):
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-        content = chunk.choices[0].delta.content if chunk.choices else None
-        if content:
-            if not parts:
-                first = time.perf_counter() - started
-            parts.append(content)
-    return first, time.perf_counter() - started, tokens, "".join(parts)
 
 
 def _valid(answer: str) -> int:
@@ -121,8 +96,9 @@ def measure(root: Path, *, repeats: int, max_tokens: int = 96, threads: int = 1,
                     for side in order:
                         kwargs = {**base, "response_format": FORMAT} if side == "schema" \
                             else base
-                        seconds, count, text = _whole(client, kwargs)
-                        first, stream_s, stream_count, streamed = _streamed(client, kwargs)
+                        seconds, count, text = timed_chat(client, **kwargs)
+                        first, stream_s, stream_count, streamed = timed_chat_stream(
+                            client, **kwargs)
                         if side == "schema":
                             total += 2
                             valid += _valid(text) + _valid(streamed)

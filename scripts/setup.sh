@@ -86,19 +86,66 @@ pip_step() {
   rm -f "$LOG.present"
 }
 
+# uv installs the same packages as pip (same resolution: the best version over every index,
+# as pip does) in a fraction of the time: about 80 s for the whole stack from a cold cache
+# where pip took 4-13 min, most of it pip unpacking wheels one at a time. It reads no pip
+# configuration, so the machine's pip settings (local wheel folders, mirrors, constraints)
+# are passed on to it. Where uv cannot be had, pip does the work as before.
+uv_args() {
+  .venv/bin/python - <<'PY'
+import subprocess, shlex
+out = subprocess.run([".venv/bin/python", "-m", "pip", "config", "list"],
+                     capture_output=True, text=True, check=False).stdout
+flags = {"find-links": "--find-links", "index-url": "--index-url",
+         "extra-index-url": "--extra-index-url", "constraint": "--constraint"}
+seen = set()
+for line in out.splitlines():
+    key, _, value = line.partition("=")
+    name = key.rsplit(".", 1)[-1]
+    if name in flags:
+        for item in shlex.split(value.strip().strip("'\"")):
+            if (name, item) not in seen:
+                seen.add((name, item))
+                print(flags[name]); print(item)
+PY
+}
+
+# uv_step "N/M what" requirements...: one install step through uv, its output to the log.
+uv_step() {
+  local step=$1 started=$SECONDS
+  shift
+  say "$step"
+  printf '\n=== %s: uv pip install %s\n' "$step" "$*" >>"$LOG"
+  mapfile -t extra < <(uv_args)
+  if ! .venv/bin/uv pip install --python .venv/bin/python --index-strategy unsafe-best-match \
+      "${extra[@]}" "$@" >>"$LOG" 2>&1; then
+    echo "setup: step $step failed (uv); the end of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+  say "${step%% *}: done in $((SECONDS - started)) s"
+}
+
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PY" --version 2>&1)"
   "$PY" -m venv .venv
   : >"$LOG"
-  pip_step "1/3 pip (upgrading the new venv's installer)" --upgrade pip
 else
   : >"$LOG"
-  say "1/3 .venv exists; reusing it"
+  say ".venv exists; reusing it"
+fi
+INSTALL=pip_step
+if [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q --disable-pip-version-check uv \
+    >>"$LOG" 2>&1; then
+  INSTALL=uv_step
+else
+  say "uv is not available here; installing with pip (slower)"
+  pip_step "0/2 pip (upgrading the new venv's installer)" --upgrade pip
 fi
 # torch first and pinned: its CPU wheel is on these machines; any looser request would pull
 # the CUDA build.
-pip_step "2/3 torch 2.13.0 (CPU build, the largest download)" torch==2.13.0
-pip_step "3/3 agents-workbench and its test extras (Jupyter, AgileRL, Ray, Playwright...)" \
+$INSTALL "1/2 torch 2.13.0 (CPU build, the largest download)" torch==2.13.0
+$INSTALL "2/2 agents-workbench and its test extras (Jupyter, AgileRL, Ray, Playwright...)" \
   -e ".[test]"
 .venv/bin/python -c "import torch, agilerl, server_extension" \
   || { echo "setup failed: the project did not import; see $LOG" >&2; exit 1; }

@@ -50,5 +50,12 @@ if [ "$#" -gt 0 ]; then
   # Arguments (a -k or -m expression, a file): one run over what they select.
   exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup "$@"
 fi
-.venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup -m "not serial" --durations=20
-.venv/bin/python -m pytest -n 0 -m serial --durations=10
+# Both phases run even when the first fails, so one run shows every failure. Per-test times
+# go to test-artifacts/junit-*.xml (scripts/durations.py sums them per module and group).
+mkdir -p test-artifacts
+rc=0
+.venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup -m "not serial" --durations=20 \
+  --junitxml=test-artifacts/junit-parallel.xml || rc=$?
+.venv/bin/python -m pytest -n 0 -m serial --durations=10 \
+  --junitxml=test-artifacts/junit-serial.xml || rc=$((rc ? rc : $?))
+exit "$rc"

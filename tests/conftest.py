@@ -142,3 +142,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = "ray" if item.get_closest_marker("ray") else module
             item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: 0 if item.get_closest_marker("ray") else 1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Wait for servers whose shutdown was left to run in the background (tests/servers.py)."""
+    from tests.servers import wait_for_background_stops
+
+    wait_for_background_stops()
+

@@ -18,9 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,40 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+# Processes told to stop whose shutdown is left to run beside the next tests; the session
+# waits for them at its end (tests/conftest.py, pytest_sessionfinish).
+_STOPPING: list[threading.Thread] = []
+
+
+def stop_in_background(proc: subprocess.Popen[bytes], *, grace: float = 90.0) -> None:
+    """SIGTERM ``proc`` (a session leader) and let it shut down while other tests run.
+
+    For servers whose orderly shutdown is long and idle (a hub stopping its users' servers
+    and services one timeout after another): the worker goes on at once. After ``grace``
+    seconds the process group is killed.
+    """
+    proc.terminate()
+
+    def reap() -> None:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+    thread = threading.Thread(target=reap, name=f"stop-{proc.pid}", daemon=True)
+    thread.start()
+    _STOPPING.append(thread)
+
+
+def wait_for_background_stops(timeout: float = 150.0) -> None:
+    """Wait for every :func:`stop_in_background` to finish (the end of a test session)."""
+    deadline = time.monotonic() + timeout
+    while _STOPPING:
+        _STOPPING.pop().join(max(0.0, deadline - time.monotonic()))
 
 
 def copy_workspace(root: Path, experiments: Path | None) -> Path:
@@ -139,16 +174,23 @@ class ServerProcess(ChildServer):
         ]
         proc = self._spawn(args, env)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter server exited early; log:\n{self.log()}")
-            try:
-                if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"jupyter server did not answer in {timeout} s; log:\n{self.log()}")
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"jupyter server exited early; log:\n{self.log()}")
+                try:
+                    if self.session.get(self.url + "api/status", timeout=2).status_code == 200:
+                        return self
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.05)
+            raise TimeoutError(
+                f"jupyter server did not answer in {timeout} s; log:\n{self.log()}")
+        except BaseException:
+            # A server that never answered is stopped and reaped here: the caller gets no
+            # object to stop, and an unreaped child is a ResourceWarning (and a stray server).
+            self.stop()
+            raise
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call ``agents/api/<path>`` with the Jupyter token."""

@@ -352,3 +352,22 @@ def test_token_last_used_is_recorded(server: ServerProcess, home: Path) -> None:
     ok(arena(server, home, minted["token"], "user", "profile"))
     after = {t["id"]: t for t in server.api("GET", "tokens").json()["tokens"]}
     assert after[minted["id"]]["last_used_at"] is not None
+
+
+def test_deploy_of_a_name_serving_another_step_is_a_409_naming_it(
+        server: ServerProcess, token: str, home: Path) -> None:
+    # An agent under the experiment's own name that serves an older step (made in the panel,
+    # or the best moved on since): `arena agent deploy` must not answer with that model.
+    from workbench_core.store import ExperimentStore
+
+    experiment = ExperimentStore(server.root).get("cartpole-rainbow")
+    old = next(c.step for c in experiment.checkpoints() if c.step != experiment.best_step())
+    created = server.api("POST", "agents", json={
+        "name": "cartpole-rainbow", "experiment": "cartpole-rainbow", "checkpoint": old})
+    assert created.status_code == 201, created.text
+    refused = arena(server, home, token, "agent", "deploy", "cartpole-rainbow")
+    assert refused.returncode == 1
+    assert f"already serves step {old}" in refused.stderr
+    assert f"step {experiment.best_step()}" in refused.stderr
+    assert "agents/cartpole-rainbow/checkpoint" in refused.stderr  # the zero-downtime way
+    assert server.api("GET", "agents/cartpole-rainbow").json()["checkpoint_step"] == old

@@ -13,9 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -24,57 +22,23 @@ import requests
 
 from agents_widget.client import ExperimentInfo
 from agents_widget.snippets import KEY_ENV, OPENAI_TITLE, build_snippets
-from server_extension.demos.llm import SFT_EXPERIMENT, one_torch_thread
+from server_extension.demos.llm import SFT_EXPERIMENT
 from server_extension.serving.generate_batching import GenerateBatchingRuntime
-from server_extension.serving.runtimes import load_runtime
 from server_extension.serving.runtimes.llm import LLMRuntime
-from tests.servers import ServerProcess, start_server, wait_until
-from workbench_core.store import ExperimentStore
+from tests.openai_support import (  # noqa: F401 (fixtures: pytest finds them by name here)
+    MODEL,
+    QUESTION,
+    _one_thread,
+    agent,
+    client,
+    reference,
+    served,
+)
+from tests.servers import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
-MODEL = "chat"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The server runs torch on one thread (OMP_NUM_THREADS=1); so does the reference here.
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory,
-           advanced_experiments: Path) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
-    server = start_server(tmp_path_factory.mktemp("openai") / "ws", advanced_experiments)
-    try:
-        yield server, server.deploy(MODEL, SFT_EXPERIMENT)
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def agent(served: tuple[ServerProcess, dict[str, Any]]) -> dict[str, Any]:
-    return served[1]
-
-
-@pytest.fixture(scope="module")
-def client(agent: dict[str, Any]) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=agent["endpoint"] + "/v1", api_key=agent["api_key"],
-                       max_retries=0, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def reference(served: tuple[ServerProcess, dict[str, Any]]) -> Iterator[LLMRuntime]:
-    """The deployed checkpoint (best step), loaded in this process."""
-    experiment = ExperimentStore(served[0].root).get(SFT_EXPERIMENT)
-    runtime = load_runtime(experiment, experiment.checkpoint(experiment.best_step()))
-    assert isinstance(runtime, LLMRuntime)
-    yield runtime
-    runtime.close()
 
 
 def expected(reference: LLMRuntime, messages: list[dict[str, str]], max_tokens: int = 12,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
@@ -21,17 +19,22 @@ import pytest
 import requests
 from pydantic import BaseModel, Field
 
-from server_extension.demos.llm import SFT_EXPERIMENT, one_torch_thread
+from server_extension.demos.llm import SFT_EXPERIMENT
 from server_extension.handlers.openai_schema import Request, read_tool_calls
-from server_extension.serving.runtimes import load_runtime
 from server_extension.serving.runtimes.llm import LLMRuntime
-from tests.servers import ServerProcess, start_server
-from workbench_core.store import ExperimentStore
+from tests.openai_support import (  # noqa: F401 (fixtures: pytest finds them by name here)
+    MODEL,
+    QUESTION,
+    _one_thread,
+    agent,
+    client,
+    reference,
+    served,
+)
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-MODEL = "chat"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 8}
 
 
@@ -53,43 +56,6 @@ FACTS_TOOL = {"type": "function", "function": {
 FACTS = {"France": "Paris; 68M.",
          "Peru": "Lima; 34M.",
          "Chile": "Santiago; 20M."}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory,
-           advanced_experiments: Path) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
-    server = start_server(tmp_path_factory.mktemp("frameworks") / "ws", advanced_experiments)
-    try:
-        yield server, server.deploy(MODEL, SFT_EXPERIMENT)
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def agent(served: tuple[ServerProcess, dict[str, Any]]) -> dict[str, Any]:
-    return served[1]
-
-
-@pytest.fixture(scope="module")
-def client(agent: dict[str, Any]) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=agent["endpoint"] + "/v1", api_key=agent["api_key"],
-                       max_retries=0, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def reference(served: tuple[ServerProcess, dict[str, Any]]) -> Iterator[LLMRuntime]:
-    experiment = ExperimentStore(served[0].root).get(SFT_EXPERIMENT)
-    runtime = load_runtime(experiment, experiment.checkpoint(experiment.best_step()))
-    assert isinstance(runtime, LLMRuntime)
-    yield runtime
-    runtime.close()
 
 
 def country_schema() -> dict[str, Any]:

@@ -359,8 +359,10 @@ class DeployHandler(ControlPlaneHandler):
             raise ControlPlaneError(
                 409, f"An agent named {name!r} already serves step {record.checkpoint_step} of "
                 f"{experiment!r}, not step {step}; deploy '--checkpoint step_{step}' (served "
-                f"as {experiment + '-step-' + str(step)!r}), or delete or reconnect {name!r} in "
-                "the Agents panel to serve the new best.")
+                f"as {experiment + '-step-' + str(step)!r}), or move {name!r} to step {step} "
+                "keeping its endpoint and key: Change checkpoint in its row of the Agents "
+                f"panel, or POST agents/api/agents/{name}/checkpoint "
+                f'{{"checkpoint": {step}}}.')
         stored = record.options.get("memory_scope", DEFAULT_SCOPE)
         if scope is not None and scope != stored:
             raise ControlPlaneError(

@@ -156,7 +156,7 @@ class InferenceHandler(ServicesMixin, web.RequestHandler):
             # (seen on loaded machines). So the body is read and dropped (data_received keeps
             # nothing) and the verb is replaced, for this request only, by the refusal.
             self.request.connection.set_max_body_size(length)  # type: ignore[union-attr]
-            setattr(self, self.request.method.lower(),  # type: ignore[union-attr]
+            setattr(self, self.request.method.lower(),
                     lambda *_a, **_k: self.fail(refusal))
             return
         # A chunked body has no Content-Length: the connection enforces the same limit.
