@@ -429,6 +429,10 @@ def try_export(experiment: Experiment, checkpoint: Checkpoint) -> str | None:
 def export_saved(writer: Any, step: int) -> str | None:
     """:func:`try_export` for the checkpoint ``writer`` (an ``ExperimentWriter``) just saved at
     ``step``: ``None`` once its sidecar is written, else why there is none."""
+    import random
+
+    import torch
+
     from workbench_core.store import ExperimentStore
 
     try:
@@ -436,7 +440,15 @@ def export_saved(writer: Any, step: int) -> str | None:
         checkpoint = experiment.checkpoint(step)
     except Exception as exc:  # noqa: BLE001 - a sidecar is an extra, never a failed save
         return f"{type(exc).__name__}: {exc}"
-    return try_export(experiment, checkpoint)
+    # Loading the checkpoint builds networks, which draws from the global generators: the
+    # training run goes on afterwards and must not change because a sidecar was written.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return try_export(experiment, checkpoint)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 __all__ = ["Unexportable", "build", "export", "export_saved", "try_export", "write"]

@@ -436,9 +436,13 @@ def load(experiment: Experiment, checkpoint: Checkpoint, device: str = "cpu") ->
 
 
 def ready(checkpoint_path: Path) -> bool:
-    """Whether a checkpoint has a sidecar worth trying (cheap: no read, no hash)."""
+    """Whether a checkpoint has a sidecar worth trying (cheap: its first bytes, no hash)."""
     try:
-        return os.path.isfile(sidecar_path(checkpoint_path))
+        path = sidecar_path(checkpoint_path)
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"  # an .npz is a zip; anything else is not
     except OSError:
         return False
 
