@@ -404,6 +404,16 @@ class WorkbenchClient:
         """``{"public_url", "arena_base_url"}``: where users reach this server."""
         return dict(self._request("GET", "server"))
 
+    def serving(self) -> dict[str, Any]:
+        """Which server of the workspace loads its agents and whether it still responds
+        (``serving_here``, ``serving_url``, ``responding``, ``can_take_over``, ``message``)."""
+        return dict(self._request("GET", "serving"))
+
+    def take_over_serving(self) -> dict[str, Any]:
+        """Serve the workspace's agents from this server, the serving one having stopped
+        responding; the server's refusal (409) while it still responds."""
+        return dict(self._request("POST", "serving/takeover"))
+
     def experiments(self) -> list[ExperimentInfo]:
         """Every experiment with its checkpoints and metrics."""
         return self.experiment_listing()[0]

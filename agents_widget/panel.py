@@ -42,6 +42,7 @@ from .client import AgentInfo, ApiError, Tab, WorkbenchClient, WorkbenchError
 from .details import DeploymentDetails
 from .poller import StatusPoller
 from .scroll import ScrollKeeper
+from .serving_notice import ServingNotice
 from .state import TAB_LABELS, TABS, PanelState, chevron_visible, toggle_connects
 from .table import AgentRow, AgentTable, RowActions
 from .tokens_view import AccessTokens
@@ -109,6 +110,7 @@ class AgentsPanel(widgets.VBox):
         ], layout=widgets.Layout(width="100%")), 8)
         topbar.add_class("awb-topbar")
         self.notice = widgets.HTML()
+        self.serving_notice = ServingNotice(on_take_over=self.take_over_serving)
         self.training_line = widgets.HTML()  # experiments still training (demo_plan)
 
         actions = RowActions(toggle=self.toggle, delete=self.delete, expand=self.expand,
@@ -137,7 +139,7 @@ class AgentsPanel(widgets.VBox):
         self.arena_base_url: str | None = None
         self.views = ViewWatch(on_change=self._views_changed)
         super().__init__([stylesheet(), self.scroll, self.views, topbar, self.notice,
-                          self.training_line, self.tokens_area, self.body],
+                          self.serving_notice, self.training_line, self.tokens_area, self.body],
                          layout=widgets.Layout(width="100%", padding="4px"))
         self.add_class("awb-panel")
 
@@ -277,6 +279,7 @@ class AgentsPanel(widgets.VBox):
                 self.state.set_experiments(client.experiments())
                 self.training_line.value = training_html(self.state.experiments)
             agents = client.agents()
+            serving = client.serving()
         except WorkbenchError as exc:
             self._failures += 1
             with self._lock:
@@ -288,6 +291,7 @@ class AgentsPanel(widgets.VBox):
                 self._set_notice("")
                 self._offline = False
             self._failures = 0
+            self.serving_notice.show(serving)
             self._apply_agents(agents)
             self._update_gate()
 
@@ -457,6 +461,21 @@ class AgentsPanel(widgets.VBox):
                 self._set_notice(f"Could not rotate the key of {name}: {exc}")
 
         return self._run(lambda: client.rotate_key(name), rotated, failed)
+
+    def take_over_serving(self) -> Future[None]:
+        """Make this panel's server load the workspace's agents (its serving one stopped)."""
+        client = self._client()
+        self.serving_notice.button.disabled = True
+
+        def done(state: dict[str, Any]) -> None:
+            self.serving_notice.show(state)
+            self._set_notice("This server now serves the workspace's agents.", ok=True)
+
+        def failed(exc: WorkbenchError) -> None:
+            self.serving_notice.button.disabled = False
+            self._set_notice(f"Could not take over serving: {exc}")
+
+        return self._run(client.take_over_serving, done, failed)
 
     # -- the wizard ----------------------------------------------------------------------------
 

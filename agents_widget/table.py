@@ -29,6 +29,8 @@ from .viewkit import close_tree, gap
 # The server's note on a Pending agent whose framework's libraries are still being imported
 # (server_extension.serving.deployer.STARTING_RUNTIME; a test keeps the two equal).
 STARTING_RUNTIME = "Starting the model runtime"
+# The start of the server's note while the workspace's serving server is silent (lease.py).
+SERVER_SILENT = "The serving server ("
 ACTIONS_WIDTH = "minmax(135px, 280px)"
 # Headers do not wrap: "Source Experiment" needs 150 px with its padding.
 COLUMNS: dict[Tab, list[tuple[str, str]]] = {
@@ -64,6 +66,10 @@ def status_html(agent: AgentInfo) -> str:
     if agent.status == "Pending" and (agent.error or "").startswith(STARTING_RUNTIME):
         # Its framework's libraries are still being imported (deployer._start_worker).
         pill += f" <span class='awb-hint'>{html.escape(agent.error or '').lower()}…</span>"
+    elif (agent.error or "").startswith(SERVER_SILENT):
+        # The server that loads the workspace's agents stopped beating (serving_notice.py).
+        pill += (" <span class='awb-hint' title='" + html.escape(agent.error or "", quote=True)
+                 + "'>serving server not responding</span>")
     elif agent.status == "Pending" and agent.error:
         # The worker died while serving and is being restarted (deployer._worker_exited).
         pill += (" <span class='awb-hint' title='" + html.escape(agent.error, quote=True)

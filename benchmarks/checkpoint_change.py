@@ -347,14 +347,14 @@ def report(rl: dict[str, Any], llm: dict[str, Any] | None, command: str) -> str:
         f"| 50/50 split: calls, canary share, failed, p99 | {sp['calls']}, "
         f"{sp['canary_share']:.3f}, {sp['failed']}, {sp['p99_ms']:.1f} ms |",
         f"| peak PSS of server + workers (Ray's own processes not counted): steady, "
-        "switches, split | {mem['steady_peak']:.0f} "
+        f"switches, split | {mem['steady_peak']:.0f} "
         f"MiB, {mem['changes_peak']:.0f} MiB, {mem['split_peak']:.0f} MiB |",
     ]
     if rl["failures"]:
         lines.append(f"| failure kinds | {'; '.join(rl['failures'])} |")
     if llm is not None:
         lines += [
-            "", "## Tiny LLM, streaming (`generate_stream` in sessions)", "",
+            "", "## Tiny LLM, streaming (`generate_stream` in sessions, local backend)", "",
             "| figure | value |", "|---|---|",
             f"| streaming clients, streams finished | {llm['clients']}, {llm['streams']} |",
             f"| broken streams (goal 0) | **{llm['broken']}** |",

@@ -1,5 +1,6 @@
 """``agents-workbench run`` stops what it started: SIGTERM or Ctrl-C reach JupyterLab, and the
-command waits for it (Lab holds the workspace's serving lock; an orphan would keep it)."""
+command waits for it (Lab holds the workspace's serving lease; an orphan would keep it).
+Ctrl-C from a terminal (the whole process group) prints no traceback from Lab's processes."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ def _answers(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                            (signal.SIGINT, True)])
 def test_a_signal_to_run_stops_lab_and_run_waits_for_it(tmp_path: Path, demo_experiments: Path,
-                                                        sig: signal.Signals) -> None:
+                                                        sig: signal.Signals, group: bool) -> None:
     # A workspace of the user's own experiments: run trains nothing, it only starts Lab.
     root = copy_workspace(tmp_path, demo_experiments)
     port = free_port()
@@ -50,7 +52,10 @@ def test_a_signal_to_run_stops_lab_and_run_waits_for_it(tmp_path: Path, demo_exp
         wait_until(lambda: _answers(port), 120, "JupyterLab to answer")
         labs = _children(run.pid)
         assert labs, "run started no JupyterLab"
-        run.send_signal(sig)
+        if group:  # Ctrl-C in a terminal: the whole foreground process group gets it
+            os.killpg(run.pid, sig)
+        else:
+            run.send_signal(sig)
         out, _ = run.communicate(timeout=60)
         text = out.decode(errors="replace")
         assert run.returncode == 0, text[-3000:]

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from server_extension.serving.reconciler import LOCK_NAME, ServingLease
+from server_extension.serving.lease import ServingLease
+from server_extension.workspace.registry import Registry
 from tests.servers import ServerProcess, copy_workspace
 from workbench_core import regular_files, training_marks
 from workbench_core.store import ExperimentStore, StoreError
@@ -100,11 +101,20 @@ def test_the_store_reports_special_files_as_broken_entries(
 
 
 @pytest.mark.parametrize("kind", SPECIALS)
-def test_a_special_lock_file_names_no_holder(tmp_path: Path, kind: str) -> None:
-    _special(tmp_path / LOCK_NAME, kind)
-    lease = ServingLease(tmp_path)
-    assert lease.holder() == {}
-    assert not lease.try_acquire()  # O_NOFOLLOW/FIFO: never taken through a planted file
+def test_a_special_file_where_the_old_lock_file_was_changes_nothing(tmp_path: Path,
+                                                                    kind: str) -> None:
+    # The lease lives in the registry database now (lease.py); the old lock file's name,
+    # planted as a FIFO or a link to /dev/zero, is never opened.
+    _special(tmp_path / "serving.lock", kind)
+    registry = Registry(tmp_path / "registry.sqlite3")
+    lease = ServingLease(tmp_path, registry, url="http://here/")
+    try:
+        assert lease.holder() == {}
+        assert lease.try_acquire()
+        assert lease.holder()["url"] == "http://here/"
+    finally:
+        registry.close()
+        lease.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ IPPO) plus the Advanced Training set; ``minimal`` is CartPole with DQN alone. Ex
 
 While a job runs, its experiments carry a mark (:mod:`workbench_core.training_marks`) that
 the experiments listing reports under ``training``, so the panel can show what is still on
-its way; the mark goes when the job has trained and scored everything. A job is done when
-each of its experiments exists, has checkpoints and has no mark; anything else (never
-started, failed, cut off by Ctrl-C) is trained again by the next run.
+its way; the job's own process removes the mark once it has trained and scored everything
+(so a job that finished stays finished whatever happens to the run that started it). A job
+is done when each of its experiments exists, has checkpoints and has no mark; anything else
+(never started, failed, cut off by Ctrl-C) is trained again by the next run.
 
 Threads: :class:`BackgroundTraining` runs one thread per worker, each starting job processes
 one after another and forwarding their output, line by line, through ``say``.
@@ -24,8 +25,10 @@ one after another and forwarding their output, line by line, through ``say``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +45,7 @@ from workbench_core.store import ExperimentStore, ExperimentWriter, StoreError
 Mode = Literal["minimal", "full"]
 MODES: tuple[Mode, ...] = ("minimal", "full")
 ProgressFn = Callable[[str], None]
+RUN_PID_ENV = "AGENTS_WORKBENCH_DEMO_RUN_PID"  # the process that started a job (main())
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,13 @@ def job_done(root: Path, job: DemoJob) -> bool:
         except StoreError:
             return False
     return True
+
+
+def finish_job(root: Path, name: str) -> None:
+    """Record job ``name`` as trained: its experiments' marks go (see :func:`job_done`)."""
+    job = next(job for job in JOBS if job.name == name)
+    for experiment in job.names:
+        training_marks.clear(root, experiment)
 
 
 def pending(root: Path, mode: Mode) -> list[DemoJob]:
@@ -277,7 +288,8 @@ class BackgroundTraining:
             self._stopping = True
             children = list(self._children)
         for child in children:
-            child.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)  # the job and whatever it started
         for child in children:
             try:
                 child.wait(10)
@@ -304,13 +316,16 @@ class BackgroundTraining:
         command = [sys.executable, "-m", "server_extension.demos.plan", job.name,
                    "--root", str(self.root), *(["--quick"] if self.quick else [])]
         # One torch thread per child: two children share the two cores.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+               RUN_PID_ENV: str(os.getpid())}
         begun = time.perf_counter()
         with self._lock:
             if self._stopping:
                 return
+            # A process group of its own: Ctrl-C in the terminal reaches the run alone, which
+            # stops its jobs (stop()), so no job prints a KeyboardInterrupt traceback.
             child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+                                     text=True, env=env, process_group=0)
             self._children.add(child)
         assert child.stdout is not None
         tail: list[str] = []
@@ -320,15 +335,14 @@ class BackgroundTraining:
                 tail = [*tail[-4:], line]
                 self.say(f"[{job.name}] {line}")
         code = child.wait()
+        if code != 0 and job_done(self.root, job):
+            code = 0  # it finished (and recorded so) before a signal cut its exit short
         with self._lock:
             self._children.discard(child)
             if self._stopping:
                 return
         self.seconds[job.name] = round(time.perf_counter() - begun, 1)
-        if code == 0:
-            for name in job.names:
-                training_marks.clear(self.root, name)
-        else:
+        if code != 0:
             self.failed.append(job.name)
             reason = next((t for t in reversed(tail) if t.strip()), f"exit code {code}")
             for name in job.names:
@@ -350,6 +364,13 @@ class BackgroundTraining:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one job: ``python -m server_extension.demos.plan JOB --root DIR``."""
+    run = int(os.environ.get(RUN_PID_ENV) or 0)
+    if run:
+        # The run that started this job ends it with SIGTERM when it stops; a run that dies
+        # any other way (SIGKILL, a closed terminal) takes the job with it.
+        from server_extension.serving.worker.tree import parent_death_signal
+
+        parent_death_signal(signal.SIGTERM, run)
     parser = argparse.ArgumentParser(prog="python -m server_extension.demos.plan")
     parser.add_argument("job", choices=[job.name for job in JOBS])
     parser.add_argument("--root", required=True)
@@ -360,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, flush=True)
 
     names = train_job(Path(args.root), args.job, say, quick=args.quick)
+    # Done is recorded here, by the job itself, before it exits: the run that started it may
+    # be gone by now (Ctrl-C, SIGTERM, a crash), and a finished job must never train again.
+    finish_job(Path(args.root), args.job)
     say(f"wrote {', '.join(names)}")
     return 0
 

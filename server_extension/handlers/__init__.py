@@ -12,15 +12,16 @@ from server_extension.handlers import (
     management,
     observability,
     openai,
+    serving_state,
     tokens,
 )
 
 
 def all_routes() -> list[tuple[str, type[web.RequestHandler]]]:
     """Route patterns relative to the server's base_url, management first."""
-    return [*management.routes, *checkpoints.routes, *tokens.routes, *observability.routes,
-            *inference.routes, *llm.routes, *openai.routes, *inference.fallback_routes,
-            *control_plane.routes]
+    return [*management.routes, *serving_state.routes, *checkpoints.routes, *tokens.routes,
+            *observability.routes, *inference.routes, *llm.routes, *openai.routes,
+            *inference.fallback_routes, *control_plane.routes]
 
 
 def route_first(app: web.Application, handlers: set[type[web.RequestHandler]]) -> bool:

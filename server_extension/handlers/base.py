@@ -12,6 +12,7 @@ from tornado import httputil, web
 
 from server_extension.handlers.public_url import public_base
 from server_extension.serving.deployer import Deployer
+from server_extension.serving.lease import silence_message
 from server_extension.workspace.registry import KEY_PREFIX, Registry
 from server_extension.workspace.tokens import TOKEN_PREFIX
 from workbench_core.store import ExperimentStore
@@ -105,10 +106,25 @@ def scrub_query(request: httputil.HTTPServerRequest, names: frozenset[str] = fro
 
 
 def serving_elsewhere(settings: dict[str, Any]) -> str:
-    """A sentence naming the server that loads this workspace's agents, when it is another."""
+    """A sentence naming the server that loads this workspace's agents, when it is another
+    (and saying so when that server has stopped answering)."""
     lease = settings.get(SERVING)
     url = lease.holder_url() if lease is not None else None
-    return f" On this workspace agents are served by the server at {url}." if url else ""
+    if not url:
+        return ""
+    silent = serving_silence(settings)
+    return f" On this workspace agents are served by the server at {url}." + (
+        f" {silent}" if silent else "")
+
+
+def serving_silence(settings: dict[str, Any]) -> str | None:
+    """"The serving server (URL) is not responding since ..." while another server holds the
+    serving lease and has stopped beating (serving/lease.py); ``None`` otherwise."""
+    lease = settings.get(SERVING)
+    if lease is None:
+        return None
+    since = lease.silent_since()
+    return None if since is None else silence_message(lease.holder_url() or "", since)
 
 
 def disk_problem(exc: BaseException | None, where: str = "the workspace",

@@ -35,7 +35,12 @@ from typing import Any
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from server_extension.handlers.base import ServicesMixin, endpoint_url, scrub_query
+from server_extension.handlers.base import (
+    ServicesMixin,
+    endpoint_url,
+    scrub_query,
+    serving_silence,
+)
 from server_extension.serving.options import MEMORY_SCOPES, OptionError, validate_options
 from server_extension.workspace.callers import DEFAULT_SCOPE
 from server_extension.workspace.projects import project_of, projects
@@ -341,6 +346,10 @@ class DeployHandler(ControlPlaneHandler):
         if not record.connected or record.status == "Failed":
             record = self.deployer.connect(name)
         record = await self._settled(name)
+        silent = serving_silence(self.settings) if record.status == "Pending" else None
+        if silent:
+            # Never a silent Pending: the server that would load it is frozen or gone.
+            raise ControlPlaneError(503, f"Deployment {name!r} is Pending: {silent}")
         self.reply(self.deployment_row(record, project_of(experiment.info)), status=200)
 
     def _existing(self, name: str, experiment: str, step: int,
@@ -390,7 +399,8 @@ class DeployHandler(ControlPlaneHandler):
     async def _settled(self, name: str) -> AgentRecord:
         deadline = time.monotonic() + DEPLOY_WAIT_S
         record = self.registry.get(name)
-        while record.status == "Pending" and time.monotonic() < deadline:
+        while record.status == "Pending" and time.monotonic() < deadline \
+                and not serving_silence(self.settings):  # a silent server loads nothing
             await asyncio.sleep(0.05)
             record = self.registry.get(name)
         return record

@@ -22,6 +22,7 @@ from server_extension.handlers.base import (
     disk_problem,
     endpoint_url,
     scrub_query,
+    serving_silence,
 )
 from server_extension.handlers.public_url import public_base
 from server_extension.serving.options import OptionError, validate_options
@@ -42,6 +43,8 @@ NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})"
 def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, Any]:
     """The REST shape of an agent; endpoint and key only while it is Deployed."""
     deployed = record.status == "Deployed"
+    # A connected agent waits for a serving server that stopped beating: say so (lease.py).
+    silent = serving_silence(handler.settings) if record.connected else None
     return {
         "name": record.name,
         "description": record.description,
@@ -54,7 +57,7 @@ def agent_json(handler: web.RequestHandler, record: AgentRecord) -> dict[str, An
         "options": record.options,
         "status": record.status,
         "connected": record.connected,
-        "error": record.error,
+        "error": silent or record.error,
         "created_at": record.created_at,
         "deployed_at": record.deployed_at if deployed else None,
         "endpoint": endpoint_url(handler, record.name, page_origin=True) if deployed else None,

@@ -32,6 +32,7 @@ from server_extension.handlers.public_url import (
     TRUSTED_PROXIES,
     parse_networks,
 )
+from server_extension.handlers.serving_state import RECONCILER
 from server_extension.handlers.unavailable import UnavailableHandler
 from server_extension.hosts.activity import ActivityReporter
 from server_extension.serving.deployer import Deployer
@@ -120,6 +121,16 @@ class AgentsWorkbenchApp(ExtensionApp):
     load_timeout = Float(
         120.0, help="Seconds a worker may take to load and probe a checkpoint before the agent "
         "is Failed and the worker stopped.",
+    ).tag(config=True)
+    leader_silence_s = Float(
+        10.0, help="Seconds without the serving server's heartbeat (it beats every second) "
+        "after which the other servers of the workspace say it is not responding and offer to "
+        "take over (POST agents/api/serving/takeover, or the panel's button).",
+    ).tag(config=True)
+    worker_nice = Int(
+        5, help="Nice level of every agent's worker process (0-19; higher yields the CPU "
+        "sooner), so a spinning checkpoint cannot starve the server's event loop. A worker "
+        "never runs at a lower level than the server itself (that needs privileges).",
     ).tag(config=True)
     worker_memory_mb = Float(
         4096.0, help="Memory one agent's worker may use, in MiB (its heap is capped at this and "
@@ -290,6 +301,7 @@ class AgentsWorkbenchApp(ExtensionApp):
             limits=Limits(max_rows=self.max_batch_rows,
                           max_array_bytes=int(self.max_array_mb * 1024 * 1024)),
             torch_threads=self.torch_threads,
+            worker_nice=self.worker_nice,
             restart_limit=self.worker_restart_limit,
         )
         self.metrics: MetricsStore | None = None
@@ -314,13 +326,14 @@ class AgentsWorkbenchApp(ExtensionApp):
         # Another server may serve this workspace already (workspace.py): until the lease is
         # decided, Connect only writes the registry.
         self.deployer.serves = False
-        self.lease = ServingLease(root)
+        self.lease = ServingLease(root, self.registry, silence_s=self.leader_silence_s)
         # Templates import for seconds: start them now, before the HTTP server listens, when
         # this server will be the one that loads agents (the lease is free).
         if self.lease.try_acquire():
             self.deployer.warm_templates()
         self.settings[SERVING] = self.lease
         self.reconciler = Reconciler(self.deployer, self.lease)
+        self.settings[RECONCILER] = self.reconciler
         # The loop may not run yet while extensions load; restore agents once it does.
         IOLoop.current().add_callback(self._start_serving)
         self._discovery_path: Path | None = None
@@ -394,12 +407,13 @@ class AgentsWorkbenchApp(ExtensionApp):
         self.reconciler.stop()
         self.activity.stop()
         await self.deployer.stop()
-        self.lease.release()
+        self.lease.release()  # after its workers stopped: another server takes over at once
         # After the deployer closed its runtimes, so their Serve applications go first.
         await asyncio.to_thread(self.ray_backend.shutdown)
         if self.metrics is not None:
             unregister_store(self.metrics)
         self.registry.close()
+        self.lease.close()  # only now: closing it while SQLite has the file drops its locks
         self.sessions.close()
         if self._discovery_path is not None:
             self._discovery_path.unlink(missing_ok=True)

@@ -97,11 +97,15 @@ def _seed_workspace(root: Path, mode: str, workers: int, quick: bool = False) ->
               f"{', '.join(job.name for job in todo)}")
     background = BackgroundTraining(root, todo, workers=workers, say=_progress, quick=quick)
     background.start()
-    if any(job.name == FIRST for job in todo):
-        while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
-            time.sleep(0.5)
-        _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): starting "
-                  "the server; the panel shows what is still training")
+    try:
+        if any(job.name == FIRST for job in todo):
+            while not background.job_ended(FIRST) and not _has_checkpoint(root, FIRST):
+                time.sleep(0.5)
+            _progress(f"{FIRST} has a checkpoint ({time.perf_counter() - started:.0f} s): "
+                      "starting the server; the panel shows what is still training")
+    except BaseException:  # Ctrl-C or SIGTERM before Lab started: no trainer left behind
+        background.stop()
+        raise
     if background.wait(0):
         return None
     return background
@@ -160,8 +164,16 @@ def trust_notebooks(paths: Sequence[Path]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Seed the demo workspace when empty, then run JupyterLab over it."""
     root = Path(args.root).expanduser()
-    background = (None if args.demo == "none"
-                  else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM while seeding ends like Ctrl-C (main says so)
+
+    before_lab = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        background = (None if args.demo == "none"
+                      else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
+    finally:
+        signal.signal(signal.SIGTERM, before_lab)
     notebooks = _notebooks_dir(root)
     env = {**os.environ, ROOT_ENV: str(root)}
     command = [
@@ -179,20 +191,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Containers and CI machines often run as root; Jupyter refuses that unless told.
         command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
-    lab = subprocess.Popen(command, env=env)
+    # A process group of its own: Ctrl-C in the terminal reaches this process alone, which
+    # stops Lab with SIGTERM. Sent to Lab's group as well, it would also reach the worker
+    # templates Lab starts, which print a KeyboardInterrupt traceback mid-import. Lab never
+    # reads the terminal (it is not asked to confirm), so stdin is closed to it.
+    lab = subprocess.Popen(command, env=env, process_group=0, stdin=subprocess.DEVNULL)
     stopping: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it releases serving.lock and
-        # stops its workers); this process waits for it, then stops the demo trainers.
-        # Ctrl-C reaches Lab from the terminal too; a second one stops it at once.
+        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it stops its workers and
+        # releases the serving lease); this process waits for it, then stops the demo trainers.
+        # A second Ctrl-C stops it at once; a closed terminal (SIGHUP) stops it too.
         if stopping and signum == signal.SIGINT:
             lab.kill()
         stopping.append(signum)
         with contextlib.suppress(ProcessLookupError):
             lab.send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         code = lab.wait()
     finally:

@@ -222,6 +222,7 @@ class Deployer:
         max_concurrent_calls: int = 64,
         limits: serving.Limits | None = None,
         torch_threads: int = 0,
+        worker_nice: int = 0,
         restart_limit: int = 3,
         restart_window: float = 120.0,
     ) -> None:
@@ -259,6 +260,7 @@ class Deployer:
         self.max_concurrent_calls = max_concurrent_calls
         self.limits = limits or serving.Limits()
         self.torch_threads = torch_threads
+        self.worker_nice = worker_nice
         self.worker_threads = worker_threads
         self.restart_limit = restart_limit
         self.restart_window = restart_window
@@ -491,6 +493,7 @@ class Deployer:
             "framework": experiment.info.framework, "step": record.checkpoint_step,
             "device": self.device, "options": dict(record.options), "batching": self.batching,
             "threads": self.worker_threads, "torch_threads": self.torch_threads,
+            "nice": self.worker_nice,
             "memory_mb": self.worker_memory_mb, "max_rows": self.limits.max_rows,
             "max_array_bytes": self.limits.max_array_bytes, "family": family, **extra,
         }
@@ -662,6 +665,27 @@ class Deployer:
         if live is not None:
             log.info("Agent %s changed in the registry elsewhere; unloaded here", name)
             self._close_live(live)
+
+    def step_down(self) -> None:
+        """Another server took the serving lease (lease.py): stop every worker and load in
+        flight here, without a registry write (the registry is the new leader's now)."""
+        self.serves = False
+        for task in list(self._tasks):
+            task.cancel()  # loads, checkpoint changes, probes: a cancelled load closes its worker
+        for name in set(self._live) | set(self._loading) | set(self._changing):
+            self._generation[name] = self._generation.get(name, 0) + 1
+        self._loading.clear()
+        self._changing.clear()
+        for live in list(self._live.values()):
+            if live.canary is not None:
+                self._close_runtime(live.canary.runtime)
+                live.canary = None
+            self._close_runtime(live.runtime)
+        self._live.clear()
+        self._splits.clear()
+        for worker in list(self._worker_set):
+            worker.close()
+        self._worker_set.clear()
 
     def sync(self, *, reload_deployed: bool = False) -> None:
         """Bring the live runtimes in line with the registry after another server wrote it.

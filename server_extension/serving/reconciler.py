@@ -4,14 +4,17 @@ JupyterLab and the Voila app (or two Lab servers, or a restart while another run
 one workspace folder. The registry is the one source of truth for all of them; this module
 decides who *loads* its agents and keeps each server's in-memory state in line with it:
 
-- **One serving server per workspace.** The first server to take an exclusive ``flock`` on
-  ``<root>/serving.lock`` loads every connected agent; it writes its URL into the file. The
-  others load nothing: their management API reads and writes the same registry (Connect marks
-  an agent Pending, the serving server sees that and loads it), their panels show the serving
-  server's endpoint, and their inference routes answer 404 naming it. Each agent is loaded
-  once per machine, and only the serving server writes statuses, so every panel shows the
-  same ones. When the serving server stops (or dies: the kernel drops its lock), another
-  takes the lock within one reconcile period and loads the connected agents.
+- **One serving server per workspace.** The server holding the workspace's serving lease
+  (lease.py: a fenced row in the registry database, a heartbeat, and a ``flock`` on the
+  registry file) loads every connected agent. The others load nothing: their management API
+  reads and writes the same registry (Connect marks an agent Pending, the serving server sees
+  that and loads it), their panels show the serving server's endpoint, and their inference
+  routes answer 404 naming it. Each agent is loaded once per machine, and only the serving
+  server writes statuses, so every panel shows the same ones. When the serving server stops
+  (or dies: the kernel drops its lock), another takes the lease within one reconcile period
+  and loads the connected agents. When it is frozen (its heartbeat stops), the others say so
+  and take over when told to (:meth:`Reconciler.take_over`); the frozen one, should it wake,
+  finds the lease gone at its next beat, stops its workers and follows.
 - **Reconcile.** Every :data:`RECONCILE_S` each server compares the registry's change counter
   (``PRAGMA data_version``, a few microseconds) with the last it saw; only when something
   changed does it re-read the agents, unload runtimes of agents disconnected, deleted or
@@ -23,7 +26,7 @@ Threading: everything here runs on the Tornado event loop.
 
 Example::
 
-    lease = ServingLease(root, url="http://127.0.0.1:8888/")
+    lease = ServingLease(root, registry, url="http://127.0.0.1:8888/")
     lease.try_acquire()          # True for the first server on this workspace
     reconciler = Reconciler(deployer, lease)
     reconciler.start()
@@ -31,97 +34,21 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import stat
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado.ioloop import PeriodicCallback
 
+from server_extension.serving.lease import ServingLease
 from server_extension.workspace.registry import data_version
-from workbench_core import regular_files
 
 if TYPE_CHECKING:
     from server_extension.serving.deployer import Deployer
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: every server serves (no shared lock)
-    fcntl = None  # type: ignore[assignment]
+__all__ = ["RECONCILE_S", "Reconciler", "ServingLease"]
 
 log = logging.getLogger("agents_workbench.workspace")
-LOCK_NAME = "serving.lock"
 RECONCILE_S = 0.25
-
-
-class ServingLease:
-    """An exclusive, process-lifetime lock on a workspace: held by the server that loads."""
-
-    def __init__(self, root: Path, url: str = "") -> None:
-        self.path = Path(root) / LOCK_NAME
-        self.url = url
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether this server holds the lease (and so loads the agents)."""
-        return self._fd is not None or fcntl is None
-
-    def try_acquire(self) -> bool:
-        """Take the lease if nobody holds it; ``True`` when this server now holds it."""
-        if self.held:
-            self._write_holder()  # the URL may be known only now
-            return True
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o600)
-        except OSError as exc:
-            log.warning("Cannot open %s (%s); this server will not load agents", self.path, exc)
-            return False
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)  # a FIFO or device planted there: never a lease
-            log.warning("%s is not a regular file; remove it so that a server can load agents",
-                        self.path)
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.fchmod(fd, 0o600)
-        self._fd = fd
-        self._write_holder()
-        return True
-
-    def _write_holder(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "url": self.url}).encode(), 0)
-
-    def release(self) -> None:
-        """Give the lease up (the server is stopping); another server may take it."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
-    def holder(self) -> dict[str, Any]:
-        """``{"pid", "url"}`` of the serving server as its lock file says (``{}``: unknown)."""
-        try:
-            # Only the lock file this class writes: never a link, FIFO or device put there.
-            data = json.loads(regular_files.read_capped(self.path, 4096, follow_links=False)
-                              or b"{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def holder_url(self) -> str | None:
-        """The URL of the serving server, when another server holds the lease."""
-        if self.held:
-            return None
-        url = self.holder().get("url")
-        return url if isinstance(url, str) and url else None
 
 
 class Reconciler:
@@ -146,16 +73,37 @@ class Reconciler:
             self._timer.stop()
 
     def tick(self) -> None:
-        """One check: take the lease if it is free, then sync with the registry if it changed."""
+        """One check: beat (leader) or take the lease if it is free (follower), then sync with
+        the registry if it changed."""
         deployer = self.deployer
         took_over = False
-        if not deployer.serves and self.lease.try_acquire():
-            log.info("This server now loads the workspace's agents (%s)", self.lease.path)
-            deployer.serves = True
-            deployer.warm_templates()  # a follower started none
+        if deployer.serves:
+            # First thing after a freeze too: a leader that lost the lease meanwhile stops
+            # its workers before it could load anything more.
+            if not self.lease.beat():
+                deployer.step_down()
+        elif self.lease.try_acquire():
+            self._lead()
             took_over = True
         version = data_version(deployer.registry)
         if version == self._seen and not took_over:
             return
         self._seen = version
         deployer.sync(reload_deployed=took_over)
+
+    def _lead(self) -> None:
+        log.info("This server now loads the workspace's agents (lease in %s)", self.lease.path)
+        self.deployer.serves = True
+        self.deployer.warm_templates()  # a follower started none
+
+    def take_over(self) -> bool:
+        """Lead now, even though another server holds the lease (it stopped beating: frozen
+        or gone); ``False`` when the leader beats after all."""
+        if self.deployer.serves:
+            return True
+        if not self.lease.take_over():
+            return False
+        self._lead()
+        self._seen = data_version(self.deployer.registry)
+        self.deployer.sync(reload_deployed=True)
+        return True

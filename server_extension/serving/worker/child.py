@@ -266,6 +266,18 @@ def _limit_memory(megabytes: float) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
+def _yield_cpu(level: int) -> None:
+    # CPU: cgroup v2's cpu.max would cap a worker, but it needs a cgroup delegated to the
+    # server (none on cgroup v1 machines, nor in most containers), so every worker runs at a
+    # nice level instead (AgentsWorkbenchApp.worker_nice): a spinning checkpoint then yields
+    # to the server's event loop. The traffic view shows each worker's CPU use. Set before
+    # any thread starts: Linux keeps a nice level per thread, and new threads inherit it.
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if level > current:  # lowering it again would need privileges
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, min(level, 19))
+
+
 def _kill_own_group() -> None:
     # Only a group this worker leads: never the server's, should setsid have failed.
     if os.getpgid(0) == os.getpid():
@@ -309,6 +321,7 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     faulthandler.enable()
+    _yield_cpu(int(settings.get("nice") or 0))
     # Ctrl-C in the server's terminal reaches the whole process group; the worker leaves
     # with the server (end of file on its socket), not on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
