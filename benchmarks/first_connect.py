@@ -3,6 +3,8 @@
     python -m benchmarks.first_connect            # every case: about 5 minutes on a quiet
                                                   # 2-core machine
     python -m benchmarks.first_connect --quick    # DQN and the chat model, offsets 0 and 5
+    python -m benchmarks.first_connect --no-sidecars   # the same without policy sidecars:
+                                                  # every Classic policy through torch
 
 For each workspace (``full``: the quick-trained Classic demo runs, MADDPG and the tiny chat
 model; ``classic``: the same without the chat model), each policy and each offset, a fresh
@@ -11,7 +13,8 @@ created and connected, and Connect -> Deployed is timed (the agent's status poll
 10 ms). Then, on one server whose templates have finished importing: warm Connects, and the
 memory of each template (RSS and PSS, from ``/proc``). The machine's load average (1 min) is
 recorded beside every figure: on a busy machine the imports, and so the first Connects, are
-slower by about that factor.
+slower by about that factor. Each row also says which runtime served the agent (``numpy``:
+its policy sidecar; ``full``: its framework's own runtime).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUIET = ["--AgentsWorkbenchApp.health_check_interval=0",
          "--AgentsWorkbenchApp.load_timeout=600"]
 POLICIES = {"dqn": "cartpole-dqn", "ppo": "cartpole-ppo", "maddpg": "spread-maddpg",
-            "chat": "tiny-chat-sft"}
-CLASSIC = ("dqn", "ppo", "maddpg")
+            "sb3-ppo": "sb3-ppo", "chat": "tiny-chat-sft"}
+CLASSIC = ("dqn", "ppo", "maddpg", "sb3-ppo")
 OFFSETS = (0.0, 1.0, 3.0, 5.0)
 GOALS = {"classic": 1.0, "chat": 3.0, "warm": 0.1}
 
@@ -61,23 +64,61 @@ def build(work: Path) -> dict[str, Path]:
     from server_extension.demos.llm import build_llm_demo
 
     classic, full = work / "classic", work / "full"
-    if not (classic / "experiments" / POLICIES["maddpg"]).exists():
+    if not (classic / "experiments" / POLICIES["sb3-ppo"]).exists():
         shutil.rmtree(classic, ignore_errors=True)
         say("training the quick Classic demo (DQN, PPO, ... and MADDPG)")
         build_demo(classic, quick=True)
         build_classic_demo(classic, quick=True, only=[SPREAD])
+        say("training and importing a Stable-Baselines3 PPO")
+        _import_sb3_ppo(classic, work / "sb3")
     if not (full / "experiments" / POLICIES["chat"]).exists():
         shutil.rmtree(full, ignore_errors=True)
         shutil.copytree(classic / "experiments", full / "experiments")
         say("training the quick tiny chat model")
         build_llm_demo(full, quick=True)
+    for root in (classic, full):
+        _sidecars_of_imports(root)
     return {"full": full, "classic": classic}
 
 
-def _fresh(source: Path, logs: Path, label: str) -> WorkbenchServer:
+def _sidecars_of_imports(root: Path) -> None:
+    """The policy sidecars an imported checkpoint gets once its first Connect has loaded it
+    (its worker writes them in the background); written here, so every fresh server below
+    sees the workspace as it is after that first Connect. Trained AgileRL runs have theirs
+    from the trainer already."""
+    from server_extension.serving.runtimes.numpy_export import try_export
+    from server_extension.serving.runtimes.numpy_policy import sidecar_path
+    from workbench_core.store import ExperimentStore
+
+    experiment = ExperimentStore(root).get(POLICIES["sb3-ppo"])
+    for checkpoint in experiment.checkpoints():
+        if not sidecar_path(checkpoint.path).exists():
+            try_export(experiment, checkpoint)
+
+
+def _import_sb3_ppo(root: Path, scratch: Path) -> None:
+    """A Stable-Baselines3 PPO on CartPole, saved by CheckpointCallback and imported."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    from server_extension.serving.importing.orchestrator import import_experiment
+    from server_extension.serving.runtimes.detection import ImportHints
+
+    folder = scratch / "ppo-checkpoints"
+    shutil.rmtree(folder, ignore_errors=True)
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=512, batch_size=128, n_epochs=2, seed=0,
+                policy_kwargs={"net_arch": [32, 32]}, device="cpu")
+    model.learn(1024, callback=CheckpointCallback(save_freq=512, save_path=str(folder)))
+    import_experiment(root, [folder], ImportHints(name=POLICIES["sb3-ppo"], env="CartPole-v1"))
+
+
+def _fresh(source: Path, logs: Path, label: str, sidecars: bool = True) -> WorkbenchServer:
+    """A server over a fresh copy of ``source`` (without policy sidecars unless ``sidecars``:
+    then every Classic policy is served through torch)."""
     root = logs / f"root-{label}"
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(source / "experiments", root / "experiments")
+    ignore = None if sidecars else shutil.ignore_patterns("*.policy.npz")
+    shutil.copytree(source / "experiments", root / "experiments", ignore=ignore)
     return WorkbenchServer(root, logs, label=label, extra=QUIET)
 
 
@@ -105,7 +146,10 @@ def _connect(server: WorkbenchServer, name: str, timeout: float = 600.0,
     while time.monotonic() < deadline:
         agent = server.api("GET", f"agents/{name}").json()
         if agent["status"] == "Deployed":
-            return time.perf_counter() - started, notes
+            seconds = time.perf_counter() - started
+            if agent.get("runtime"):
+                notes.append(f"runtime: {agent['runtime']}")
+            return seconds, notes
         if agent["status"] == "Failed":
             raise RuntimeError(f"{name} failed: {agent.get('error')}")
         if agent.get("error") and agent["error"] not in notes:
@@ -114,9 +158,10 @@ def _connect(server: WorkbenchServer, name: str, timeout: float = 600.0,
     raise TimeoutError(f"{name} not Deployed within {timeout} s")
 
 
-def first_connect(source: Path, logs: Path, policy: str, offset: float) -> dict[str, Any]:
+def first_connect(source: Path, logs: Path, policy: str, offset: float,
+                  sidecars: bool = True) -> dict[str, Any]:
     """One fresh server: create and Connect ``policy`` ``offset`` s after it first answers."""
-    server = _fresh(source, logs, f"{policy}-{offset:g}")
+    server = _fresh(source, logs, f"{policy}-{offset:g}", sidecars)
     launched = time.monotonic()
     try:
         answered = _first_answer(server)
@@ -128,7 +173,9 @@ def first_connect(source: Path, logs: Path, policy: str, offset: float) -> dict[
         server.stop()
     return {"policy": policy, "offset_s": offset, "connect_s": round(seconds, 3),
             "server_answered_s": round(answered - launched, 2), "load_1m": round(load, 2),
-            "notes": notes[-1:]}
+            "runtime": next((n.split(": ", 1)[1] for n in notes
+                             if n.startswith("runtime: ")), "?"),
+            "notes": [n for n in notes if not n.startswith("runtime: ")][-1:]}
 
 
 def _template_memory(pid: int) -> dict[str, dict[str, Any]]:
@@ -155,9 +202,10 @@ def _template_memory(pid: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def warm_and_memory(source: Path, logs: Path, warm: int) -> dict[str, Any]:
+def warm_and_memory(source: Path, logs: Path, warm: int, sidecars: bool = True
+                    ) -> dict[str, Any]:
     """A server whose templates have imported: warm Connects, template memory."""
-    server = _fresh(source, logs, "warm")
+    server = _fresh(source, logs, "warm", sidecars)
     try:
         _first_answer(server)
         # The chat model's Connect waits for the last template: after it, all have imported.
@@ -191,13 +239,14 @@ def render(results: dict[str, Any]) -> str:
              "Workspaces are quick-trained demo runs (scores meaningless; load cost is what "
              "counts). Each row is a fresh server; Connect -> Deployed in seconds, with the "
              "1-minute load average when the agent was created.", "",
-             "| workspace | policy | offset s | Connect -> Deployed s | server answered s | "
-             "load 1m | note while Pending |", "|---|---|---|---|---|---|---|"]
+             "| workspace | policy | offset s | Connect -> Deployed s | runtime | "
+             "server answered s | load 1m | note while Pending |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in results["first"]:
         note = "; ".join(row["notes"])
         lines.append(f"| {row['workspace']} | {row['policy']} | {row['offset_s']:g} | "
-                     f"{row['connect_s']} | {row['server_answered_s']} | {row['load_1m']} | "
-                     f"{note} |")
+                     f"{row['connect_s']} | {row.get('runtime', '?')} | "
+                     f"{row['server_answered_s']} | {row['load_1m']} | {note} |")
     lines += ["", "Worst case per policy and workspace (goal: Classic <= 1 s, chat <= 3 s):",
               ""]
     worst: dict[tuple[str, str], float] = {}
@@ -227,7 +276,12 @@ def main(argv: list[str] | None = None) -> Path:
                         default=Path.home() / ".cache" / "agents-workbench-first-connect",
                         help="where the workspaces are built (reused by the next run)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-sidecars", action="store_true",
+                        help="serve every Classic policy through torch (no policy sidecars)")
+    parser.add_argument("--only", choices=sorted(POLICIES), action="append", default=None,
+                        help="measure these policies only (repeatable)")
     args = parser.parse_args(argv)
+    sidecars = not args.no_sidecars
     started = {"machine": machine(), "versions": versions()}
     workspaces = build(args.work)
     logs = args.work / "logs"
@@ -238,20 +292,22 @@ def main(argv: list[str] | None = None) -> Path:
         policies = ["dqn"] if args.quick else list(CLASSIC)
         if workspace == "full":
             policies.append("chat")
+        if args.only:
+            policies = [p for p in policies if p in args.only]
         for policy in policies:
             for offset in offsets:
-                row = first_connect(source, logs, policy, offset)
+                row = first_connect(source, logs, policy, offset, sidecars)
                 row["workspace"] = workspace
                 say(f"{workspace} {policy} +{offset:g} s: {row['connect_s']} s "
                     f"(load {row['load_1m']})")
                 first.append(row)
-    warm = warm_and_memory(workspaces["full"], logs, 2 if args.quick else 5)
+    warm = warm_and_memory(workspaces["full"], logs, 2 if args.quick else 5, sidecars)
     results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "python -m benchmarks.first_connect" + (" --quick" if args.quick
-                                                                   else ""),
+               "command": "python -m benchmarks.first_connect " + " ".join(argv or []),
                **started, "first": first, "warm": warm}
     out = args.out or RESULTS / (dt.date.today().isoformat() + "-first-connect"
-                                 + ("-quick" if args.quick else "") + ".md")
+                                 + ("-quick" if args.quick else "")
+                                 + ("-no-sidecars" if args.no_sidecars else "") + ".md")
     out.write_text(render(results))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     say(f"wrote {out}")

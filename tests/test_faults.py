@@ -34,7 +34,9 @@ def jp_server_config(workspace: Path, request: pytest.FixtureRequest) -> dict[st
 
 
 def _ckpt(workspace: Path, experiment: str, step: int) -> Path:
-    return next((workspace / "experiments" / experiment / "checkpoints").glob(f"step_{step}*"))
+    folder = workspace / "experiments" / experiment / "checkpoints"
+    # The checkpoint itself, not its policy sidecar (step_<N>.policy.npz) beside it.
+    return next(p for p in folder.glob(f"step_{step}*") if not p.name.endswith(".policy.npz"))
 
 
 @pytest.mark.parametrize("fault", ["truncated", "other algorithm", "empty", "deleted"])
@@ -47,7 +49,8 @@ async def test_broken_checkpoints_fail_one_agent_only(jp_fetch: Any, workspace: 
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
     elif fault == "other algorithm":
-        donor = sorted((workspace / "experiments" / "pendulum-td3" / "checkpoints").iterdir())[0]
+        donor = sorted((workspace / "experiments" / "pendulum-td3" / "checkpoints").glob(
+            "step_*.pt"))[0]
         shutil.copyfile(donor, path)
     elif fault == "empty":
         path.write_bytes(b"")

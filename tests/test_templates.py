@@ -59,6 +59,10 @@ def _ppid(pid: int) -> int:
 def mixed_workspace(tmp_path: Path, demo_experiments: Path,
                     advanced_experiments: Path) -> Path:
     root = copy_workspace(tmp_path / "mixed", demo_experiments)
+    # Without policy sidecars: the DQN is served through torch, from the Classic template
+    # (test_numpy_policy.py covers the numpy path).
+    for sidecar in (root / "experiments").glob("*/checkpoints/*.policy.npz"):
+        sidecar.unlink()
     shutil.copytree(advanced_experiments / "tiny-chat-sft", root / "experiments" / "tiny-chat-sft")
     return root
 

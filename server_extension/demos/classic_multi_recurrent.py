@@ -225,6 +225,9 @@ def _save(writer: ExperimentWriter, step: int, agent: Any, training: float | Non
                         training_score=training, evaluation_score=score)
     finally:
         staged.unlink(missing_ok=True)
+    from server_extension.serving.runtimes.numpy_export import export_saved
+
+    export_saved(writer, step)  # the numpy form, where the policy has one (not recurrent)
     return score
 
 

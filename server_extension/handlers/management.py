@@ -77,6 +77,8 @@ def checkpoint_json(handler: ServicesMixin, record: AgentRecord) -> dict[str, An
                        "step": record.checkpoint_step},
         "checkpoint_change": history[0].to_json() if history else None,
         "rollback_to": previous.to_json() if previous is not None else None,
+        # "numpy" (its policy sidecar) or "full" where this server serves it from a worker.
+        **handler.deployer.runtime_info(record.name),
     }
 
 

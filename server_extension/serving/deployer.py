@@ -62,9 +62,10 @@ from server_extension.serving.runtimes import (
     Runtime,
     RuntimeLoadError,
     load_runtime,
+    numpy_policy,
     warm_loader,
 )
-from server_extension.serving.worker import serving
+from server_extension.serving.worker import families, serving
 from server_extension.serving.worker.supervisor import (
     WorkerBusy,
     WorkerCallError,
@@ -116,6 +117,10 @@ class WorkerRuntime(Runtime):
     def __init__(self, kind: AgentKind, worker: WorkerProcess) -> None:
         self.kind = kind
         self.worker = worker
+        # What serves it ("numpy": the policy sidecar; "full": the framework's own runtime),
+        # and why a sidecar it had was not used (GET agents/{name} shows both).
+        self.runtime_name = "full"
+        self.runtime_note: str | None = None
 
     def probe(self) -> None:
         """Not callable in the server; the deployer probes through the worker."""
@@ -318,6 +323,8 @@ class Deployer:
         except Exception as exc:  # noqa: BLE001 - a broken store is reported by its listing
             log.debug("Not warming workers: %s", exc)
             return
+        if frameworks and self._has_sidecars():
+            frameworks.append(families.NUMPY)  # ready in well under a second: first
         if frameworks:
             warm_templates(frameworks)  # one template per family, Classic first
 
@@ -423,11 +430,62 @@ class Deployer:
         return (self.isolation == "process"
                 and record.options.get("backend", self.backend) == "local")
 
+    def _has_sidecars(self) -> bool:
+        """Whether any AgileRL experiment holds a policy sidecar (a checkpoint's numpy form)."""
+        try:
+            experiments = [e for e in self.store.list()
+                           if e.info.framework in ("agilerl", "sb3")]
+        except Exception:  # noqa: BLE001 - a broken store is reported by its listing
+            return False
+        for experiment in experiments:
+            try:  # the store's listing is bounded (a checkpoints folder linked to /usr...)
+                if any(numpy_policy.ready(c.path) for c in experiment.checkpoints()):
+                    return True
+            except Exception as exc:  # noqa: BLE001 - a broken experiment has none to serve
+                log.debug("No sidecars in %s: %s", experiment.name, exc)
+        return False
+
     async def _load_in_worker(self, record: AgentRecord) -> WorkerRuntime:
-        """Start a worker for ``record``, load and probe its checkpoint there."""
+        """Start a worker for ``record``, load and probe its checkpoint there.
+
+        A checkpoint with a policy sidecar is served by a numpy worker (no torch to import);
+        when that worker refuses the sidecar (it does not answer the probe set as the library
+        did, or belongs to other bytes), a worker of the full runtime serves it instead."""
         experiment = await asyncio.wrap_future(
             self._loaders.submit(self.store.get, record.experiment))
-        experiment.checkpoint(record.checkpoint_step)  # StoreError names what is missing
+        checkpoint = experiment.checkpoint(record.checkpoint_step)  # StoreError: what's missing
+        info = experiment.info
+        candidate = info.framework in ("agilerl", "sb3") and not info.recurrent \
+            and checkpoint.path.is_file()
+        note = None
+        if candidate and numpy_policy.ready(checkpoint.path):
+            try:
+                runtime = await self._worker_load(record, experiment, families.NUMPY, {})
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, torch serves it
+                note = f"Its numpy form was not used: {str(exc).strip()}"
+                log.warning("Agent %s is served by the full runtime. %s", record.name, note)
+            else:
+                runtime.runtime_name = "numpy"
+                return runtime
+        # No sidecar yet (an older workspace, an import): written after this load, so the next
+        # fresh server serves it without torch.
+        export = candidate and note is None and not numpy_policy.ready(checkpoint.path)
+        runtime = await self._worker_load(record, experiment, None,
+                                          {"export_sidecar": export})
+        runtime.runtime_note = note
+        return runtime
+
+    def runtime_info(self, name: str) -> dict[str, Any]:
+        """Which runtime serves ``name`` here (``numpy``, ``full``; ``None`` when not loaded
+        in a worker of this server) and why a sidecar it has was not used."""
+        live = self._live.get(name)
+        runtime = live.runtime if live is not None else None
+        return {"runtime": getattr(runtime, "runtime_name", None),
+                "runtime_note": getattr(runtime, "runtime_note", None)}
+
+    async def _worker_load(self, record: AgentRecord, experiment: Any, family: str | None,
+                           extra: dict[str, Any]) -> WorkerRuntime:
+        """A worker of ``family`` (``None``: the framework's own) with the checkpoint loaded."""
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="agents-workbench-workers-"))
         settings = {
@@ -437,7 +495,7 @@ class Deployer:
             "threads": self.worker_threads, "torch_threads": self.torch_threads,
             "nice": self.worker_nice,
             "memory_mb": self.worker_memory_mb, "max_rows": self.limits.max_rows,
-            "max_array_bytes": self.limits.max_array_bytes,
+            "max_array_bytes": self.limits.max_array_bytes, "family": family, **extra,
         }
         worker = WorkerProcess(record.name, settings, self._log_dir,
                                on_exit=self._worker_exited,
@@ -447,7 +505,7 @@ class Deployer:
                                frame_cap=self.limits.max_array_bytes + 16 * 2**20)
         self._worker_set.add(worker)
         try:
-            await self._start_worker(worker, experiment.info.framework)
+            await self._start_worker(worker, family or experiment.info.framework)
             answer, _ = await worker.call(
                 {"op": "load"}, timeout=self.load_timeout,
                 late=f"the checkpoint did not load within {self.load_timeout:g} s and its "

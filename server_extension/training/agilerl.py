@@ -300,6 +300,10 @@ class _Checkpointer:
                               seed=self.eval_seed, env_kwargs=self.env_kwargs)
         save_checkpoint(self.writer, steps, self.agent.save_checkpoint,
                         training_score=training, evaluation_score=evaluation)
+        # Its numpy form beside it, so a fresh server serves it without importing torch.
+        from server_extension.serving.runtimes.numpy_export import export_saved
+
+        export_saved(self.writer, steps)
         self.last_saved = steps
         self.agent.init_training_step()
         self.result.steps.append(steps)

@@ -452,9 +452,6 @@ class MultiAgentRuntime(Runtime):
         env_defined_actions: Any = None,
     ) -> tuple[dict[str, np.ndarray], None]:
         """Deterministic actions for every agent in ``obs``; see the module docstring."""
-        import torch
-        from agilerl.utils.algo_utils import concatenate_tensors
-
         if not isinstance(obs, Mapping):
             raise RequestError(
                 "obs must be a dict {agent_id: batched observation} for this multi-agent "
@@ -483,25 +480,33 @@ class MultiAgentRuntime(Runtime):
             groups.setdefault(self.network_of[aid], []).append(aid)
 
         actions: dict[str, np.ndarray] = {}
-        with torch.inference_mode():
-            for nid, members in groups.items():
-                tensors = [self._preprocess(aid, obs[aid]) for aid in members]
-                batch_obs = tensors[0] if len(tensors) == 1 else concatenate_tensors(tensors)
-                out = self._head_output(nid, batch_obs)
-                # Agents sharing a network share its action space: one pass for the group.
-                if self.heads[members[0]].kind == "box":
-                    out = self._box_action(members[0], out)
-                else:
-                    out = out.cpu().numpy()
-                start = 0
-                for aid in members:
-                    rows = out[start:start + batches[aid]]
-                    start += batches[aid]
-                    head = self.heads[aid]
-                    act = rows if head.kind == "box" else head.mode(rows, legal[aid])
-                    actions[aid] = head.override(act, overrides.get(aid),
-                                                 f"env_defined_actions[{aid!r}]")
+        for nid, members in groups.items():
+            out = self.group_outputs(nid, members, obs)
+            start = 0
+            for aid in members:
+                rows = out[start:start + batches[aid]]
+                start += batches[aid]
+                head = self.heads[aid]
+                act = rows if head.kind == "box" else head.mode(rows, legal[aid])
+                actions[aid] = head.override(act, overrides.get(aid),
+                                             f"env_defined_actions[{aid!r}]")
         return actions, None
+
+    def group_outputs(self, nid: str, members: list[str], obs: Mapping[str, Any]) -> np.ndarray:
+        """One forward pass of network ``nid`` for the (checked) rows of its agents
+        ``members``: logits for discrete actions, the actions themselves for Box ones."""
+        import torch
+        from agilerl.utils.algo_utils import concatenate_tensors
+
+        with torch.inference_mode():
+            tensors = [self._preprocess(aid, obs[aid]) for aid in members]
+            batch_obs = tensors[0] if len(tensors) == 1 else concatenate_tensors(tensors)
+            out = self._head_output(nid, batch_obs)
+            # Agents sharing a network share its action space: one pass for the group.
+            if self.heads[members[0]].kind == "box":
+                return self._box_action(members[0], out)
+            result: np.ndarray = out.cpu().numpy()
+            return result
 
     def _per_agent(self, value: Any, what: str) -> dict[str, Any]:
         """A per-agent dict (unknown ids refused; agents not in ``obs`` are ignored later)."""

@@ -174,8 +174,15 @@ class Worker:
         checkpoint = experiment.checkpoint(int(s["step"]))
         phases["store"] = time.perf_counter() - started
         try:
-            runtime = load_runtime(experiment, checkpoint, device=s["device"],
-                                   options=s["options"])
+            if s.get("family") == families.NUMPY:
+                from server_extension.serving.runtimes import numpy_policy
+
+                runtime = numpy_policy.load(experiment, checkpoint)  # probe set checked there
+            else:
+                runtime = load_runtime(experiment, checkpoint, device=s["device"],
+                                       options=s["options"])
+                if s.get("export_sidecar"):
+                    _export_later(experiment, checkpoint)
         except Exception as exc:
             if not _out_of_memory(exc):
                 raise
@@ -196,6 +203,18 @@ class Worker:
         return {"kind": runtime.kind.to_json(),
                 "load_s": round(time.perf_counter() - started, 4),
                 "phases": {k: round(v, 4) for k, v in phases.items()}}
+
+
+def _export_later(experiment: Any, checkpoint: Any) -> None:
+    """Write the checkpoint's numpy form in the background (it had none: an older workspace,
+    an import), so the next fresh server serves it without torch. Never fails the load."""
+    def export() -> None:
+        with contextlib.suppress(Exception):
+            from server_extension.serving.runtimes.numpy_export import try_export
+
+            try_export(experiment, checkpoint)
+
+    threading.Thread(target=export, name="policy-sidecar", daemon=True).start()
 
 
 class AnswerTooLarge(RuntimeError):
@@ -309,8 +328,9 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
     # Half the cores by default: one busy agent then leaves the rest to the server's event
     # loop and the other agents (torch would otherwise take every core in every worker).
     threads = int(settings.get("torch_threads") or 0) or max(1, (os.cpu_count() or 2) // 2)
-    import torch
+    if settings.get("family") != families.NUMPY:  # a numpy worker never imports torch
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
     _limit_memory(float(settings.get("memory_mb") or 0))
     Worker(sock, settings).serve()

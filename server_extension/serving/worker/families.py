@@ -31,6 +31,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 FULL = "full"
 FAMILIES[FULL] = tuple(dict.fromkeys(m for mods in list(FAMILIES.values()) for m in mods))
+# Small AgileRL policies served from their numpy form (``runtimes/numpy_policy.py``): no torch,
+# no AgileRL, ready in a fraction of a second. Not in FULL: no framework needs it, the deployer
+# picks it for a checkpoint with a policy sidecar.
+NUMPY = "numpy"
+FAMILIES[NUMPY] = ("numpy", "gymnasium.spaces", f"{_RUNTIMES}.numpy_policy")
 
 # framework in experiment.json -> family. One line per framework.
 FAMILY_OF: dict[str, str] = {
@@ -43,11 +48,15 @@ FAMILY_OF: dict[str, str] = {
     "sb3": "sb3",
     "transformers": "llm",
     "onnx": "onnx",
+    # Not a framework of experiment.json: what the deployer asks for when it serves a
+    # checkpoint's policy sidecar (and the extension when the workspace has sidecars).
+    NUMPY: NUMPY,
 }
 
 # The order templates start in: what a first Connect most likely needs comes first, and each
 # starts once the one before it has finished importing (two at once would share the CPUs).
-ORDER = ("classic", "sb3", "onnx", "llm", FULL)
+# The numpy family goes first: it is ready within a second, so sidecar policies never wait.
+ORDER = (NUMPY, "classic", "sb3", "onnx", "llm", FULL)
 
 
 def family_of(framework: str) -> str:

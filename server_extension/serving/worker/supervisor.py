@@ -397,7 +397,8 @@ class WorkerProcess:
 
     def _start_blocking(self, framework: str, parent: socket.socket,
                         sock: socket.socket) -> None:
-        template = start_template(families.family_of(framework))
+        family = str(self.settings.get("family") or families.family_of(framework))
+        template = start_template(family)
         self.proc = _WorkerProcess(
             target=child.main,
             args=(sock, str(self.log_path), {**self.settings, "template_pid": template.pid}),
