@@ -28,6 +28,11 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+# How long a test waits for an agent to settle. A first Connect waits for its family's worker
+# template to import (torch, AgileRL, transformers): seconds on a quiet machine, but over a
+# minute was seen with two test workers and other jobs on the two cores. The bound only
+# matters when something is wrong, so it is generous.
+DEPLOY_TIMEOUT = 180.0
 
 
 def free_port() -> int:
@@ -197,7 +202,7 @@ class ServerProcess(ChildServer):
         return self.session.request(method, self.url + "agents/api/" + path, timeout=30, **kwargs)
 
     def wait_status(self, name: str, statuses: tuple[str, ...] = ("Deployed", "Failed"),
-                    timeout: float = 60.0) -> dict[str, Any]:
+                    timeout: float = DEPLOY_TIMEOUT) -> dict[str, Any]:
         """Poll an agent until its status is one of ``statuses``; return the agent."""
         deadline = time.monotonic() + timeout
         agent: dict[str, Any] = {}
@@ -209,7 +214,8 @@ class ServerProcess(ChildServer):
         raise TimeoutError(f"agent {name} stayed {agent.get('status')}: {agent}")
 
     def deploy(self, name: str, experiment: str, checkpoint: str | int = "best", *,
-               options: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+               options: dict[str, Any] | None = None,
+               timeout: float = DEPLOY_TIMEOUT) -> dict[str, Any]:
         """Create and connect an agent, wait for Deployed, return it (endpoint and key)."""
         body = {"name": name, "experiment": experiment, "checkpoint": checkpoint}
         if options is not None:
