@@ -295,7 +295,7 @@ def test_unreachable_ray_fails_the_agent_and_local_agents_still_serve(
         assert created.status_code == 201, created.text
         server.api("POST", "agents/remote/connect")
         local = server.deploy("here", "cartpole-dqn")
-        failed = server.wait_status("remote", timeout=60)
+        failed = server.wait_status("remote")
         assert failed["status"] == "Failed"
         assert f"The Ray cluster at {nobody} is not reachable" in failed["error"]
         with Agent(local["endpoint"], api_key=local["api_key"]) as client:
@@ -317,7 +317,7 @@ def test_ray_not_installed_fails_the_agent_with_the_install_hint(
     with running_server(root, extra_args=["--AgentsWorkbenchApp.backend=ray"]) as server:
         server.api("POST", "agents", json={"name": "cp", "experiment": "cartpole-dqn"})
         server.api("POST", "agents/cp/connect")
-        failed = server.wait_status("cp", timeout=60)
+        failed = server.wait_status("cp")
         local = server.deploy("cp-local", "cartpole-dqn", options={"backend": "local"})
         assert local["status"] == "Deployed"
     assert failed["status"] == "Failed"

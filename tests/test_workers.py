@@ -112,7 +112,7 @@ def _deploy(server: ServerProcess, name: str, experiment: str) -> dict[str, Any]
                                                   "checkpoint": "best"})
     assert created.status_code in (201, 409), created.text
     assert server.api("POST", f"agents/{name}/connect").status_code == 200
-    return server.wait_status(name, timeout=60)
+    return server.wait_status(name)
 
 
 def _act(agent: dict[str, Any], rows: int = 1, timeout: float = 30) -> requests.Response:
@@ -169,13 +169,13 @@ def test_a_crashed_load_is_not_retried_at_server_start(
         srv.stop()
     again = ServerProcess(root, extra_args=ARGS).start()
     try:
-        assert again.wait_status("good", timeout=60)["status"] == "Deployed"
+        assert again.wait_status("good")["status"] == "Deployed"
         bad = again.api("GET", "agents/bad").json()
         # Not reloaded: it keeps its reason and waits for Retry (which fails it again).
         assert bad["status"] == "Failed", bad
         assert "exited with code 3" in bad["error"], bad
         assert again.api("POST", "agents/bad/connect").status_code == 200
-        assert again.wait_status("bad", timeout=60)["status"] == "Failed"
+        assert again.wait_status("bad")["status"] == "Failed"
     finally:
         again.stop()
 
@@ -193,7 +193,7 @@ def test_a_call_that_never_returns_is_answered_504_and_its_worker_restarts(
     _assert_server_and_neighbour_fine(server, healthy)
     # The stuck worker is stopped, not left running; a new one serves the agent.
     wait_until(lambda: not _alive(first_pid), 10, "the stuck worker to be stopped")
-    back = server.wait_status("hanging", ("Deployed",), timeout=60)
+    back = server.wait_status("hanging", ("Deployed",))
     assert _act(back).status_code == 200
     worker = server.api("GET", "agents/hanging/metrics").json()["worker"]
     assert worker["restarts"] == 1
@@ -218,7 +218,7 @@ def test_killed_worker_mid_call_gives_5xx_then_the_agent_comes_back(
     assert result[0].status_code == 503, result[0].text
     assert "killed by SIGKILL" in result[0].json()["error"]
     _assert_server_and_neighbour_fine(server, healthy)
-    back = server.wait_status("victim", ("Deployed",), timeout=60)
+    back = server.wait_status("victim", ("Deployed",))
     assert "SIGKILL" in server.api("GET", "agents/victim/metrics").json()["last_error"]["message"]
     assert _act(back).status_code == 200
     session.close()
@@ -241,7 +241,7 @@ def test_a_worker_that_keeps_dying_ends_failed(server: ServerProcess,
         wait_until(lambda p=pid: not _alive(p), 10, "the worker to die")
         wait_until(lambda: server.api("GET", "agents/fragile").json()["status"] != "Deployed"
                    or next_worker(), 60, "the death to be noticed")
-    status = server.wait_status("fragile", ("Failed",), timeout=60)
+    status = server.wait_status("fragile", ("Failed",))
     assert status["status"] == "Failed", status
     assert "died 4 times" in status["error"]
     assert "SIGKILL" in status["error"]
