@@ -3,15 +3,26 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# apt_install WHAT PACKAGE...: install Debian packages a test needs (root, or password-less
+# sudo); false when that is impossible here.
+apt_install() {
+  local what=$1 sudo=""
+  shift
+  echo "Installing $* for $what (apt-get install)..."
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  command -v apt-get >/dev/null 2>&1 && $sudo apt-get update -qq \
+    && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+# The benchmark smoke test drives the server with wrk, as the benchmarks do.
+if ! command -v wrk >/dev/null 2>&1 && ! apt_install "the benchmark smoke test" wrk; then
+  echo "test.sh: could not install wrk; install it yourself (the benchmark smoke test needs it)." >&2
+  exit 1
+fi
 # The browser tests (pytest -m browser) drive a real Chromium. Playwright's own browser
 # download needs network access to its CDN, so use the distribution's package instead.
 if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
    && ! command -v chromium-browser >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
-  echo "Installing Chromium for the browser tests (apt-get install chromium)..."
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
-  if ! { command -v apt-get >/dev/null 2>&1 && $SUDO apt-get update -qq \
-         && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
+  if ! apt_install "the browser tests" chromium; then
     echo "test.sh: could not install Chromium (needs apt-get and root or password-less sudo)." >&2
     echo "Install Chromium or Chrome yourself (or set CHROMIUM=/path/to/it), or run the rest" >&2
     echo "without it: .venv/bin/python -m pytest -m 'not browser'." >&2
@@ -23,11 +34,7 @@ fi
 CHP_VERSION=5.3.0
 if [ ! -x .venv/chp/node_modules/.bin/configurable-http-proxy ]; then
   if ! command -v npm >/dev/null 2>&1; then
-    echo "Installing node and npm for the JupyterHub test (apt-get install nodejs npm)..."
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
-    if ! { command -v apt-get >/dev/null 2>&1 && $SUDO apt-get update -qq \
-           && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }; then
+    if ! apt_install "the JupyterHub test" nodejs npm; then
       echo "test.sh: could not install node and npm (needs apt-get and root or sudo);" >&2
       echo "install them yourself, or run the rest: pytest --deselect tests/test_jupyterhub.py" >&2
       exit 1
