@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 # minute was seen with two test workers and other jobs on the two cores. The bound only
 # matters when something is wrong, so it is generous.
 DEPLOY_TIMEOUT = 180.0
+# For tests of the templates' warm-up as the extension loads (ServerProcess otherwise turns
+# it off).
+WARM_TEMPLATES = "--AgentsWorkbenchApp.warm_templates=True"
 
 
 def free_port() -> int:
@@ -175,6 +178,12 @@ class ServerProcess(ChildServer):
             f"--ServerApp.root_dir={self.root}",
             f"--AgentsWorkbenchApp.root_dir={self.root}",
             "--ServerApp.jpserver_extensions={'server_extension': True}",
+            # Templates start at their family's first Connect: most test servers serve numpy
+            # sidecar policies only, and warming torch and transformers for each of them was
+            # most of the suite's CPU. Tests of the warming pass WARM_TEMPLATES instead
+            # (traitlets refuses an option given twice).
+            *([] if any("warm_templates" in a for a in self.extra_args)
+              else ["--AgentsWorkbenchApp.warm_templates=False"]),
             *self.extra_args,
         ]
         proc = self._spawn(args, env)

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ServerProcess, copy_workspace
+from tests.servers import WARM_TEMPLATES, ServerProcess, copy_workspace
 
-ARGS = ["--AgentsWorkbenchApp.health_check_interval=0", "--AgentsWorkbenchApp.load_timeout=120"]
+ARGS = ["--AgentsWorkbenchApp.health_check_interval=0", "--AgentsWorkbenchApp.load_timeout=120",
+        WARM_TEMPLATES]
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -128,6 +128,12 @@ class AgentsWorkbenchApp(ExtensionApp):
         "after which the other servers of the workspace say it is not responding and offer to "
         "take over (POST agents/api/serving/takeover, or the panel's button).",
     ).tag(config=True)
+    warm_templates = Bool(
+        True, help="Start the worker templates (one per framework family, each importing its "
+        "libraries) as the extension loads, so a first Connect finds its runtime imported. Off: "
+        "a family's template starts at its first Connect, and a server whose agents never need "
+        "torch or transformers never imports them (the test suite's servers run this way).",
+    ).tag(config=True)
     worker_nice = Int(
         5, help="Nice level of every agent's worker process (0-19; higher yields the CPU "
         "sooner), so a spinning checkpoint cannot starve the server's event loop. A worker "
@@ -303,6 +309,7 @@ class AgentsWorkbenchApp(ExtensionApp):
                           max_array_bytes=int(self.max_array_mb * 1024 * 1024)),
             torch_threads=self.torch_threads,
             worker_nice=self.worker_nice,
+            warm=self.warm_templates,
             restart_limit=self.worker_restart_limit,
         )
         self.metrics: MetricsStore | None = None

@@ -223,6 +223,7 @@ class Deployer:
         limits: serving.Limits | None = None,
         torch_threads: int = 0,
         worker_nice: int = 0,
+        warm: bool = True,
         restart_limit: int = 3,
         restart_window: float = 120.0,
     ) -> None:
@@ -261,6 +262,7 @@ class Deployer:
         self.limits = limits or serving.Limits()
         self.torch_threads = torch_threads
         self.worker_nice = worker_nice
+        self.warm_ahead = warm  # start templates ahead of any Connect (else each at its first one)
         self.worker_threads = worker_threads
         self.restart_limit = restart_limit
         self.restart_window = restart_window
@@ -310,9 +312,10 @@ class Deployer:
 
     def warm_templates(self) -> None:
         """Start the worker templates this workspace's experiments need, in the background
-        (``worker/families.py``); nothing without experiments, nothing with thread isolation.
-        Safe to call more than once."""
-        if self.isolation == "process":
+        (``worker/families.py``); nothing without experiments, with thread isolation or with
+        ``warm`` off (each template then starts at its family's first Connect). Safe to call
+        more than once."""
+        if self.isolation == "process" and self.warm_ahead:
             self._loaders.submit(self._warm_template)
 
     def _warm_template(self) -> None:
