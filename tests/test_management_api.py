@@ -181,8 +181,11 @@ async def test_corrupt_checkpoint_fails_alone(jp_fetch: Any, workspace: Path) ->
     await create(jp_fetch, "good")
     await create(jp_fetch, "broken", checkpoint="final")
     code, broken = await call(jp_fetch, "GET", "agents", "api", "agents", "broken")
-    ckpt = next((workspace / "experiments" / "cartpole-dqn" / "checkpoints")
-                .glob(f"step_{broken['checkpoint_step']}*"))
+    # The checkpoint itself, not its policy sidecar (step_<N>.policy.npz) beside it: a broken
+    # sidecar only sends the worker back to the full runtime, which would then load fine.
+    ckpt = next(p for p in (workspace / "experiments" / "cartpole-dqn" / "checkpoints")
+                .glob(f"step_{broken['checkpoint_step']}*")
+                if not p.name.endswith(".policy.npz"))
     ckpt.write_bytes(b"this is not a checkpoint")
     await call(jp_fetch, "POST", "agents", "api", "agents", "good", "connect")
     await call(jp_fetch, "POST", "agents", "api", "agents", "broken", "connect")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,20 @@ def test_every_tab_of_every_variant_runs(served: Any, name: str, tab: str,
     if tab != "Manual HTTP":
         assert told_base_url(snippet.code) == server.url + "agents/arena"
         env[BASE_URL_ENV] = told_base_url(snippet.code)
+    started = time.time()
     done = run(snippet.code, snippet.language, env)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     expected = EXPECTED[kind][TITLES.index(tab)]
     if expected is not None:
         assert expected in done.stdout, done.stdout
     else:
-        assert done.stdout.strip()
+        # Sampled free text may be blank (the tiny model's first token is its end about once in
+        # 40 samples), so the check is that something was printed and that the agent answered
+        # this run's own call.
+        assert done.stdout, done.stderr
+        log = server.api("GET", f"agents/{name}/requests", params={"limit": 20}).json()
+        answered = [r for r in log["requests"] if r["time"] >= started - 1]
+        assert answered and all(r["status"] == 200 for r in answered), log
     if kind == "gym" and tab == "Arena client":
         assert float(done.stdout.rsplit(":", 1)[1]) >= 1.0
     if kind == "llm" and tab == "Arena CLI":
