@@ -141,7 +141,10 @@ def test_killed_replica_is_replaced_and_the_agent_keeps_answering(
     seen: set[str] = set()
     failures: list[int | None] = []
     deadline = time.monotonic() + RAY_DEPLOY_TIMEOUT
-    with Agent(agent["endpoint"], api_key=agent["api_key"]) as client:
+    # The client waits longer than the server's request timeout (60 s), so that a call held
+    # while Serve replaces the replica ends in the server's own answer: with the SDK's default
+    # 30 s, a loaded machine showed a client-side timeout (status 0) instead of the 503/504.
+    with Agent(agent["endpoint"], api_key=agent["api_key"], timeout=90) as client:
         while True:
             state = ray_server.api("GET", "agents/cp-kill").json()
             seen.add(state["status"])

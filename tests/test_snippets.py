@@ -112,7 +112,8 @@ def test_every_tab_of_every_variant_runs(served: Any, name: str, tab: str,
         assert done.stdout, done.stderr
         log = server.api("GET", f"agents/{name}/requests", params={"limit": 20}).json()
         answered = [r for r in log["requests"] if r["time"] >= started - 1]
-        assert answered and all(r["status"] == 200 for r in answered), log
+        assert answered, log
+        assert all(r["status"] == 200 for r in answered), log
     if kind == "gym" and tab == "Arena client":
         assert float(done.stdout.rsplit(":", 1)[1]) >= 1.0
     if kind == "llm" and tab == "Arena CLI":
