@@ -178,6 +178,33 @@ def test_a_save_checkpoint_file_asks_only_for_its_environment(
     assert (server.root / "experiments" / "my-agent" / "checkpoints" / "step_0.pt").is_symlink()
 
 
+# A terminal beside the running server (not one of its own): no --root, no
+# $AGENTS_WORKBENCH_ROOT. The CLI import (a worker loading the file) and a tracking script
+# both write into the served workspace, which lists them. About 40 s.
+def test_a_terminal_with_no_root_writes_into_the_running_servers_workspace(
+        runs: dict[str, Path], server: ServerProcess, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AGENTS_WORKBENCH_ROOT"}
+    env.update(HOME=str(tmp_path / "home"), PYTHONWARNINGS="ignore",
+               JUPYTER_RUNTIME_DIR=str(server.root / "runtime"))
+    done = subprocess.run([str(BIN / "agents-workbench"), "import", str(runs["saved"]),
+                           "--env", "CartPole-v1", "--name", "from-a-terminal"],
+                          capture_output=True, text=True, timeout=IMPORT_TIMEOUT, check=False,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"Importing into {server.root} (the workspace of the running server at" in done.stderr
+    script = ("from agents_widget.tracking import start_experiment\n"
+              "w = start_experiment('tracked-from-a-terminal', project_type='classic',\n"
+              "                     algorithm='DQN', framework='agilerl',\n"
+              "                     environment='CartPole-v1')\n"
+              "print(w.folder)\n")
+    tracked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120, check=False, env=env)
+    assert tracked.returncode == 0, tracked.stderr
+    assert Path(tracked.stdout.strip()) == server.root / "experiments" / "tracked-from-a-terminal"
+    assert "from-a-terminal" in listed(server)
+    assert not (tmp_path / "home" / "agents-workbench").exists()
+
+
 def test_a_wrong_environment_is_refused_at_import(runs: dict[str, Path],
                                                   server: ServerProcess) -> None:
     before = {p.name for p in (server.root / "experiments").glob("*")}

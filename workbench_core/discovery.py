@@ -17,6 +17,8 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from workbench_core.store import ROOT_ENV, default_root
+
 URL_ENV = "AGENTS_WORKBENCH_URL"
 TOKEN_ENV = "AGENTS_WORKBENCH_TOKEN"  # noqa: S105 - a variable name, not a secret
 PREFIX = "agents-workbench-"
@@ -111,3 +113,29 @@ def find(runtime_dir: Path | None = None) -> ServerInfo:
         f"(or `jupyter lab` with the extension enabled), or set {URL_ENV} (and {TOKEN_ENV}) "
         f"to the server's URL and token. Looked in {folder}."
     )
+
+
+def running_server_root(runtime_dir: Path | None = None) -> ServerInfo | None:
+    """The server :func:`find` picks, when it recorded the workspace it serves; else ``None``."""
+    try:
+        info = find(runtime_dir)
+    except ServerNotFound:
+        return None
+    return info if info.root else None
+
+
+def default_workspace(runtime_dir: Path | None = None) -> tuple[Path, str]:
+    """Where a script or ``agents-workbench import`` writes when given no root, and why.
+
+    ``$AGENTS_WORKBENCH_ROOT`` first (a kernel or terminal under ``agents-workbench run`` has
+    it), then the workspace of the running workbench server, then ``~/agents-workbench``.
+    Without the middle step a terminal next to the README's server (which serves
+    ``./workspace``) would write where no server reads.
+    """
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser(), f"${ROOT_ENV}"
+    info = running_server_root(runtime_dir)
+    if info is not None:
+        return Path(info.root), f"the workspace of the running server at {info.url}"
+    return default_root(), "no running workbench server was found; pass --root (or root=) to choose"

@@ -19,7 +19,6 @@ from workbench_core.store import (
     ExperimentWriter,
     ProjectType,
     StoreError,
-    default_root,
 )
 
 __all__ = [
@@ -33,9 +32,13 @@ __all__ = [
 
 
 def workspace_root(root: Path | str | None = None) -> Path:
-    """``root`` if given, else the workbench default (``$AGENTS_WORKBENCH_ROOT`` or
-    ``~/agents-workbench``), with ``~`` expanded."""
-    return Path(root).expanduser() if root is not None else default_root()
+    """``root`` if given (``~`` expanded), else ``$AGENTS_WORKBENCH_ROOT``, else the workspace
+    of the running workbench server, else ``~/agents-workbench``."""
+    if root is not None:
+        return Path(root).expanduser()
+    from workbench_core.discovery import default_workspace  # jupyter_core only when needed
+
+    return default_workspace()[0]
 
 
 def start_experiment(

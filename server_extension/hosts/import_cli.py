@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench_core.discovery import default_workspace
 from workbench_core.store import ROOT_ENV, default_root
 
 
@@ -63,8 +64,9 @@ def add_parser(sub: Any) -> None:
     group.add_argument("--copy", dest="link", action="store_false",
                        help="copy the files into the workspace (default for files under "
                             "512 MiB)")
-    parser.add_argument("--root", default=str(default_root()),
-                        help=f"workspace folder (default: ${ROOT_ENV}, else {default_root()})")
+    parser.add_argument("--root", default=None,
+                        help=f"workspace folder (default: ${ROOT_ENV}, else the workspace of "
+                             f"the running workbench server, else {default_root()})")
     parser.add_argument("--json", action="store_true", help="print the experiment as JSON")
     parser.set_defaults(func=cmd_import)
 
@@ -100,8 +102,12 @@ def cmd_import(args: argparse.Namespace) -> int:
                         base_model=args.base_model, scores=args.scores, link=args.link,
                         options=_options(args.option), evaluate=args.evaluate,
                         scores_tag=args.scores_tag)
-    root = Path(args.root).expanduser()
-    print(f"Importing into {root} (checking the files in a worker process)...", file=sys.stderr)
+    if args.root is not None:
+        root, why = Path(args.root).expanduser(), "--root"
+    else:
+        root, why = default_workspace()
+    print(f"Importing into {root} ({why}); checking the files in a worker process...",
+          file=sys.stderr)
     try:
         experiment = import_experiment(root, args.paths, hints)
     except ImportRefused as exc:
