@@ -24,7 +24,9 @@ _CLASSIC = (
 # Only imports and calls that start no threads: torch's pools do not survive a fork.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "classic": _CLASSIC,
-    "llm": (*_CLASSIC, "transformers", "peft", f"{_RUNTIMES}.llm"),
+    # Not a superset of Classic: an LLM worker loads through transformers (and PEFT for an
+    # adapter) and never imports AgileRL, whose algorithms alone take about 5 s to import here.
+    "llm": ("numpy", "torch", "transformers", "peft", f"{_RUNTIMES}.llm"),
     "onnx": ("numpy", "onnxruntime"),
     # Stable-Baselines3 apart from AgileRL: a Classic AgileRL template need not import it.
     "sb3": ("numpy", "torch", "gymnasium", f"{_RUNTIMES}.sb3:warm"),
