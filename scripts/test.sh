@@ -52,7 +52,7 @@ fi
 # Tests of one module share one worker (its servers start once), all Ray tests share one
 # (tests/conftest.py), and the `serial` ones (benchmark smoke, soak, multi-node Ray) run
 # afterwards on their own, since they measure or load the whole machine.
-WORKERS=${PYTEST_WORKERS:-3}
+WORKERS=${PYTEST_WORKERS:-2}
 if [ "$#" -gt 0 ]; then
   # Arguments (a -k or -m expression, a file): one run over what they select.
   exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup "$@"
