@@ -142,6 +142,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = "ray" if item.get_closest_marker("ray") else module
             item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: 0 if item.get_closest_marker("ray") else 1)
+    if config.getvalue("loadgroup"):
+        _name_groups(items)
+
+
+def _name_groups(items: list[pytest.Item]) -> None:
+    """Append ``@group`` to each node id on an xdist worker, as xdist itself means to.
+
+    xdist 3.8 does it by assigning ``item._nodeid``, which pytest 9 no longer reads (a node's
+    id lives in ``_id``): the groups were then silently ignored, every test was scheduled on
+    its own, and modules set their servers up on both workers at once (two Ray clusters, two
+    hubs). Under pytest 8 ``_id`` does not exist and xdist's own hook does the work.
+    """
+    try:
+        from _pytest.nodeid import coerce_node_id  # pytest 9's structured node ids
+    except ImportError:
+        return
+    for item in items:
+        marker = item.get_closest_marker("xdist_group")
+        if marker is not None and hasattr(item, "_id") and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{marker.args[0]}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
