@@ -142,7 +142,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = "ray" if item.get_closest_marker("ray") else module
             item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: 0 if item.get_closest_marker("ray") else 1)
-    if config.getvalue("loadgroup"):
+    # Set on xdist workers under --dist loadgroup; absent without xdist (-n 0, the serial phase).
+    if config.getoption("loadgroup", default=False):
         _name_groups(items)
 
 
