@@ -115,15 +115,6 @@ def find(runtime_dir: Path | None = None) -> ServerInfo:
     )
 
 
-def running_server_root(runtime_dir: Path | None = None) -> ServerInfo | None:
-    """The server :func:`find` picks, when it recorded the workspace it serves; else ``None``."""
-    try:
-        info = find(runtime_dir)
-    except ServerNotFound:
-        return None
-    return info if info.root else None
-
-
 def default_workspace(runtime_dir: Path | None = None) -> tuple[Path, str]:
     """Where a script or ``agents-workbench import`` writes when given no root, and why.
 
@@ -135,7 +126,10 @@ def default_workspace(runtime_dir: Path | None = None) -> tuple[Path, str]:
     env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env).expanduser(), f"${ROOT_ENV}"
-    info = running_server_root(runtime_dir)
-    if info is not None:
+    try:
+        info = find(runtime_dir)  # the server a kernel here would talk to
+    except ServerNotFound:
+        info = None
+    if info is not None and info.root:
         return Path(info.root), f"the workspace of the running server at {info.url}"
     return default_root(), "no running workbench server was found; pass --root (or root=) to choose"
