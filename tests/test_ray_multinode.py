@@ -167,6 +167,18 @@ def test_ray_resources_place_replicas_on_the_worker_node(server: ServerProcess,
     assert _assert_answer(_act(server, agent))
 
 
+@pytest.fixture
+def node_returns(cluster: Cluster) -> Iterator[None]:
+    """After the test, an ``agents_node`` worker is up again even if the test failed before
+    it started one: the later tests of the module need it and should fail only for their own
+    reasons."""
+    yield
+    if not cluster.worker.alive:
+        cluster.worker = cluster.cluster.add_node(cpus=1, resources=WORKER_RESOURCES,
+                                                  name="agents2")
+
+
+@pytest.mark.usefixtures("node_returns")
 def test_lost_node_fails_the_agent_and_a_returning_node_brings_it_back(
     server: ServerProcess, cluster: Cluster,
 ) -> None:
@@ -246,12 +258,26 @@ def test_restarted_server_replaces_what_a_killed_one_left(
     assert other_app in _apps(app_prefix(workspace))
 
 
+def _client_server_logs(cluster: Cluster) -> str:
+    """The ends of the head's Ray Client server logs."""
+    head = cluster.cluster.nodes[0]
+    parts = []
+    for log in sorted(head.temp_dir.glob("session_latest/logs/ray_client_server*")):
+        parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(parts) or f"no Ray Client server logs under {head.temp_dir}"
+
+
 def test_ray_client_address_serves_an_agent(tmp_path: Path, demo_experiments: Path,
                                             cluster: Cluster) -> None:
     root = copy_workspace(tmp_path / "client-ws", demo_experiments)
     with running_server(root, extra_args=ray_server_args(
             cluster.cluster.client_address)) as client_server:
-        agent = client_server.deploy("via-client", "cartpole-dqn", timeout=RAY_DEPLOY_TIMEOUT)
+        try:
+            agent = client_server.deploy("via-client", "cartpole-dqn",
+                                         timeout=RAY_DEPLOY_TIMEOUT)
+        except AssertionError as exc:
+            # Ray Client's failures point at the head's logs, gone with the module's cluster.
+            raise AssertionError(f"{exc}\n{_client_server_logs(cluster)}") from exc
         assert _assert_answer(_act(client_server, agent))
         assert len(_apps(app_prefix(root))) == 1
         client_server.api("POST", "agents/via-client/disconnect")

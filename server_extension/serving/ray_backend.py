@@ -71,6 +71,11 @@ LOCAL_START_ATTEMPTS = 3
 # replicas serving requests, and they should not lose the CPU to everything else on the
 # machine (the Jupyter server included).
 LOCAL_RAY_CONFIG: dict[str, Any] = {"worker_niceness": 0}
+# How much sooner than the request timeout a health probe gives up waiting on a replica, so
+# that its own error (naming the application) arrives before the deployer's timeout.
+PROBE_MARGIN_S = 2.0
+# Tries at joining a cluster through Ray Client (see RayBackend._join).
+CLIENT_JOIN_ATTEMPTS = 3
 INSTALL_HINT = (
     "The 'ray' backend needs Ray Serve in the Jupyter server's environment: "
     "pip install 'agents-workbench[ray]' (ray[serve]), then restart the server."
@@ -284,14 +289,14 @@ class RayRuntime(Runtime):
         self._pending: set[Any] = set()
         self._lock = threading.Lock()
 
-    def _result(self, response: Any) -> Any:
+    def _result(self, response: Any, timeout: float | None = None) -> Any:
         with self._lock:
             if self._closed:
                 response.cancel()
                 raise RayCallError(f"Ray Serve application {self.app_name} was disconnected.")
             self._pending.add(response)
         try:
-            return response.result(timeout_s=self._timeout)
+            return response.result(timeout_s=self._timeout if timeout is None else timeout)
         except Exception as exc:
             raise _call_error(self.app_name, exc) from exc
         finally:
@@ -357,7 +362,16 @@ class RayRuntime(Runtime):
         would only wait out the timeout, while Serve says why at once.
         """
         self.backend.check_running(self.app_name)
-        pid: int = self._result(self._handle.probe.remote())
+        try:
+            # A little under the request timeout, which the deployer's own wait enforces: the
+            # probe's failure must be Ray's (which application, what Serve says now), not the
+            # deployer's generic "did not answer".
+            pid: int = self._result(self._handle.probe.remote(),
+                                    timeout=max(1.0, self._timeout - PROBE_MARGIN_S))
+        except RayCallTimeout:
+            # Serve may have given the deployment up while the probe waited (a lost node).
+            self.backend.check_running(self.app_name)
+            raise
         return pid
 
     def close(self) -> None:
@@ -523,9 +537,7 @@ class RayBackend:
                     start_local_ray(self.num_cpus or os.cpu_count() or 1,
                                     namespace="agents-workbench")
                 else:
-                    ray.init(address=self.address, include_dashboard=False,
-                             logging_level=logging.WARNING, log_to_driver=False,
-                             namespace="agents-workbench")
+                    self._join(self.address)
             except Exception as exc:  # every failure to reach Ray is the agent's reason
                 where = f"at {self.address}" if self.address else "locally"
                 raise RuntimeLoadError(
@@ -542,6 +554,28 @@ class RayBackend:
         self._connected = True
         if self.address is not None:
             self._sweep_orphans()
+
+    @staticmethod
+    def _join(address: str) -> None:
+        import ray
+
+        # Ray Client's head starts one server process per client; on a busy head that start
+        # fails now and then ("Starting Ray client server failed") and a second one succeeds.
+        attempts = CLIENT_JOIN_ATTEMPTS if address.startswith("ray://") else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=address, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False,
+                         namespace="agents-workbench")
+                return
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt == attempts:
+                    raise
+                log.warning("Joining Ray at %s failed (%s); trying again", address,
+                            _short(exc))
+                time.sleep(1.0)
 
     def _sweep_orphans(self) -> None:
         """Delete this workspace's applications that this server did not create.
