@@ -456,7 +456,7 @@ def test_change_of_an_agent_served_in_the_server_process(
             wait_until(lambda: load.steps_since(0) == {OLD_STEP}, what="answers from step 1")
             asked = change(server, "flip-thread", NEW_STEP)
             after = settled(server, "flip-thread", asked["id"])
-            assert after["checkpoint"]["step"] == NEW_STEP, after  # the failed change says why
+            assert after["checkpoint"]["step"] == NEW_STEP, after["checkpoint_change"]
             switched = time.monotonic() + 1.0
             wait_until(lambda: load.steps_since(switched), what="answers after the change")
             assert load.steps_since(switched) == {NEW_STEP}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,7 @@ def test_organization_scope_shares_sessions(server: ServerProcess, token: str,
 
 
 def test_walk_through_the_sdk(server: ServerProcess, token: str, home: Path) -> None:
+    started = time.time()
     done = run_code(server, home, token, SDK_WALK.replace("@URL@", server.url))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -236,7 +238,13 @@ def test_walk_through_the_sdk(server: ServerProcess, token: str, home: Path) -> 
     assert [r["name"] for r in result["listed"]] == ["cartpole-ppo"]
     assert result["metadata"]["algo"] == "PPO"
     assert result["moved"] is True
-    assert result["completion"]
+    # Sampled text may be blank (the tiny model ends at its first token about once in 40
+    # samples): the check is that a string came back and the server answered the call.
+    assert isinstance(result["completion"], str)
+    log = server.api("GET", "agents/tiny-chat-sft/requests", params={"limit": 20}).json()
+    generated = [r["status"] for r in log["requests"]
+                 if r["route"] == "generate" and r["time"] >= started - 1]
+    assert generated == [200], log
     assert result["session_ids"] == ["sdk-session-1"]
     assert result["messages"] == ["user", "assistant"]
     assert result["deleted"] == [True, False]
