@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,15 +13,25 @@ import requests
 from agilerl.arena.exceptions import ArenaInferenceError
 from agilerl.arena.inference import Agent
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, copy_workspace, running_server
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0.0, "do_sample": False}
 
 
-@pytest.fixture
-def llm(advanced_server: ServerProcess) -> dict[str, Any]:
-    """The tiny chat model (full checkpoint), deployed."""
-    return advanced_server.deploy("chat", "tiny-chat-sft")
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory,
+                  advanced_experiments: Path) -> Iterator[ServerProcess]:
+    """One server for the tests that only call agents (each deploys under its own name);
+    the restart test has a server of its own."""
+    root = copy_workspace(tmp_path_factory.mktemp("advanced-conformance"), advanced_experiments)
+    with running_server(root) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def llm(shared_server: ServerProcess) -> dict[str, Any]:
+    """The tiny chat model (full checkpoint), deployed once for the module."""
+    return shared_server.deploy("chat", "tiny-chat-sft")
 
 
 def test_status_reports_llm(llm: dict[str, Any]) -> None:
@@ -120,20 +132,20 @@ def test_get_action_on_llm_is_400(llm: dict[str, Any]) -> None:
     assert "generate" in resp.json()["error"]
 
 
-def test_lora_adapter_agent(advanced_server: ServerProcess) -> None:
-    experiments = {e["name"]: e for e in advanced_server.api("GET", "experiments").json()
+def test_lora_adapter_agent(shared_server: ServerProcess) -> None:
+    experiments = {e["name"]: e for e in shared_server.api("GET", "experiments").json()
                    ["experiments"]}
     assert experiments["tiny-chat-lora"]["base_model"]
-    lora = advanced_server.deploy("chat-lora", "tiny-chat-lora")
+    lora = shared_server.deploy("chat-lora", "tiny-chat-lora")
     assert lora["base_model"] == experiments["tiny-chat-lora"]["base_model"]
     with Agent(lora["endpoint"], api_key=lora["api_key"]) as agent:
         result = agent.generate("hello", params=GREEDY)
     assert isinstance(result.results[0].completion, str)
 
 
-def test_supervised_predict(advanced_server: ServerProcess) -> None:
-    model = advanced_server.deploy("iris", "iris-classifier")
-    experiments = {e["name"]: e for e in advanced_server.api("GET", "experiments").json()
+def test_supervised_predict(shared_server: ServerProcess) -> None:
+    model = shared_server.deploy("iris", "iris-classifier")
+    experiments = {e["name"]: e for e in shared_server.api("GET", "experiments").json()
                    ["experiments"]}
     assert experiments["iris-classifier"]["tab"] == "advanced"
     with Agent(model["endpoint"], api_key=model["api_key"]) as agent:
