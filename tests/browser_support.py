@@ -28,6 +28,8 @@ DOCS_SHOTS = REPO / "docs" / "screenshots"
 VIEWPORT = {"width": 1300, "height": 900}
 # Hover tooltips and key reveals need time in a page sharing 2 cores with a kernel and a server.
 STEP_MS = 60_000
+# A Connect, from click to Deployed (tests/servers.py allows as long through the API).
+DEPLOY_MS = 180_000
 
 
 def chromium() -> str:
@@ -144,6 +146,20 @@ def broken_images(page: Any) -> int:
 def pill(page: Any, agent: str, status: str) -> Any:
     """The status pill ``status`` in an agent's row."""
     return row(page, agent).locator(f".awb-pill-{status}")
+
+
+def wait_deployed(page: Any, agent: str, api: Api) -> None:
+    """Wait for the row's Deployed pill as long as a Connect may take (a first Connect loads
+    torch and AgileRL in a fresh worker, which a loaded CI machine takes minutes over); on
+    timeout, fail with what the server says of the agent."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        pill(page, agent, "Deployed").wait_for(timeout=DEPLOY_MS)
+    except PlaywrightTimeout:
+        state = api.agent(agent)
+        raise AssertionError(f"{agent} never showed Deployed in the page; the server says "
+                             f"{state['status']}: {state['error']}") from None
 
 
 def open_app(page: Any, url: str) -> None:

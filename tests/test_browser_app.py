@@ -40,6 +40,7 @@ from tests.browser_support import (
     shots,
     shown,
     wait_clipboard,
+    wait_deployed,
 )
 from tests.servers import VoilaApp, copy_workspace, wait_until
 
@@ -236,7 +237,7 @@ def test_create_deploy_copy_key_and_call_the_agent(app: VoilaApp, api: Api, shot
         # Connect: the row turns Deployed by itself; the marker proves the page never reloaded.
         page.evaluate("window.__awbSamePage = true")
         button(page, "Connect", row(page, name)).click()
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         assert page.evaluate("window.__awbSamePage === true")
         shown(chevron)
         assert_not_blank(page, "Connect")
@@ -373,7 +374,7 @@ def test_failed_agent_shows_its_reason_and_retry_reconnects(app: VoilaApp, api: 
 
         checkpoint.write_bytes(good)  # the user fixes the file, then retries
         button(page, "Retry", row(page, name)).click()
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         gone(agent_block(page, name).locator(".awb-reason"))
         shots.take(page, "retried")
         button(page, "Disconnect", row(page, name)).click()
@@ -395,7 +396,7 @@ def test_episode_playground_plays_an_animation(app: VoilaApp, api: Api, shots: S
 
     def steps(page: Any) -> None:
         open_app(page, page_url(app))
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
         page.get_by_text("Run an episode").click()
         run = button(page, "Run episode")

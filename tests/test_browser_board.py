@@ -21,10 +21,10 @@ from tests.browser_support import (
     details_part,
     in_browser,
     open_app,
-    pill,
     row,
     shots,
     shown,
+    wait_deployed,
 )
 from tests.servers import VoilaApp, copy_workspace
 
@@ -90,7 +90,7 @@ def test_a_game_against_the_deployed_agent_is_played_to_the_end(app: VoilaApp,
 
     def steps(page: Any) -> None:
         open_app(page, f"{app.url}?token={app.token}")
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
         page.get_by_text("Play against it").click()
         page.locator(".awb-board").wait_for()

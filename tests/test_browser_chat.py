@@ -23,9 +23,9 @@ from tests.browser_support import (
     details_part,
     in_browser,
     open_app,
-    pill,
     row,
     shots,
+    wait_deployed,
 )
 from tests.servers import VoilaApp, copy_workspace
 
@@ -80,7 +80,7 @@ def test_chat_playground_streams_the_reply_into_the_page(app: VoilaApp, shots: S
     def steps(page: Any) -> None:
         open_app(page, f"{app.url}?token={app.token}")
         page.get_by_role("tab", name="Advanced Training").click()
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         at_widths(page, "Voila, Advanced Training")  # the Base Model cell, the headers
         shots.take(page, "advanced-tab", docs="advanced-tab")
         row(page, name).locator("button:has(i.fa-chevron-down)").click()

@@ -20,10 +20,10 @@ from tests.browser_support import (
     details_part,
     in_browser,
     open_app,
-    pill,
     row,
     shots,
     shown,
+    wait_deployed,
 )
 from tests.servers import VoilaApp, copy_workspace
 
@@ -53,7 +53,7 @@ def test_evaluate_shows_the_served_scores_beside_the_recorded_one(app: VoilaApp,
 
     def steps(page: Any) -> None:
         open_app(page, f"{app.url}?token={app.token}")
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
         page.get_by_text("Evaluate", exact=True).filter(visible=True).first.click()
         details = page.locator(".awb-details")

@@ -30,6 +30,7 @@ from tests.browser_support import (
     row,
     shots,
     wait_clipboard,
+    wait_deployed,
 )
 from tests.servers import REPO, ServerProcess, start_server, wait_until
 
@@ -113,7 +114,7 @@ def test_lab_panel_fits_connects_in_place_and_stays_in_view_after_create(
         # The panel element is marked; after Connect the same element shows Deployed.
         page.evaluate("document.querySelector('.awb-panel').__awbMark = true")
         button(page, "Connect", row(page, name)).click()
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         assert page.evaluate("document.querySelector('.awb-panel').__awbMark === true")
         agent = api.agent(name)
         assert agent["status"] == "Deployed"
@@ -189,7 +190,7 @@ def test_notebook7_from_tree_runs_the_panel_as_lab_does(server: ServerProcess,
         page.get_by_role("tab", name="Classic RL").click()
 
         button(page, "Connect", row(page, name)).click()
-        pill(page, name, "Deployed").wait_for()
+        wait_deployed(page, name, api)
         assert_not_blank(page, "Connect in Notebook 7")
         key = api.agent(name)["api_key"]
         row(page, name).locator("button:has(i.fa-chevron-down)").click()
