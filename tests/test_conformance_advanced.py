@@ -164,3 +164,17 @@ def test_supervised_predict(shared_server: ServerProcess) -> None:
                          headers={"Authorization": f"Bearer {model['api_key']}"})
     assert resp.status_code == 400
     assert "predict" in resp.json()["error"]
+
+
+def test_a_session_longer_than_the_context_goes_on(llm: dict[str, Any]) -> None:
+    """The tiny model reads 128 tokens: after a few turns its oldest turns are left out of
+    the model's input, and every turn is still answered and kept in the session."""
+    prompt = "tell me about the capital of france and the capital of italy please"
+    params = {"max_new_tokens": 40, "temperature": 0.0, "do_sample": False}
+    with Agent(llm["endpoint"], api_key=llm["api_key"]) as agent:
+        for _ in range(6):
+            agent.generate(prompt, params=params, session_id="long-talk")
+        kept = agent.get_session("long-talk").messages
+    # Six turns of this prompt are past 128 tokens from the third turn on (without the
+    # trimming, that turn was a 400 saying the prompt was 167 tokens long).
+    assert [m.role for m in kept] == ["user", "assistant"] * 6

@@ -245,7 +245,8 @@ def test_walk_through_the_sdk(server: ServerProcess, token: str, home: Path) -> 
     generated = [r["status"] for r in log["requests"]
                  if r["route"] == "generate" and r["time"] >= started - 1]
     assert generated == [200], log
-    assert result["session_ids"] == ["sdk-session-1"]
+    # Other tests of the module may have left sessions of theirs on this agent.
+    assert "sdk-session-1" in result["session_ids"]
     assert result["messages"] == ["user", "assistant"]
     assert result["deleted"] == [True, False]
     assert result["user"]["last_name"] == "(token alice)"

@@ -140,9 +140,34 @@ def relay(runtime: Runtime, route: str, raw: bytes, limits: Limits) -> tuple[int
 # -- LLM operations, reached by name through Deployer.invoke / Deployer.stream -------------
 
 def model_input(runtime: Runtime, turns: list[dict[str, str]]) -> str:
-    """The text the model sees for a conversation (its chat template, else the last turn)."""
+    """The text the model sees for a conversation (its chat template, else the last turn).
+
+    A session outgrows a small context after a few turns. Its oldest turns are then left out
+    of the model's input (the session keeps them all), so that the conversation goes on,
+    the way chat front ends do. The newest turn is never left out: one too long alone gets
+    the usual 400.
+    """
     formatter = getattr(runtime, "format_chat", None)
-    return str(formatter(turns)) if formatter else turns[-1]["content"]
+    if not formatter:
+        return turns[-1]["content"]
+    text = str(formatter(turns))
+    context = getattr(runtime, "max_context", None)
+    counter = getattr(runtime, "count_tokens", None)
+    if not isinstance(context, int) or counter is None or len(turns) < 2:
+        return text
+    # Room for a reply of a useful length: a prompt that leaves less is trimmed down to half
+    # the context, which leaves the reply the other half.
+    if int(counter(text)) <= context - max(1, context // 4):
+        return text
+    kept = list(turns)
+    while len(kept) > 1:
+        kept = kept[1:]
+        while len(kept) > 1 and kept[0].get("role") != "user":
+            kept = kept[1:]  # a conversation the model sees starts with a user turn
+        text = str(formatter(kept))
+        if int(counter(text)) <= context // 2:
+            break
+    return text
 
 
 def count_text_tokens(runtime: Runtime, text: str) -> int:
