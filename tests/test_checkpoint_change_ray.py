@@ -35,6 +35,8 @@ def ray_served(flip_root: Path, ray_cluster: str) -> Iterator[ServerProcess]:
 
 def test_ray_agent_changes_and_rolls_back_under_load(
         ray_served: ServerProcess, expected: dict[int, list[int]]) -> None:
+    # About 100 s in CI, by design: a change and a rollback each start new Serve replicas
+    # while two clients keep calling, and every answer is checked.
     agent = ray_served.deploy("flip-ray", FLIP, OLD_STEP, options={"backend": "ray"},
                               timeout=RAY_DEPLOY_TIMEOUT)
     with Load(agent, expected, clients=2) as load:

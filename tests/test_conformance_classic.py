@@ -41,6 +41,8 @@ def classic_server(tmp_path_factory: pytest.TempPathFactory, classic_experiments
 def classic_agents(classic_server: ServerProcess,
                    deploy_timeout: float) -> dict[str, dict[str, Any]]:
     """Every classic demo experiment deployed once on this module's server."""
+    # 25 s locally, about 2 min on Ray in CI (each family's first Serve replica imports its
+    # framework): paid once per backend, by the first test that asks for it.
     # Imported here: a plugin module imported before pytest registers it escapes rewriting.
     from tests.classic_fixtures import CLASSIC_AGENTS
 
@@ -234,6 +236,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 def test_example_notebooks_run_against_the_server(classic_server: ServerProcess) -> None:
     """Both classic notebooks, top to bottom under nbval, with this server as theirs."""
+    # 50-130 s in CI, the most on Ray: two kernels run every cell of two notebooks, each
+    # cell a real call; splitting the notebooks would only start the kernels twice.
     env = {**os.environ, "AGENTS_WORKBENCH_URL": classic_server.url,
            "AGENTS_WORKBENCH_TOKEN": classic_server.token,
            "AGENTS_WORKBENCH_ROOT": str(classic_server.root)}

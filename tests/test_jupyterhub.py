@@ -361,6 +361,7 @@ def test_07_culling_with_and_without_traffic(hub: Hub) -> None:
     """Calls to alice's agent keep her server up past the cull timeout; once they stop it
     is culled (her agents do not keep it alive); bob's idle Deployed agent keeps his up
     (deployed_keeps_alive). Then alice's endpoints answer JSON 503, not the hub's HTML."""
+    # About 70 s: it must outlast the hub's cull timeout twice (traffic, then none).
     alice = hub.deployed("alice", "cartpole")
     hub.deployed("bob", "bobs")
     headers = {"Authorization": f"Bearer {alice['api_key']}"}

@@ -331,6 +331,8 @@ def test_ray_not_installed_fails_the_agent_with_the_install_hint(
 def test_local_ray_is_started_for_the_server_and_stops_with_it(
     tmp_path: Path, demo_experiments: Path
 ) -> None:
+    # About 60 s: what it tests is a whole local Ray started by the server and stopped
+    # with it, which no module cluster can stand in for.
     root = copy_workspace(tmp_path / "ws", demo_experiments)
     server = ServerProcess(root, extra_args=[
         "--AgentsWorkbenchApp.backend=ray", "--AgentsWorkbenchApp.ray_num_cpus=1",

@@ -158,6 +158,8 @@ def test_hostile_checkpoint_fails_its_agent_only(server: ServerProcess,
 
 def test_a_crashed_load_is_not_retried_at_server_start(
         tmp_path: Path, demo_experiments: Path) -> None:
+    # About 60 s in CI: two servers, one after the other, since what it tests is what a
+    # restarted server does with a load that crashed before.
     root = copy_workspace(tmp_path / "ws", demo_experiments)
     _hostile_experiment(root, "exits", HOSTILE["exits"])
     srv = ServerProcess(root, extra_args=ARGS).start()
