@@ -100,11 +100,17 @@ def in_browser(origin: str, steps: Callable[[Any], None], shots: Shots | None = 
                                           origin=origin.rstrip("/"))
                 context.set_default_timeout(STEP_MS)
                 page = context.new_page()
+                console: list[str] = []
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 try:
                     steps(page)
                 except BaseException:
                     if shots is not None:
                         shots.take(page, "failed")
+                        # What the page's scripts said (widget and comm errors show here,
+                        # nowhere else).
+                        (shots.folder / "console.txt").write_text("\n".join(console) + "\n")
                     raise
             finally:
                 browser.close()

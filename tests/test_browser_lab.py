@@ -63,6 +63,13 @@ def server(tmp_path_factory: pytest.TempPathFactory,
         made.stop()
 
 
+def shut_down_sessions(server: ServerProcess) -> None:
+    """Shut down every notebook session (and its kernel) the server has."""
+    for session in server.session.get(server.url + "api/sessions", timeout=10).json():
+        gone = server.session.delete(f"{server.url}api/sessions/{session['id']}", timeout=30)
+        assert gone.status_code == 204, gone.text
+
+
 def run_notebook(page: Any, url: str) -> None:
     """Open the notebook at ``url``, run its cells and wait for the panel's first read."""
     page.goto(url)
@@ -173,6 +180,11 @@ def test_notebook7_from_tree_runs_the_panel_as_lab_does(server: ServerProcess,
     api = Api(server.url, server.token)
     name = "nb7-agent"
     api.create(name, "cartpole-dqn")
+    # A user coming from the file list gets a new kernel. Without this the notebook attached
+    # to the kernel the JupyterLab test left running, which holds that test's panel; in 3 of
+    # 5 clean-clone CI runs the Connect clicks of the panel run again there never reached the
+    # server (see the #26 note: open, not reproduced outside CI).
+    shut_down_sessions(server)
 
     def steps(page: Any) -> None:
         # Where many users start: the file list at /tree, which offers the notebook.
@@ -199,6 +211,9 @@ def test_notebook7_from_tree_runs_the_panel_as_lab_does(server: ServerProcess,
                        what=f"{name}'s Connect to reach the server")
         except AssertionError:
             shots.take(page, "nb7-connect-lost")
+            kernels = server.session.get(server.url + "api/kernels", timeout=10).json()
+            print("Connect lost; kernels:", kernels, "Connect buttons for the row:",
+                  button(page, "Connect", row(page, name)).count())
             button(page, "Connect", row(page, name)).click()
         wait_deployed(page, name, api)
         assert_not_blank(page, "Connect in Notebook 7")
