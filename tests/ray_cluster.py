@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,20 +30,13 @@ from typing import Any
 import psutil
 
 from tests.ray_support import leave_ray, raised_priority
+from tests.servers import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # A raylet whose dashboard agent takes more than about 15 s to come up aborts its start
 # (Ray 2.60); on a busy 2-core machine that happens, so a node start is tried a few times.
 START_ATTEMPTS = 6
 NODE_START_TIMEOUT = 150.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def node_env() -> dict[str, str]:

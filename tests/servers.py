@@ -38,11 +38,24 @@ DEPLOY_TIMEOUT = 180.0
 WARM_TEMPLATES = "--AgentsWorkbenchApp.warm_templates=True"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, and not one this process handed out before.
+
+    Linux often gives the port just released to the next ``bind(("", 0))``, so two calls in
+    a row could return the same port: the JupyterHub test once got one port for two hub
+    services, and the second could never start.
+    """
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port found that was not handed out already")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:

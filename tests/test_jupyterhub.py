@@ -343,17 +343,26 @@ def test_05_the_panel_through_the_hub_shows_proxy_urls_only(hub: Hub, shots: Any
 def test_06_the_voila_app_is_a_hub_service(hub: Hub) -> None:
     token = hub.app_token  # type: ignore[attr-defined]
     url = f"{hub.url}services/agents-app/agents/api/agents"
-    resp = wait_until(lambda: _get_ok(url, token), timeout=120, what="the app service")
+    last: list[str] = []
+    try:
+        resp = wait_until(lambda: _get_ok(url, token, last), timeout=120,
+                          what="the app service")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its last answer: {last[-1:]}") from None
     assert resp.json() == {"agents": []}
     refused = requests.get(url, timeout=30, allow_redirects=False)
     assert refused.status_code in (302, 401, 403)
 
 
-def _get_ok(url: str, token: str) -> requests.Response | None:
+def _get_ok(url: str, token: str, answers: list[str] | None = None) -> requests.Response | None:
     try:
         resp = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=10)
-    except requests.RequestException:
+    except requests.RequestException as exc:
+        if answers is not None:
+            answers.append(repr(exc))
         return None
+    if answers is not None:
+        answers.append(f"{resp.status_code} {resp.text[:300]}")
     return resp if resp.status_code == 200 else None
 
 
