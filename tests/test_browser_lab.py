@@ -202,10 +202,9 @@ def test_notebook7_from_tree_runs_the_panel_as_lab_does(server: ServerProcess,
         page.get_by_role("tab", name="Classic RL").click()
 
         button(page, "Connect", row(page, name)).click()
-        # In 2 of 4 clean-clone CI runs the server never saw this click: the agent stayed
-        # Undeployed for 180 s (the cause is open, see the #26 note). One more click, only
+        # Should a click be lost again (see the fresh kernel above), one more click, only
         # when the first did not reach the server, so that the rest of the test runs; a lost
-        # second click still fails below.
+        # second click still fails below, and the kernels' states are printed.
         try:
             wait_until(lambda: api.agent(name)["status"] != "Undeployed", timeout=20,
                        what=f"{name}'s Connect to reach the server")

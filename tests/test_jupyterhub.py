@@ -354,15 +354,14 @@ def test_06_the_voila_app_is_a_hub_service(hub: Hub) -> None:
     assert refused.status_code in (302, 401, 403)
 
 
-def _get_ok(url: str, token: str, answers: list[str] | None = None) -> requests.Response | None:
+def _get_ok(url: str, token: str, answers: list[str]) -> requests.Response | None:
+    """The answer to a GET when it is 200, else None; every answer is appended to ``answers``."""
     try:
         resp = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=10)
     except requests.RequestException as exc:
-        if answers is not None:
-            answers.append(repr(exc))
+        answers.append(repr(exc))
         return None
-    if answers is not None:
-        answers.append(f"{resp.status_code} {resp.text[:300]}")
+    answers.append(f"{resp.status_code} {resp.text[:300]}")
     return resp if resp.status_code == 200 else None
 
 
