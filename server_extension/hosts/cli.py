@@ -195,21 +195,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     # stops Lab with SIGTERM. Sent to Lab's group as well, it would also reach the worker
     # templates Lab starts, which print a KeyboardInterrupt traceback mid-import. Lab never
     # reads the terminal (it is not asked to confirm), so stdin is closed to it.
-    lab = subprocess.Popen(command, env=env, process_group=0, stdin=subprocess.DEVNULL)
     stopping: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: Any) -> None:
         # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it stops its workers and
         # releases the serving lease); this process waits for it, then stops the demo trainers.
         # A second Ctrl-C stops it at once; a closed terminal (SIGHUP) stops it too.
-        if stopping and signum == signal.SIGINT:
-            lab.kill()
+        if stopping and signum == signal.SIGINT and started:
+            started[0].kill()
         stopping.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            lab.send_signal(signal.SIGTERM)
+        if started:
+            with contextlib.suppress(ProcessLookupError):
+                started[0].send_signal(signal.SIGTERM)
 
+    # The handlers are in place before Lab starts: a signal arriving between the start and
+    # the handlers would stop this process and leave Lab running (ci18 saw such a Lab
+    # outlive its run). Blocking the signals instead would block them in Lab as well.
     previous = {sig: signal.signal(sig, forward)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        lab = subprocess.Popen(command, env=env, process_group=0, stdin=subprocess.DEVNULL)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
+    started.append(lab)
+    if stopping:  # a signal came while Lab was starting
+        lab.send_signal(signal.SIGTERM)
     try:
         code = lab.wait()
     finally:
