@@ -23,14 +23,14 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.supervisor import WorkerDied
 from workbench_core import evaluation_marks as marks
 from workbench_core.store import ExperimentStore, ExperimentWriter, StoreError
 
@@ -44,6 +44,7 @@ STEP_TIMEOUT_S = 600.0
 MEMORY_MB = 4096.0
 SCAN_INTERVAL_S = 10.0
 LOCK = ".evaluation.lock"
+WORKER_ENTRY = "server_extension.serving.importing.evaluation_worker:main"
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -61,20 +62,11 @@ def describe(episodes: int, seed: int) -> str:
             "moves, each seed once per side)")
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            process.kill()
-        process.wait()
-
-
 class _Run:
     """One worker over some steps: start it, read its lines as they come."""
 
     def __init__(self, folder: Path, body: dict[str, Any], steps: list[int],
-                 memory_mb: float, nice: int = 0) -> None:
+                 memory_mb: float, *, nice: int = 0, framework: str = "agilerl") -> None:
         work = folder / ".evaluation"
         work.mkdir(exist_ok=True)
         self.request = work / "request.json"
@@ -84,12 +76,10 @@ class _Run:
             "folder": str(folder), "steps": steps, "episodes": body["episodes"],
             "seed": body["seed"], "memory_mb": memory_mb, "nice": nice}), "utf-8")
         self._offset = 0
-        with (work / "worker.log").open("ab") as worker_log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "server_extension.serving.importing.evaluation_worker",
-                 str(self.request), str(self.out)],
-                stdin=subprocess.DEVNULL, stdout=worker_log, stderr=worker_log,
-                start_new_session=True)
+        # Forked from the framework's warm template, as an agent's worker is.
+        self.process = ForkedRun(framework, WORKER_ENTRY,
+                                 ["evaluation-worker", str(self.request), str(self.out)],
+                                 work / "worker.log", name="evaluation")
 
     def lines(self) -> list[dict[str, Any]]:
         """Complete lines written since the last call."""
@@ -141,7 +131,7 @@ def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
         while todo := marks.remaining(body):
             if stop is not None and stop.is_set():
                 return body  # resumed by the next server
-            _work(folder, body, todo, writer, memory_mb=memory_mb, nice=nice,
+            _work(folder, body, todo, writer, info.framework, memory_mb=memory_mb, nice=nice,
                   step_timeout_s=step_timeout_s, stop=stop, progress=progress)
         body["state"] = "done"
         marks.save(folder, body)
@@ -150,10 +140,27 @@ def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
         return body
 
 
-def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: ExperimentWriter, *,
-          memory_mb: float, nice: int, step_timeout_s: float, stop: threading.Event | None,
-          progress: Progress | None) -> None:
-    run = _Run(folder, body, todo, memory_mb, nice)
+def _start(folder: Path, body: dict[str, Any], todo: list[int], framework: str, *,
+           memory_mb: float, nice: int, progress: Progress | None) -> _Run | None:
+    try:
+        return _Run(folder, body, todo, memory_mb, nice=nice, framework=framework)
+    except WorkerDied as exc:
+        # No worker at all (its template cannot start): say so on every step, not retry.
+        for step in todo:
+            body["failed"][str(step)] = f"the evaluation worker did not start: {exc}"
+        marks.save(folder, body)
+        if progress is not None:
+            progress(body)
+        return None
+
+
+def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: ExperimentWriter,
+          framework: str, *, memory_mb: float, nice: int, step_timeout_s: float,
+          stop: threading.Event | None, progress: Progress | None) -> None:
+    run = _start(folder, body, todo, framework, memory_mb=memory_mb, nice=nice,
+                 progress=progress)
+    if run is None:
+        return
     current: int | None = None
     last = time.monotonic()
     try:
@@ -167,7 +174,7 @@ def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: Experimen
             if stop is not None and stop.is_set():
                 return
             if time.monotonic() - last > step_timeout_s:
-                _kill(run.process)
+                run.process.kill()
                 if current is not None:
                     body["failed"][str(current)] = (f"evaluation took longer than "
                                                     f"{step_timeout_s:.0f} s; stopped")
@@ -187,7 +194,7 @@ def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: Experimen
         if progress is not None:
             progress(body)
     finally:
-        _kill(run.process)
+        run.process.kill()
 
 
 def _settle(folder: Path, body: dict[str, Any], line: dict[str, Any], writer: ExperimentWriter,

@@ -20,8 +20,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,6 +30,8 @@ from server_extension.serving.importing import evaluation
 from server_extension.serving.importing.scores import ScoresError, read_scores
 from server_extension.serving.runtimes import frameworks
 from server_extension.serving.runtimes.detection import Detected, ImportHints
+from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.supervisor import WorkerDied
 from workbench_core.store import (
     METRIC_FIELDS,
     ExperimentStore,
@@ -45,6 +45,8 @@ WORKER_TIMEOUT_S = 300.0
 WORKER_MEMORY_MB = 4096.0
 MAX_PATHS = 10_000
 STAGING = ".imports"
+# What the check runs, in a fork of the framework's warm template (``worker/oneshot.py``).
+WORKER_ENTRY = "server_extension.serving.importing.worker:main"
 
 
 class ImportRefused(ValueError):
@@ -147,31 +149,32 @@ def default_name(paths: list[Path], detected: Detected) -> str:
 
 def run_worker(request: dict[str, Any], *, timeout_s: float, memory_mb: float,
                log_dir: Path) -> dict[str, Any]:
-    """Run the import worker on ``request``; its result, or :class:`ImportRefused` saying
-    how it ended (exit, signal, deadline)."""
+    """Run the import worker on ``request``, forked from its framework's template; its
+    result, or :class:`ImportRefused` saying how it ended (exit, signal, deadline)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=log_dir, prefix="import-") as tmp:
         request_path = Path(tmp) / "request.json"
         result_path = Path(tmp) / "result.json"
         request_path.write_text(json.dumps({**request, "memory_mb": memory_mb}), "utf-8")
         log_path = log_dir / "import-worker.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "server_extension.serving.importing.worker",
-                 str(request_path), str(result_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
-            try:
-                code = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill(process)
+        framework = str(request["detected"]["framework"])
+        try:
+            run = ForkedRun(framework, WORKER_ENTRY,
+                            ["import-worker", str(request_path), str(result_path)], log_path,
+                            name="import check")
+        except WorkerDied as exc:
+            raise ImportRefused("path", f"the worker that loads the checkpoint did not start "
+                                f"({exc}); nothing was imported. (Log: {log_path})") from exc
+        try:
+            code = run.wait(timeout_s)
+            if code is None:
                 raise ImportRefused("path", f"loading the checkpoint did not finish within "
                                     f"{timeout_s:.0f} s (it hangs, or runs code that does); "
-                                    "nothing was imported.") from None
-            finally:
-                _kill(process)
+                                    "nothing was imported.")
+        finally:
+            run.kill()
         if not result_path.exists():
-            how = (f"was killed by signal {signal.Signals(-code).name}" if code < 0
+            how = (f"was killed by {_signal_name(-code)}" if code < 0
                    else f"exited with status {code}")
             memory = (" (past the import's memory limit?)" if code in (-9, -6) else "")
             raise ImportRefused("path", f"the worker loading the checkpoint {how}{memory} "
@@ -181,13 +184,11 @@ def run_worker(request: dict[str, Any], *, timeout_s: float, memory_mb: float,
         return result
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            process.kill()
-        process.wait()
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {signal.Signals(number).name}"
+    except ValueError:
+        return f"signal {number}"
 
 
 def _size_mb(paths: list[Path]) -> float:

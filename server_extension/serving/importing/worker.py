@@ -1,10 +1,12 @@
 """The import's worker process: load the user's files, describe them, probe them.
 
-Run as ``python -m server_extension.serving.importing.worker REQUEST.json RESULT.json`` by
-:mod:`server_extension.serving.importing.orchestrator`, never inside the server: a checkpoint
-is a pickle, and loading one runs whatever code it holds. The process caps its own memory
-(``RLIMIT_DATA``) before loading anything; the orchestrator kills it past its deadline. The
-result is a JSON file (stdout is the loaded code's to print on).
+Run by :mod:`server_extension.serving.importing.orchestrator` as ``main([_, REQUEST.json,
+RESULT.json])`` in a process forked from the framework's warm template (``worker/oneshot.py``),
+or as ``python -m server_extension.serving.importing.worker REQUEST.json RESULT.json``;
+never inside the server: a checkpoint is a pickle, and loading one runs whatever code it
+holds. The process caps its own memory (``RLIMIT_DATA``) before loading anything; the
+orchestrator kills it and its session past its deadline. The result is a JSON file (stdout is
+the loaded code's to print on).
 """
 
 from __future__ import annotations
@@ -147,9 +149,11 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(request_path).read_text("utf-8"))
     _limit_memory(float(request.get("memory_mb") or 0))
     try:
-        import torch
-
-        torch.set_num_threads(1)
+        # One thread: the check is one small forward pass, and the server's cores are busy.
+        # Only when the template imported torch (an ONNX model's check does not need it).
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(1)
         result = validate(request)
     except Refusal as exc:
         result = {"ok": False, "field": exc.field, "message": str(exc)}

@@ -334,3 +334,25 @@ def main(sock: socket.socket, log_path: str, settings: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
     _limit_memory(float(settings.get("memory_mb") or 0))
     Worker(sock, settings).serve()
+
+
+def run_once(sock: socket.socket, template_pid: int, log_path: str, entry: str,
+             argv: list[str]) -> None:
+    """Entry point of a one-shot worker (``oneshot.py``): an import's check or an
+    evaluation, forked warm from a template. Calls ``entry`` (``"module:function"``, a
+    ``main(argv)``) in a session of its own, its output in ``log_path``, and exits with what
+    it returns."""
+    _own_the_tree(sock, template_pid)
+    sock.close()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    faulthandler.enable()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
+    module, _, function = entry.partition(":")
+    code = getattr(importlib.import_module(module), function)(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not multiprocessing's own exit: it would wait for threads the checkpoint left running.
+    os._exit(int(code or 0))

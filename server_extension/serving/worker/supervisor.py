@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import io
 import itertools
@@ -37,6 +38,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -188,6 +190,8 @@ def _template(family: str) -> Template:
         if template is None:
             if not _READY_DIR:
                 _READY_DIR.append(Path(tempfile.mkdtemp(prefix="agents-workbench-templates-")))
+                # Every process that forks workers (a server, the CLI's import) has one.
+                atexit.register(shutil.rmtree, _READY_DIR[0], ignore_errors=True)
             template = _TEMPLATES[family] = Template(family, _READY_DIR[0] / family)
         return template
 
@@ -266,6 +270,44 @@ class _WorkerProcess(multiprocessing.context.ForkServerProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
         return _TemplatePopen(process_obj)
+
+
+def fork_from(template: Template, proc: multiprocessing.process.BaseProcess,
+              parent: socket.socket, sock: socket.socket, *,
+              describe: Callable[[], str]) -> int:
+    """Start ``proc`` (a :class:`_WorkerProcess` whose target is :func:`child.main` or
+    :func:`child.run_once`) as a fork of ``template``; the pidfd it sent itself.
+
+    ``describe`` says why the process is gone when it died before introducing itself.
+    """
+    _LAUNCH.server = template.server
+    try:
+        proc.start()
+    finally:
+        del _LAUNCH.server
+    # multiprocessing polls every child it knows at each start() (from whatever thread
+    # calls it) and joins them at exit. This one is polled by its owner only, and the
+    # server must not wait for workers when it exits.
+    multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
+    sock.close()
+    # The worker's first words: its pid and a pidfd it opened on itself, before any
+    # checkpoint code ran there.
+    parent.settimeout(HELLO_TIMEOUT)
+    try:
+        message, fds, _, _ = socket.recv_fds(parent, 256, 1)
+    except OSError as exc:
+        raise WorkerDied(f"the worker did not start ({exc})") from exc
+    finally:
+        parent.settimeout(None)
+    try:
+        hello = json.loads(message) if message else {}
+    except ValueError:
+        hello = {}
+    if len(fds) != 1 or hello.get("hello") != proc.pid:
+        for fd in fds:
+            tree.close_quietly(fd)
+        raise WorkerDied(describe() if not message else "the worker did not introduce itself")
+    return int(fds[0])
 
 
 def rss_bytes(pid: int) -> int:
@@ -403,35 +445,8 @@ class WorkerProcess:
             target=child.main,
             args=(sock, str(self.log_path), {**self.settings, "template_pid": template.pid}),
             name=f"{WORKER_NAME} {self.name}", daemon=False)
-        _LAUNCH.server = template.server
-        try:
-            self.proc.start()
-        finally:
-            del _LAUNCH.server
-        # multiprocessing polls every child it knows at each start() (from whatever thread
-        # calls it) and joins them at exit. This one is polled by its own reaper only, and
-        # the server must not wait for workers when it exits.
-        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
-        sock.close()
-        # The worker's first words: its pid and a pidfd it opened on itself, before any
-        # checkpoint code ran there.
-        parent.settimeout(HELLO_TIMEOUT)
-        try:
-            message, fds, _, _ = socket.recv_fds(parent, 256, 1)
-        except OSError as exc:
-            raise WorkerDied(f"the worker did not start ({exc})") from exc
-        finally:
-            parent.settimeout(None)
-        try:
-            hello = json.loads(message) if message else {}
-        except ValueError:
-            hello = {}
-        if len(fds) != 1 or hello.get("hello") != self.proc.pid:
-            for fd in fds:
-                tree.close_quietly(fd)
-            raise WorkerDied(self._describe_exit(self.proc.exitcode)
-                             if not message else "the worker did not introduce itself")
-        self._pidfd = fds[0]
+        self._pidfd = fork_from(template, self.proc, parent, sock,
+                                describe=lambda: self._describe_exit(self.proc.exitcode))
 
     # -- calls ----------------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""One-shot workers (``server_extension/serving/worker/oneshot.py``): an import's check and
+an evaluation run once in a process forked from the family's warm template, as an agent's
+worker is, and stop as a whole session.
+
+Real forks of a real template (the numpy family's: it imports in well under a second).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.supervisor import template_for
+from tests.servers import wait_until
+
+FRAMEWORK = "numpy"  # the lightest family; every family's template forks the same way
+
+
+def _gone(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return raw[raw.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+
+def test_a_run_forks_from_the_template_in_its_own_session(tmp_path: Path) -> None:
+    facts, log = tmp_path / "facts.txt", tmp_path / "run.log"
+    run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:report", ["x", str(facts), "7"], log)
+    assert run.wait(60) == 7
+    parent, session, pid = (int(v) for v in facts.read_text().split())
+    template = template_for(FRAMEWORK)
+    assert template is not None
+    assert parent == template.pid  # a fork of the template, not a new interpreter
+    assert session == pid == run.pid != os.getsid(0)  # it leads a session of its own
+    assert "one-shot says hello" in log.read_text()  # its output goes to its log
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    # Both are safe once it has ended, and keep saying how it ended.
+    assert run.poll() == 7
+    assert run.kill() == 7
+
+
+def test_what_a_run_starts_dies_with_it(tmp_path: Path) -> None:
+    child = tmp_path / "child.pid"
+    run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:leave_a_child", ["x", str(child)],
+                    tmp_path / "run.log")
+    assert run.wait(60) == 0
+    orphan = int(child.read_text())
+    assert wait_until(lambda: _gone(orphan), timeout=10), "the run's child outlived it"
+
+
+def test_a_hanging_run_is_killed_with_its_session(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:hang", ["x"], log)
+    assert run.wait(0.5) is None
+    assert run.poll() is None
+    assert run.kill() == -signal.SIGKILL
+    assert _gone(run.pid)
+    assert "hanging" in log.read_text()
+
+
+def test_a_run_whose_entry_raises_exits_non_zero_with_the_traceback_in_its_log(
+        tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:no_such_function", ["x"], log)
+    assert run.wait(60) == 1
+    assert "no_such_function" in log.read_text()
