@@ -8,6 +8,7 @@
 # .venv/setup.log and its tail is printed when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/python_env.sh
 PY=${PYTHON:-python3}
 LOG=.venv/setup.log
 PROGRESS_EVERY=${PROGRESS_EVERY:-25}
@@ -147,21 +148,6 @@ fi
 $INSTALL "1/2 torch 2.13.0 (CPU build, the largest download)" torch==2.13.0
 $INSTALL "2/2 agents-workbench and its test extras (Jupyter, AgileRL, Ray, Playwright...)" \
   -e ".[test]"
-# Bytecode for every installed module, once per install. uv writes none by default, and a
-# machine that sets PYTHONDONTWRITEBYTECODE (this one does) never writes any either, so every
-# interpreter compiled torch, transformers, Ray and AgileRL from source again: importing
-# AgileRL took 14.7 CPU-s instead of 6.5, paid by each agent template, import check, Ray
-# replica and test server. It made the clean-clone suite take 30 min instead of 18.
-SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-if [ ! -f .venv/.bytecode ] || [ -n "$(find "$SITE" -maxdepth 1 -newer .venv/.bytecode -print -quit)" ]; then
-  started=$SECONDS
-  say "bytecode: compiling the installed packages (once per install)"
-  # Some packages ship templates named .py that are not Python; compileall reports them and
-  # exits 1, which is not a failure of the install.
-  .venv/bin/python -m compileall -q -j 0 "$SITE" >>"$LOG" 2>&1 || true
-  touch .venv/.bytecode
-  say "bytecode: done in $((SECONDS - started)) s"
-fi
 .venv/bin/python -c "import torch, agilerl, server_extension" \
   || { echo "setup failed: the project did not import; see $LOG" >&2; exit 1; }
 say "ready: $(.venv/bin/python --version 2>&1) in .venv"

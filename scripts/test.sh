@@ -2,6 +2,7 @@
 # The whole test suite: install, lint (ruff), type-check (mypy), then pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/python_env.sh
 bash scripts/setup.sh
 # apt_install WHAT PACKAGE...: install Debian packages a test needs (root, or password-less
 # sudo); false when that is impossible here.
@@ -50,7 +51,7 @@ fi
 # Ray joining, a browser rendering), which several workers overlap even on 2 cores. The
 # worker count is PYTEST_WORKERS (default: see README "Tests" for the measurement behind it).
 # Tests of one module share one worker (its servers start once), all Ray tests share one
-# (tests/conftest.py), and the `serial` ones (benchmark smoke, soak, multi-node Ray) run
+# (tests/conftest.py), and the `serial` ones (benchmark smoke, soak) run
 # afterwards on their own, since they measure or load the whole machine.
 WORKERS=${PYTEST_WORKERS:-2}
 if [ "$#" -gt 0 ]; then
