@@ -40,8 +40,8 @@ SECTIONS = [
 
 
 def test_quick_run_writes_every_table(tmp_path: Path, demo_experiments: Path) -> None:
-    # About 75 s in CI (serial phase): every table of the report, so every server kind and
-    # batching mode starts once, with 1-s load runs; fewer tables would not smoke-test them.
+    # About 75 s in CI: every table of the report, so every server kind and batching mode
+    # starts once, with 1-s load runs; fewer tables would not smoke-test them.
     workspace = tmp_path / "workspace"
     shutil.copytree(demo_experiments, workspace / "experiments")
     out = tmp_path / "results"
