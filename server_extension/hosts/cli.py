@@ -168,14 +168,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM while seeding ends like Ctrl-C (main says so)
 
+    # Lab runs in a process group of its own: Ctrl-C in the terminal reaches this process
+    # alone, which stops Lab with SIGTERM. Sent to Lab's group as well, it would also reach
+    # the worker templates Lab starts, which print a KeyboardInterrupt traceback mid-import.
+    stopping: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it stops its workers and
+        # releases the serving lease); this process waits for it, then stops the demo trainers.
+        # A second Ctrl-C stops it at once; a closed terminal (SIGHUP) stops it too.
+        if stopping and signum == signal.SIGINT and started:
+            started[0].kill()
+        stopping.append(signum)
+        if started:
+            with contextlib.suppress(ProcessLookupError):
+                started[0].send_signal(signal.SIGTERM)
+
     before_lab = signal.signal(signal.SIGTERM, interrupted)
     try:
         background = (None if args.demo == "none"
                       else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
     finally:
         signal.signal(signal.SIGTERM, before_lab)
+    # From here to the end the handlers forward signals: one arriving while Lab is being
+    # started is passed on once it exists (ci18 saw a Lab outlive its run when the handlers
+    # came after the start). Blocking the signals instead would block them in Lab as well.
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    code = 0
+    try:
+        if not stopping:
+            started.append(_start_lab(root, args))
+            if stopping:  # a signal came while Lab was starting
+                started[0].send_signal(signal.SIGTERM)
+            code = started[0].wait()
+    finally:
+        if started and started[0].poll() is None:  # leaving on an exception: never leave Lab
+            started[0].terminate()
+            started[0].wait()
+        if background is not None:
+            background.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping:
+        _progress("Stopped JupyterLab and the demo trainers." if started
+                  else "Stopped before JupyterLab started; the demo trainers are stopped.")
+        return 0
+    return code
+
+
+def _start_lab(root: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """Start JupyterLab over ``root`` (in a process group of its own, stdin closed: it never
+    reads the terminal)."""
     notebooks = _notebooks_dir(root)
-    env = {**os.environ, ROOT_ENV: str(root)}
     command = [
         sys.executable, "-m", "jupyterlab",
         f"--ServerApp.root_dir={root}",
@@ -191,52 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Containers and CI machines often run as root; Jupyter refuses that unless told.
         command.append("--allow-root")
     _progress("Starting JupyterLab; open the URL it prints below (with its token).")
-    # A process group of its own: Ctrl-C in the terminal reaches this process alone, which
-    # stops Lab with SIGTERM. Sent to Lab's group as well, it would also reach the worker
-    # templates Lab starts, which print a KeyboardInterrupt traceback mid-import. Lab never
-    # reads the terminal (it is not asked to confirm), so stdin is closed to it.
-    stopping: list[int] = []
-    started: list[subprocess.Popen[bytes]] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        # SIGTERM or Ctrl-C: Lab shuts down cleanly on SIGTERM (it stops its workers and
-        # releases the serving lease); this process waits for it, then stops the demo trainers.
-        # A second Ctrl-C stops it at once; a closed terminal (SIGHUP) stops it too.
-        if stopping and signum == signal.SIGINT and started:
-            started[0].kill()
-        stopping.append(signum)
-        if started:
-            with contextlib.suppress(ProcessLookupError):
-                started[0].send_signal(signal.SIGTERM)
-
-    # The handlers are in place before Lab starts: a signal arriving between the start and
-    # the handlers would stop this process and leave Lab running (ci18 saw such a Lab
-    # outlive its run). Blocking the signals instead would block them in Lab as well.
-    previous = {sig: signal.signal(sig, forward)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        lab = subprocess.Popen(command, env=env, process_group=0, stdin=subprocess.DEVNULL)
-    except BaseException:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        raise
-    started.append(lab)
-    if stopping:  # a signal came while Lab was starting
-        lab.send_signal(signal.SIGTERM)
-    try:
-        code = lab.wait()
-    finally:
-        if lab.poll() is None:  # an exception on the way out: never leave Lab behind
-            lab.terminate()
-            lab.wait()
-        if background is not None:
-            background.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if stopping:
-        _progress("Stopped JupyterLab and the demo trainers.")
-        return 0
-    return code
+    return subprocess.Popen(command, env={**os.environ, ROOT_ENV: str(root)}, process_group=0,
+                            stdin=subprocess.DEVNULL)
 
 
 APP_NOTEBOOK_CELLS = (
