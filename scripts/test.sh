@@ -62,6 +62,10 @@ fi
 # go to test-artifacts/junit-*.xml (scripts/durations.py sums them per module and group).
 mkdir -p test-artifacts
 rc=0
+# The demo workspaces the fixtures train, built once for both phases (tests/conftest.py).
+AGENTS_WORKBENCH_TEST_BUILDS=$(mktemp -d -t agents-workbench-test-builds-XXXXXX)
+export AGENTS_WORKBENCH_TEST_BUILDS
+trap 'rm -rf "$AGENTS_WORKBENCH_TEST_BUILDS"' EXIT
 # mypy runs beside the parallel phase at the lowest priority. From a fresh clone (no cache)
 # it is 60 CPU-s on one core, which held up the tests for a minute; the parallel phase leaves
 # 5-10% of the two cores idle (about 150 CPU-s over the phase), and nice 19 gives mypy those

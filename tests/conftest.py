@@ -19,6 +19,9 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+BUILDS_ENV = "AGENTS_WORKBENCH_TEST_BUILDS"
+
+
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
                build: Callable[[Path], None]) -> Path:
     """A folder ``build`` fills once per test run, however many xdist workers ask for it.
@@ -30,6 +33,12 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
     """
     base = tmp_path_factory.getbasetemp()
     run_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    # scripts/test.sh runs pytest twice (parallel, then serial) and names one folder for
+    # both, so the serial phase reuses what the parallel one trained.
+    shared = os.environ.get(BUILDS_ENV)
+    if shared:
+        run_root = Path(shared)
+        run_root.mkdir(parents=True, exist_ok=True)
     target = run_root / f"built-{name}"
     with FileLock(str(target) + ".lock"):
         if not (target / ".complete").exists():
