@@ -119,7 +119,7 @@ uv_step() {
   printf '\n=== %s: uv pip install %s\n' "$step" "$*" >>"$LOG"
   mapfile -t extra < <(uv_args)
   if ! .venv/bin/uv pip install --python .venv/bin/python --index-strategy unsafe-best-match \
-      "${extra[@]}" "$@" >>"$LOG" 2>&1; then
+      --override scripts/uv-overrides.txt "${extra[@]}" "$@" >>"$LOG" 2>&1; then
     echo "setup: step $step failed (uv); the end of $LOG:" >&2
     tail -n 30 "$LOG" >&2
     exit 1
