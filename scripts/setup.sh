@@ -148,6 +148,12 @@ fi
 $INSTALL "1/2 torch 2.13.0 (CPU build, the largest download)" torch==2.13.0
 $INSTALL "2/2 agents-workbench and its test extras (Jupyter, AgileRL, Ray, Playwright...)" \
   -e ".[test]"
+# A venv from before scripts/uv-overrides.txt still has rfc3987-syntax (a second per Jupyter
+# server start); pip, the fallback installer, cannot leave it out.
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$INSTALL" = uv_step ] && [ -d "$SITE/rfc3987_syntax" ]; then
+  .venv/bin/uv pip uninstall --python .venv/bin/python rfc3987-syntax >>"$LOG" 2>&1 || true
+fi
 .venv/bin/python -c "import torch, agilerl, server_extension" \
   || { echo "setup failed: the project did not import; see $LOG" >&2; exit 1; }
 say "ready: $(.venv/bin/python --version 2>&1) in .venv"

@@ -50,8 +50,8 @@ fi
 # Ray joining, a browser rendering), which several workers overlap even on 2 cores. The
 # worker count is PYTEST_WORKERS (default: see README "Tests" for the measurement behind it).
 # Tests of one module share one worker (its servers start once), all Ray tests share one
-# (tests/conftest.py), and the `serial` ones (the soak) run afterwards on their own, since
-# they measure or load the whole machine.
+# (tests/conftest.py), and the `serial` ones (the soak, a streaming test that compares
+# arrival times) run afterwards on their own, since they measure or load the whole machine.
 WORKERS=${PYTEST_WORKERS:-2}
 if [ "$#" -gt 0 ]; then
   # Arguments (a -k or -m expression, a file): one run over what they select.
