@@ -49,11 +49,18 @@ def _exited(pid: int) -> bool:
 
 
 def _start_run(root: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "server_extension.hosts.cli", "run", "--root", str(root),
-             "--demo", "minimal", "--quick", "--no-browser", "--port", str(free_port())],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # Started with SIGINT ignored, as a script's background job (`run &`) is, and as CI
+    # starts the suite: run must still stop on SIGINT while seeding (ci18 and ci22 lost it).
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "server_extension.hosts.cli", "run", "--root",
+                 str(root), "--demo", "minimal", "--quick", "--no-browser", "--port",
+                 str(free_port())],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.slow

@@ -185,12 +185,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             with contextlib.suppress(ProcessLookupError):
                 started[0].send_signal(signal.SIGTERM)
 
-    before_lab = signal.signal(signal.SIGTERM, interrupted)
+    # Ctrl-C and SIGTERM while seeding end it (the trainers are stopped), whatever this
+    # process inherited: a script that starts run in the background (`run &`, as CI starts
+    # the suite) hands it SIGINT ignored, and a SIGINT then did nothing until Lab ran.
+    seeding = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         background = (None if args.demo == "none"
                       else _seed_workspace(root, args.demo, args.workers, quick=args.quick))
     finally:
-        signal.signal(signal.SIGTERM, before_lab)
+        for sig, handler in seeding.items():
+            signal.signal(sig, handler)
     # From here to the end the handlers forward signals: one arriving while Lab is being
     # started is passed on once it exists (ci18 saw a Lab outlive its run when the handlers
     # came after the start). Blocking the signals instead would block them in Lab as well.
