@@ -7,6 +7,7 @@ DQN job in a real child process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,14 +103,19 @@ def test_an_interrupt_while_seeding_stops_the_trainers_cleanly(
             run.send_signal(sig)
         try:
             code = run.wait(120)
-        except subprocess.TimeoutExpired:  # once, on a machine loaded by other work: say why
+        except subprocess.TimeoutExpired:  # say why, with what run left running
             tree = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}"
                     for p in psutil.Process(run.pid).children(recursive=True)]
             pytest.fail(f"run still up 120 s after {sig.name}; its processes: {tree}\n"
                         f"{log.read_text(errors='replace')[-3000:]}")
     finally:
         if run.poll() is None:
+            # JupyterLab has a process group of its own: a failed case must not leave it.
+            left = psutil.Process(run.pid).children(recursive=True)
             os.killpg(run.pid, signal.SIGKILL)
+            for child in left:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
             run.wait()
     text = log.read_text(errors="replace")
     assert code == 130, text[-3000:]
