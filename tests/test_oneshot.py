@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.oneshot import ForkedRun, how_it_ended
 from server_extension.serving.worker.supervisor import template_for
 from tests.servers import wait_until
 
@@ -67,3 +67,10 @@ def test_a_run_whose_entry_raises_exits_non_zero_with_the_traceback_in_its_log(
     run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:no_such_function", ["x"], log)
     assert run.wait(60) == 1
     assert "no_such_function" in log.read_text()
+
+
+def test_how_a_run_ended_is_said_in_words() -> None:
+    assert how_it_ended(3) == "exited with status 3"
+    assert how_it_ended(-signal.SIGKILL) == "was killed by signal SIGKILL"
+    assert how_it_ended(-40) == "was killed by signal 40"  # a real-time signal has no name
+    assert how_it_ended(None) == "was stopped"

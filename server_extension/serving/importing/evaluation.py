@@ -22,14 +22,13 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.oneshot import ForkedRun, how_it_ended
 from server_extension.serving.worker.supervisor import WorkerDied
 from workbench_core import evaluation_marks as marks
 from workbench_core.store import ExperimentStore, ExperimentWriter, StoreError
@@ -66,7 +65,7 @@ class _Run:
     """One worker over some steps: start it, read its lines as they come."""
 
     def __init__(self, folder: Path, body: dict[str, Any], steps: list[int],
-                 memory_mb: float, *, nice: int = 0, framework: str = "agilerl") -> None:
+                 memory_mb: float, *, nice: int, framework: str) -> None:
         work = folder / ".evaluation"
         work.mkdir(exist_ok=True)
         self.request = work / "request.json"
@@ -95,14 +94,6 @@ class _Run:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(raw))
         return out
-
-
-def _how(code: int | None) -> str:
-    if code is None:
-        return "was stopped"
-    if code < 0:
-        return f"was killed by signal {signal.Signals(-code).name}"
-    return f"exited with status {code}"
 
 
 def evaluate_experiment(folder: Path, *, memory_mb: float = MEMORY_MB,
@@ -181,14 +172,15 @@ def _work(folder: Path, body: dict[str, Any], todo: list[int], writer: Experimen
                     current = None
                 break
             time.sleep(0.2)
+        how = how_it_ended(run.process.poll())
         if str(current) not in body["scores"] and current is not None:
-            body["failed"][str(current)] = (f"the worker evaluating it {_how(run.process.poll())}"
+            body["failed"][str(current)] = (f"the worker evaluating it {how}"
                                             " (the checkpoint crashes or exhausts memory)")
         elif current is None and marks.remaining(body) == todo:
             # The worker died before starting any step (a broken install, say): mark them all
             # rather than retry for ever.
             for step in todo:
-                body["failed"][str(step)] = (f"the evaluation worker {_how(run.process.poll())}"
+                body["failed"][str(step)] = (f"the evaluation worker {how}"
                                              f" before scoring it; see {run.out.parent}")
         marks.save(folder, body)
         if progress is not None:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from server_extension.serving.importing import evaluation
 from server_extension.serving.importing.scores import ScoresError, read_scores
 from server_extension.serving.runtimes import frameworks
 from server_extension.serving.runtimes.detection import Detected, ImportHints
-from server_extension.serving.worker.oneshot import ForkedRun
+from server_extension.serving.worker.oneshot import ForkedRun, how_it_ended
 from server_extension.serving.worker.supervisor import WorkerDied
 from workbench_core.store import (
     METRIC_FIELDS,
@@ -174,21 +173,13 @@ def run_worker(request: dict[str, Any], *, timeout_s: float, memory_mb: float,
         finally:
             run.kill()
         if not result_path.exists():
-            how = (f"was killed by {_signal_name(-code)}" if code < 0
-                   else f"exited with status {code}")
+            how = how_it_ended(code)
             memory = (" (past the import's memory limit?)" if code in (-9, -6) else "")
             raise ImportRefused("path", f"the worker loading the checkpoint {how}{memory} "
                                 "before it finished: the file runs code when loaded, or is "
                                 f"not what it seems. Nothing was imported. (Log: {log_path})")
         result: dict[str, Any] = json.loads(result_path.read_text("utf-8"))
         return result
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return f"signal {signal.Signals(number).name}"
-    except ValueError:
-        return f"signal {number}"
 
 
 def _size_mb(paths: list[Path]) -> float:

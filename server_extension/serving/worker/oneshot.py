@@ -20,18 +20,12 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 from pathlib import Path
 
 from server_extension.serving.worker import child, families, tree
-from server_extension.serving.worker.supervisor import (
-    WORKER_NAME,
-    _WorkerProcess,
-    fork_from,
-    start_template,
-)
+from server_extension.serving.worker.supervisor import fork_from, start_template, worker_process
 
 
 class ForkedRun:
@@ -41,10 +35,8 @@ class ForkedRun:
                  name: str = "one-shot") -> None:
         template = start_template(families.family_of(framework))
         parent, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.proc = _WorkerProcess(
-            target=child.run_once,
-            args=(sock, template.pid, str(log_path), entry, list(argv)),
-            name=f"{WORKER_NAME} {name}", daemon=False)
+        self.proc = worker_process(child.run_once,
+                                   (sock, template.pid, str(log_path), entry, list(argv)), name)
         try:
             self._pidfd: int | None = fork_from(
                 template, self.proc, parent, sock,
@@ -86,9 +78,21 @@ class ForkedRun:
 
     def _release(self) -> None:
         self._kill_session()
-        with contextlib.suppress(OSError):
-            tree.close_quietly(self._pidfd)
+        tree.close_quietly(self._pidfd)
         self._pidfd = None
 
 
-__all__ = ["ForkedRun"]
+def how_it_ended(code: int | None) -> str:
+    """A run's exit status in words: "exited with status 3", "was killed by signal
+    SIGKILL", "was stopped" (``None``: no status, it was stopped before it ended)."""
+    if code is None:
+        return "was stopped"
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    except ValueError:  # a signal number with no name (a real-time signal)
+        return f"was killed by signal {-code}"
+
+
+__all__ = ["ForkedRun", "how_it_ended"]

@@ -272,10 +272,18 @@ class _WorkerProcess(multiprocessing.context.ForkServerProcess):
         return _TemplatePopen(process_obj)
 
 
+def worker_process(target: Callable[..., None], args: tuple[Any, ...],
+                   name: str) -> multiprocessing.process.BaseProcess:
+    """A process to start with :func:`fork_from` that runs ``target(*args)``; its title names
+    it as a workbench worker (``name``: the agent, or what a one-shot run does)."""
+    return _WorkerProcess(target=target, args=args, name=f"{WORKER_NAME} {name}",
+                          daemon=False)
+
+
 def fork_from(template: Template, proc: multiprocessing.process.BaseProcess,
               parent: socket.socket, sock: socket.socket, *,
               describe: Callable[[], str]) -> int:
-    """Start ``proc`` (a :class:`_WorkerProcess` whose target is :func:`child.main` or
+    """Start ``proc`` (from :func:`worker_process`, its target :func:`child.main` or
     :func:`child.run_once`) as a fork of ``template``; the pidfd it sent itself.
 
     ``describe`` says why the process is gone when it died before introducing itself.
@@ -441,10 +449,10 @@ class WorkerProcess:
                         sock: socket.socket) -> None:
         family = str(self.settings.get("family") or families.family_of(framework))
         template = start_template(family)
-        self.proc = _WorkerProcess(
-            target=child.main,
-            args=(sock, str(self.log_path), {**self.settings, "template_pid": template.pid}),
-            name=f"{WORKER_NAME} {self.name}", daemon=False)
+        self.proc = worker_process(
+            child.main,
+            (sock, str(self.log_path), {**self.settings, "template_pid": template.pid}),
+            self.name)
         self._pidfd = fork_from(template, self.proc, parent, sock,
                                 describe=lambda: self._describe_exit(self.proc.exitcode))
 
