@@ -4,6 +4,7 @@ Ctrl-C from a terminal (the whole process group) prints no traceback from Lab's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,9 +49,11 @@ def test_a_signal_to_run_stops_lab_and_run_waits_for_it(tmp_path: Path, demo_exp
         [sys.executable, "-m", "server_extension.hosts.cli", "run", "--root", str(root),
          "--port", str(port), "--no-browser"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    held: list[int] = []  # pidfds on run's JupyterLab, opened while it is run's child
     try:
         wait_until(lambda: _answers(port), 120, "JupyterLab to answer")
         labs = _children(run.pid)
+        held = [os.pidfd_open(lab) for lab in labs]
         assert labs, "run started no JupyterLab"
         if group:  # Ctrl-C in a terminal: the whole foreground process group gets it
             os.killpg(run.pid, sig)
@@ -67,6 +70,10 @@ def test_a_signal_to_run_stops_lab_and_run_waits_for_it(tmp_path: Path, demo_exp
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
+        for pidfd in held:  # its own process group: a failed case must not leave it running
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
 
 
 def test_a_signal_while_lab_is_being_started_still_stops_lab(
