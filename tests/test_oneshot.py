@@ -74,3 +74,24 @@ def test_how_a_run_ended_is_said_in_words() -> None:
     assert how_it_ended(-signal.SIGKILL) == "was killed by signal SIGKILL"
     assert how_it_ended(-40) == "was killed by signal 40"  # a real-time signal has no name
     assert how_it_ended(None) == "was stopped"
+
+
+def test_a_run_that_kills_its_template_costs_only_itself(tmp_path: Path) -> None:
+    # The next run starts while the template is dying: it refuses connections before it can
+    # be reaped, and the start must wait for that and start a new template, not fail.
+    for round_ in range(3):
+        signalled = tmp_path / f"signalled{round_}"
+        killer = ForkedRun(FRAMEWORK, "tests.oneshot_targets:kill_the_template",
+                           ["x", str(signalled)], tmp_path / f"killer{round_}.log")
+        before = template_for(FRAMEWORK)
+        assert before is not None
+        old = before.pid
+        wait_until(signalled.exists, timeout=30)
+        facts = tmp_path / f"facts{round_}.txt"
+        run = ForkedRun(FRAMEWORK, "tests.oneshot_targets:report", ["x", str(facts), "0"],
+                        tmp_path / f"run{round_}.log")
+        assert run.wait(60) == 0
+        assert killer.wait(60) is not None
+        parent = int(facts.read_text().split()[0])
+        assert parent != old  # forked from a new template
+        assert parent == before.pid  # the same Template object, started again

@@ -25,7 +25,13 @@ import socket
 from pathlib import Path
 
 from server_extension.serving.worker import child, families, tree
-from server_extension.serving.worker.supervisor import fork_from, start_template, worker_process
+from server_extension.serving.worker.supervisor import (
+    Template,
+    WorkerDied,
+    fork_from,
+    start_template,
+    worker_process,
+)
 
 
 class ForkedRun:
@@ -33,14 +39,27 @@ class ForkedRun:
 
     def __init__(self, framework: str, entry: str, argv: list[str], log_path: Path, *,
                  name: str = "one-shot") -> None:
-        template = start_template(families.family_of(framework))
+        family = families.family_of(framework)
+        for attempt in (1, 2):
+            # start_template starts the family's template again when it has died.
+            template = start_template(family)
+            try:
+                self._pidfd: int | None = self._fork(template, entry, argv, log_path, name)
+                return
+            except WorkerDied:
+                # A run (this user's code) may just have killed the template: once it is
+                # gone, the next start_template starts a new one.
+                if attempt == 2 or not template.wait_gone(5.0):
+                    raise
+
+    def _fork(self, template: Template, entry: str, argv: list[str], log_path: Path,
+              name: str) -> int:
         parent, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = worker_process(child.run_once,
                                    (sock, template.pid, str(log_path), entry, list(argv)), name)
         try:
-            self._pidfd: int | None = fork_from(
-                template, self.proc, parent, sock,
-                describe=lambda: f"it exited with status {self.proc.exitcode}")
+            return fork_from(template, self.proc, parent, sock,
+                             describe=lambda: how_it_ended(self.proc.exitcode))
         finally:
             sock.close()
             parent.close()

@@ -168,6 +168,15 @@ class Template:
         # "pid (comm) state ...": a zombie (Z) or dead (X) template has exited.
         return not raw or raw[raw.rfind(b")") + 2:][:1] in (b"Z", b"X")
 
+    def wait_gone(self, timeout: float) -> bool:
+        """Block until the template has exited (False: it still runs after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self.gone():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def wait_ready(self, timeout: float) -> bool:
         """Block until the template's imports are done (False: timeout, or it died)."""
         deadline = time.monotonic() + timeout
@@ -291,6 +300,11 @@ def fork_from(template: Template, proc: multiprocessing.process.BaseProcess,
     _LAUNCH.server = template.server
     try:
         proc.start()
+    except (OSError, EOFError) as exc:  # refused, or accepted and then dropped
+        # Code a template forked runs as the user and can kill the template; one that is
+        # exiting refuses the start before it can be reaped and started again.
+        raise WorkerDied(f"the {template.family} worker template did not take the start "
+                         f"({exc or type(exc).__name__}): it refuses starts while it dies") from exc
     finally:
         del _LAUNCH.server
     # multiprocessing polls every child it knows at each start() (from whatever thread
