@@ -144,7 +144,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     A test's group is its module, so a module's shared servers are started by one worker only;
     every test that starts Ray shares one group (one worker), so two Ray clusters never fight
-    for the two cores. The Ray group is scheduled first: it is the longest single queue.
+    for the two cores. Groups are queued in :func:`_queue_position`'s order.
     """
     for item in items:
         # nbval's notebook cells have no module: group them by their file.
@@ -155,10 +155,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("xdist_group") is None:
             group = "ray" if item.get_closest_marker("ray") else module
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: 0 if item.get_closest_marker("ray") else 1)
+    items.sort(key=_queue_position)
     # Set on xdist workers under --dist loadgroup; absent without xdist (-n 0, the serial phase).
     if config.getoption("loadgroup", default=False):
         _name_groups(items)
+
+
+# Modules whose servers stop in the background for long after their last test (a hub's
+# orderly shutdown, up to two minutes: tests/servers.py stop_in_background). They start early,
+# so that the stop overlaps other modules: scheduled last, the session waited 160 s for it at
+# its end (ci26: the last test at 01:30:56, the session's end at 01:33:36).
+EARLY_MODULES = {"test_jupyterhub"}
+
+
+def _queue_position(item: pytest.Item) -> int:
+    """Where ``item``'s group goes in xdist's queue: Ray first (the longest single queue),
+    then :data:`EARLY_MODULES`, then the rest in collection order."""
+    if item.get_closest_marker("ray"):
+        return 0
+    return 1 if Path(item.path).stem in EARLY_MODULES else 2
 
 
 def _name_groups(items: list[pytest.Item]) -> None:
